@@ -1,0 +1,146 @@
+"""Where each supported architecture keeps the parts UniPELT touches: one table row per model type.
+
+Supporting a new architecture means adding a row, not copying its attention code. A row names, relative
+to one transformer layer, the self-attention module (the prefix site, and the module whose input feeds
+the LoRA/prefix gates), the query/key/value/output projections (LoRA sites; ``"attn.c_attn[0/3]"`` is the
+first third of GPT-2's fused q/k/v Conv1D), and the feed-forward output projection (the adapter site).
+
+``seam`` says how prefix keys/values reach attention: ``"interface"`` for models that call transformers'
+pluggable attention function (we register our own, see :mod:`unipelt.attention`), and a named seam for
+the two that compute attention inline (MPNet adds a relative position bias; DeBERTa-v2 adds
+disentangled position scores).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from unipelt.errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class Architecture:
+    layers: str
+    attention: str
+    projections: dict[str, str]
+    ffn_output: str
+    decoder: bool = False
+    seam: str = "interface"
+    head: tuple[str, ...] = field(default=("classifier", "score", "pre_classifier", "pooler"))
+
+
+_BERT_LIKE = Architecture(
+    layers="encoder.layer",
+    attention="attention.self",
+    projections={
+        "query": "attention.self.query",
+        "key": "attention.self.key",
+        "value": "attention.self.value",
+        "output": "attention.output.dense",
+    },
+    ffn_output="output.dense",
+)
+
+_LLAMA_LIKE = Architecture(
+    layers="layers",
+    attention="self_attn",
+    projections={
+        "query": "self_attn.q_proj",
+        "key": "self_attn.k_proj",
+        "value": "self_attn.v_proj",
+        "output": "self_attn.o_proj",
+    },
+    ffn_output="mlp.down_proj",
+    decoder=True,
+)
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "electra": _BERT_LIKE,
+    "distilbert": Architecture(
+        layers="transformer.layer",
+        attention="attention",
+        projections={
+            "query": "attention.q_lin",
+            "key": "attention.k_lin",
+            "value": "attention.v_lin",
+            "output": "attention.out_lin",
+        },
+        ffn_output="ffn.lin2",
+    ),
+    "deberta-v2": Architecture(
+        layers="encoder.layer",
+        attention="attention.self",
+        projections={
+            "query": "attention.self.query_proj",
+            "key": "attention.self.key_proj",
+            "value": "attention.self.value_proj",
+            "output": "attention.output.dense",
+        },
+        ffn_output="output.dense",
+        seam="deberta",
+    ),
+    "mpnet": Architecture(
+        layers="encoder.layer",
+        attention="attention.attn",
+        projections={
+            "query": "attention.attn.q",
+            "key": "attention.attn.k",
+            "value": "attention.attn.v",
+            "output": "attention.attn.o",
+        },
+        ffn_output="output.dense",
+        seam="mpnet",
+    ),
+    "gpt2": Architecture(
+        layers="h",
+        attention="attn",
+        projections={
+            "query": "attn.c_attn[0/3]",
+            "key": "attn.c_attn[1/3]",
+            "value": "attn.c_attn[2/3]",
+            "output": "attn.c_proj",
+        },
+        ffn_output="mlp.c_proj",
+        decoder=True,
+    ),
+    "llama": _LLAMA_LIKE,
+    "qwen2": _LLAMA_LIKE,
+    "mistral": _LLAMA_LIKE,
+}
+
+_FUSED = re.compile(r"^(?P<path>.+)\[(?P<index>\d+)/(?P<parts>\d+)\]$")
+
+
+def architecture_for(model: nn.Module) -> Architecture:
+    """The table row for a model, or an error that lists what is supported and how to add more."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type in ARCHITECTURES:
+        return ARCHITECTURES[model_type]
+    supported = ", ".join(sorted(ARCHITECTURES))
+    raise UnsupportedModelError(
+        f"model type {model_type!r} is not supported. Supported: {supported}. To add one, add a row to "
+        "ARCHITECTURES in unipelt/architectures.py naming its layer list, self-attention module, q/k/v "
+        "projections and feed-forward output (see the rows for bert and llama)."
+    )
+
+
+def parse_projection(spec: str) -> tuple[str, int, int]:
+    """``"attn.c_attn[2/3]"`` -> ("attn.c_attn", 2, 3); a plain path -> (path, 0, 1)."""
+    match = _FUSED.match(spec)
+    if match is None:
+        return spec, 0, 1
+    return match["path"], int(match["index"]), int(match["parts"])
+
+
+def layer_list(backbone: nn.Module, arch: Architecture) -> nn.ModuleList:
+    layers = backbone.get_submodule(arch.layers)
+    if not isinstance(layers, nn.ModuleList):
+        raise UnsupportedModelError(
+            f"expected a ModuleList at {arch.layers!r}, found {type(layers).__name__}"
+        )
+    return layers
