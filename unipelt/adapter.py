@@ -30,4 +30,19 @@ class BottleneckAdapter(nn.Module):
         return None if self.gate is None else self.gate(h, mask, pooling)["adapter"]
 
     def forward(self, h: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
-        return h + broadcastable(gate, h) * self.up(self.act(self.down(h)))
+        """h + g * up(act(down(h))), computed as one fused GEMM over the full-width tensor.
+
+        The gate is applied in the narrow bottleneck and the up bias rides along as an extra input column
+        ([g*z, g] times [W_up, b_up]), so the wide (tokens x hidden) activation is read and written once,
+        by addmm, instead of once each for the bias, the gate product and the residual sum.
+        """
+        z = self.act(self.down(h))
+        if gate is None:
+            column = z.new_ones(*z.shape[:-1], 1)
+        else:
+            g = broadcastable(gate, z).expand(*z.shape[:-1], 1)
+            z, column = z * g, g
+        z = torch.cat([z, column], dim=-1)
+        weight = torch.cat([self.up.weight, self.up.bias[:, None]], dim=1)
+        out = torch.addmm(h.reshape(-1, h.shape[-1]), z.reshape(-1, z.shape[-1]), weight.t())
+        return out.view(h.shape)

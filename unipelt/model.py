@@ -246,15 +246,22 @@ class UniPELTModel(nn.Module):
             x = args[0]
             for target, part, parts in targets:
                 lora = modules.lora[target]
+                # Scale in the rank-r bottleneck, then one addmm adds B(.) into the output: no full-width
+                # temporaries for the product or the sum.
+                mid = lora.lora_A(lora.dropout(x))
                 if gate_kind == "none":
-                    delta = lora(x) * lora.scaling
+                    mid = mid * lora.scaling
                 else:
-                    gate = modules.live.get("lora" if gate_kind == "softmax" else f"lora_{target}")
-                    delta = lora(x) * broadcastable(gate, output)
+                    mid = mid * broadcastable(
+                        modules.live.get("lora" if gate_kind == "softmax" else f"lora_{target}"), mid
+                    )
+                mid = mid.reshape(-1, mid.shape[-1])
                 if parts == 1:
-                    output = output + delta
+                    flat = output.reshape(-1, output.shape[-1])
+                    output = torch.addmm(flat, mid, lora.lora_B.weight.t()).view(output.shape)
                 else:
                     width = output.shape[-1] // parts
+                    delta = (mid @ lora.lora_B.weight.t()).view(*output.shape[:-1], width)
                     output = torch.cat(
                         [
                             output[..., : part * width],

@@ -23,6 +23,9 @@ class Runtime:
     # Latest gate values per layer and site, detached: readable after the forward, replaced by the next.
     latest_gates: dict[int, dict[str, torch.Tensor]] = field(default_factory=dict)
     record_gates: bool = True
+    # When a loss needs the gates (sparsity/entropy penalty), keep this forward's live (non-detached) values.
+    keep_live: bool = False
+    live: list[tuple[str, torch.Tensor]] = field(default_factory=list)
 
     def mask_for(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """The padding mask aligned with ``hidden`` (B, T, d): its last T columns (a KV cache adds earlier ones)."""
@@ -34,6 +37,8 @@ class Runtime:
     def record(self, layer: int, site: str, value: torch.Tensor) -> None:
         if self.record_gates:
             self.latest_gates.setdefault(layer, {})[site] = value.detach()
+        if self.keep_live:
+            self.live.append((site, value))
 
     def end_forward(self) -> None:
         self.token_mask = None

@@ -1,0 +1,561 @@
+"""What the gates learned: per-layer gate statistics over a data set, heatmaps of them, learning curves.
+
+UniPELT's claim is that the gates pick, per task and per layer, which sub-module matters (Mao et al. 2022,
+Figure 4). To see that, the gate values of many examples are reduced to one mean and spread per
+(layer, site), saved next to the run (gates.json for programs, gates.csv for spreadsheets) and drawn
+as a layers x sub-modules heatmap; several runs side by side show how tasks differ.
+
+Everything here only reads a model or files that training wrote; plotting uses matplotlib's ``Figure``
+with the Agg canvas directly (no pyplot state, no screen), and every output file is written to a temporary
+sibling and renamed into place, so a crash never leaves a half-written PNG or CSV behind.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from unipelt.checkpoint import atomic_write_text, write_json
+from unipelt.errors import UniPELTError
+
+if TYPE_CHECKING:
+    import torch
+    from matplotlib.figure import Figure
+
+    from unipelt.model import UniPELTModel
+
+logger = logging.getLogger(__name__)
+
+GATES_JSON = "gates.json"
+GATES_CSV = "gates.csv"
+GATES_PNG = "gates.png"
+LOG_JSONL = "log.jsonl"
+RUN_CONFIG = "config.json"
+CURVES_PNG = "learning_curves.png"
+COMPARE_PNG = "gates_compare.png"
+STATS_FORMAT = 1
+
+# eval_* keys that describe the evaluation itself rather than the model's quality.
+_NOT_METRICS = {"loss", "runtime", "samples_per_second", "steps_per_second", "epoch"}
+_PNG_DPI = 120
+
+
+# ------------------------------------------------------------------------------------------ statistics
+
+
+def _site_rank(site: str) -> int:
+    """Fixed column order of the paper's figures: LoRA sites, then prefix, then adapter, then anything else."""
+    if site == "lora" or site.startswith("lora_"):
+        return 0
+    return {"prefix": 1, "adapter": 2}.get(site, 3)
+
+
+def order_sites(sites: Iterable[str]) -> list[str]:
+    """Sites sorted by kind (lora*, prefix, adapter), keeping first-seen order within a kind.
+
+    First-seen order within LoRA keeps the config's target order (query before value), which is also
+    the order the gate computes them in.
+    """
+    unique = list(dict.fromkeys(sites))
+    return sorted(unique, key=_site_rank)  # sorted() is stable
+
+
+@dataclass
+class _Running:
+    """Streaming count, mean and sum of squared deviations (Chan et al.'s parallel update).
+
+    This is the same O(1) state as (count, sum, sum of squares) but without the cancellation of
+    ``E[x^2] - E[x]^2``: gates near a constant would otherwise get a spurious std of ~1e-8.
+    """
+
+    count: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    def add(self, values: Any) -> None:
+        """Merge a 1-D float64 numpy array of per-example values."""
+        n = int(values.size)
+        if n == 0:
+            return
+        batch_mean = float(values.mean())
+        batch_m2 = float(((values - batch_mean) ** 2).sum())
+        total = self.count + n
+        delta = batch_mean - self.mean
+        self.mean += delta * n / total
+        self.m2 += batch_m2 + delta * delta * self.count * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        """Population std (ddof=0): the spread of the gate over the examples seen, not an estimate."""
+        return math.sqrt(max(self.m2, 0.0) / self.count) if self.count else math.nan
+
+
+@dataclass
+class GateStats:
+    """Mean and std of each gate over examples, indexed ``[i][j]`` for ``layers[i]`` and ``sites[j]``.
+
+    A cell whose site never produced a value (count 0) holds NaN in memory and null in gates.json.
+    """
+
+    layers: list[int] = field(default_factory=list)
+    sites: list[str] = field(default_factory=list)
+    mean: list[list[float]] = field(default_factory=list)
+    std: list[list[float]] = field(default_factory=list)
+    count: list[list[int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        shape = (len(self.layers), len(self.sites))
+        for name in ("mean", "std", "count"):
+            table = getattr(self, name)
+            if len(table) != shape[0] or any(len(row) != shape[1] for row in table):
+                raise UniPELTError(
+                    f"gate statistics are malformed: {name} is not {shape[0]} layers x {shape[1]} sites"
+                )
+
+    @property
+    def empty(self) -> bool:
+        """True for a model without gates (e.g. the ungated 'lora' or 'adapter' presets)."""
+        return not self.layers or not self.sites
+
+    @property
+    def examples(self) -> int:
+        """How many examples the statistics were computed over."""
+        return max((c for row in self.count for c in row), default=0)
+
+    def value(self, layer: int, site: str) -> tuple[float, float, int]:
+        """(mean, std, count) of one cell, by layer index and site name."""
+        try:
+            i, j = self.layers.index(layer), self.sites.index(site)
+        except ValueError:
+            raise KeyError((layer, site)) from None
+        return self.mean[i][j], self.std[i][j], self.count[i][j]
+
+    def rows(self) -> Iterable[tuple[int, str, float, float, int]]:
+        """(layer, site, mean, std, count) per cell, layers outer: the rows of gates.csv."""
+        for i, layer in enumerate(self.layers):
+            for j, site in enumerate(self.sites):
+                yield layer, site, self.mean[i][j], self.std[i][j], self.count[i][j]
+
+    def to_dict(self) -> dict[str, Any]:
+        def clean(table: list[list[float]]) -> list[list[float | None]]:
+            return [[None if math.isnan(v) else v for v in row] for row in table]
+
+        return {
+            "format": STATS_FORMAT,
+            "layers": list(self.layers),
+            "sites": list(self.sites),
+            "mean": clean(self.mean),
+            "std": clean(self.std),
+            "count": [list(row) for row in self.count],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GateStats:
+        def floats(table: Any) -> list[list[float]]:
+            return [[math.nan if v is None else float(v) for v in row] for row in table]
+
+        try:
+            return cls(
+                layers=[int(x) for x in data["layers"]],
+                sites=[str(x) for x in data["sites"]],
+                mean=floats(data["mean"]),
+                std=floats(data["std"]),
+                count=[[int(v) for v in row] for row in data["count"]],
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise UniPELTError(f"gate statistics are malformed ({type(error).__name__}: {error})") from error
+
+    def to_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["layer", "site", "mean", "std", "count"])
+        for layer, site, mean, std, count in self.rows():
+            writer.writerow(
+                [
+                    layer,
+                    site,
+                    "" if math.isnan(mean) else repr(mean),
+                    "" if math.isnan(std) else repr(std),
+                    count,
+                ]
+            )
+        return buffer.getvalue()
+
+    def save(self, folder: str | Path) -> Path:
+        """Write ``folder/gates.json`` and ``folder/gates.csv``, each atomically; returns the folder."""
+        folder = Path(folder)
+        write_json(folder / GATES_JSON, self.to_dict())
+        atomic_write_text(folder / GATES_CSV, self.to_csv())
+        return folder
+
+    @classmethod
+    def load(cls, path: str | Path) -> GateStats:
+        """Read gates.json from a run folder (or the file itself)."""
+        path = Path(path)
+        file = path / GATES_JSON if path.is_dir() else path
+        if not file.is_file():
+            raise UniPELTError(f"{file} not found")
+        try:
+            data = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise UniPELTError(f"{file} is not valid JSON ({error}); rerun the gate analysis") from error
+        if not isinstance(data, dict):
+            raise UniPELTError(f"{file} does not hold gate statistics (expected a JSON object)")
+        return cls.from_dict(data)
+
+
+def _per_example(value: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One gate value per example, and which examples are real.
+
+    A per-token gate (B, T) is averaged over the example's real tokens: padding positions still get a
+    gate value from the frozen model, but it never scales anything that reaches the output. ``mask`` is
+    the batch's attention mask; its last T columns line up with the gate (as in Runtime.mask_for). An
+    example without a single real token is no example and is left out.
+    """
+    import torch
+
+    value = value.float()
+    batch = value.shape[0]
+    usable = mask is not None and mask.dim() == 2 and mask.shape[0] == batch
+    keep = (mask != 0).any(dim=1) if usable else torch.ones(batch, dtype=torch.bool, device=value.device)
+    if value.dim() == 1:
+        return value, keep
+    value = value.reshape(batch, value.shape[1], -1).mean(dim=2)  # (B, T); trailing dims are not expected
+    tokens = value.shape[1]
+    if usable and mask.shape[1] >= tokens:
+        weights = (mask[:, -tokens:] != 0).to(value.dtype)
+        per_example = (value * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+        return per_example, keep & (weights.sum(dim=1) > 0)
+    return value.mean(dim=1), keep
+
+
+def collect_gate_stats(
+    model: UniPELTModel, batches: Iterable[Mapping[str, Any]], progress: bool = False
+) -> GateStats:
+    """Mean and std of every gate over the examples of ``batches``, one number per example.
+
+    Each batch is a dict for ``model(**batch)`` (a ``labels`` key is dropped: only gates are wanted, and a
+    loss would be wasted work). The model runs in eval mode, so dropout does not blur the gates, under
+    ``torch.inference_mode``; its previous train/eval mode is restored afterwards, so this can be called
+    in the middle of training. Accumulation is streaming: memory does not grow with the data set.
+    """
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    runtime = model.runtime
+    if not runtime.enabled:
+        raise UniPELTError(
+            "the UniPELT modules are switched off (called inside model.disabled()); no gate runs, "
+            "so there is nothing to collect"
+        )
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    running: dict[tuple[int, str], _Running] = {}
+    # Restore each module's own mode afterwards: a trainer may keep parts of the model in eval on purpose.
+    modes = {module: module.training for module in model.modules()}
+    was_recording = runtime.record_gates
+    # A trainer with a gate penalty keeps every forward's live gate values for its loss; here they would
+    # pile up batch after batch (memory growing with the data set), so that is off while collecting.
+    was_keeping = getattr(runtime, "keep_live", False)
+    model.eval()
+    runtime.record_gates = True
+    runtime.keep_live = False
+    try:
+        with torch.inference_mode():
+            for raw in tqdm(batches, desc="gate statistics", unit="batch", disable=not progress):
+                inputs = {
+                    key: value.to(device) if isinstance(value, torch.Tensor) else value
+                    for key, value in raw.items()
+                    if key != "labels"
+                }
+                # Clear first: a forward that records nothing must not leave the previous batch's values.
+                runtime.latest_gates = {}
+                model(**inputs)
+                mask = inputs.get("attention_mask")
+                mask = mask if isinstance(mask, torch.Tensor) else None
+                cells, values, keeps = [], [], []
+                for layer, sites in model.gate_values().items():
+                    for site, gate in sites.items():
+                        per_example, keep = _per_example(gate, mask)
+                        cells.append((layer, site))
+                        values.append(per_example)
+                        keeps.append(keep)
+                if not cells:
+                    continue
+                # One device-to-host copy per batch rather than one per (layer, site).
+                stacked = torch.stack(values).double().cpu().numpy()
+                kept = torch.stack(keeps).cpu().numpy()
+                for cell, row, row_keep in zip(cells, stacked, kept):
+                    running.setdefault(cell, _Running()).add(np.asarray(row[row_keep], dtype=np.float64))
+    finally:
+        runtime.record_gates = was_recording
+        runtime.keep_live = was_keeping
+        for module, training in modes.items():
+            module.training = training
+    layers = sorted({layer for layer, _ in running})
+    sites = order_sites(site for _, site in running)
+    empty = _Running()
+    table = [[running.get((layer, site), empty) for site in sites] for layer in layers]
+    return GateStats(
+        layers=layers,
+        sites=sites,
+        mean=[[cell.mean if cell.count else math.nan for cell in row] for row in table],
+        std=[[cell.std for cell in row] for row in table],
+        count=[[cell.count for cell in row] for row in table],
+    )
+
+
+# -------------------------------------------------------------------------------------------- plotting
+
+
+def _save_figure(figure: Figure, path: str | Path) -> Path:
+    """Render ``figure`` to PNG in a temporary sibling of ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            figure.savefig(handle, format="png", dpi=_PNG_DPI)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def plot_gate_heatmap(
+    stats: GateStats | list[tuple[str, GateStats]],
+    path: str | Path,
+    title: str | None = None,
+    vmin: float = 0.0,
+    vmax: float = 1.0,
+) -> Path:
+    """Draw gate means as a layers x sub-modules heatmap, the value written in each cell (paper, Figure 4).
+
+    A list of ``(title, stats)`` gives one panel per run, side by side, for comparing tasks or methods.
+    All panels share one colour scale, fixed by default at [0, 1]: sigmoid gates and softmax router
+    weights both live there, so colours also compare across separate figures. Layer 0 is the bottom row,
+    so the picture stacks like the network. Cells without a value are grey.
+    """
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    panels = [(title or "", stats)] if isinstance(stats, GateStats) else list(stats)
+    if not panels:
+        raise UniPELTError("no gate statistics given to plot")
+    empty = [name or "(untitled)" for name, panel in panels if panel.empty]
+    if empty:
+        raise UniPELTError(
+            f"no gate values to draw for {', '.join(empty)}: the model has no gates "
+            "(methods with gate='none', such as lora, adapter or prefix alone, have nothing to show)"
+        )
+
+    most_layers = max(len(panel.layers) for _, panel in panels)
+    panel_widths = [0.85 * len(panel.sites) + 0.9 for _, panel in panels]
+    colorbar_width = 0.9
+    width = sum(panel_widths) + colorbar_width + 0.4
+    height = max(2.8, 0.32 * most_layers + 1.6)
+    font = 8 if most_layers <= 24 else 6
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    axes = figure.subplots(1, len(panels) + 1, gridspec_kw={"width_ratios": [*panel_widths, 0.2]})
+    cmap = colormaps["viridis"].with_extremes(bad="#d9d9d9")
+    norm = Normalize(vmin=vmin, vmax=vmax)
+    image = None
+    for index, (axis, (name, panel)) in enumerate(zip(axes[:-1], panels)):
+        values = np.array(panel.mean, dtype=float)
+        image = axis.imshow(values, cmap=cmap, norm=norm, origin="lower", aspect="auto")
+        axis.set_xticks(range(len(panel.sites)), panel.sites, rotation=30, ha="right", fontsize=font + 1)
+        axis.set_yticks(range(len(panel.layers)), [str(layer) for layer in panel.layers], fontsize=font)
+        if index == 0:
+            axis.set_ylabel("layer")
+        if name:
+            axis.set_title(name, fontsize=10)
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                cell = values[i, j]
+                if math.isnan(cell):
+                    axis.text(j, i, "–", ha="center", va="center", fontsize=font, color="black")
+                    continue
+                # viridis is dark at the low end: white text there, black on the bright end.
+                colour = "white" if norm(cell) < 0.6 else "black"
+                axis.text(j, i, f"{cell:.2f}", ha="center", va="center", fontsize=font, color=colour)
+    figure.colorbar(image, cax=axes[-1], label="mean gate value")
+    return _save_figure(figure, path)
+
+
+def _number(value: Any) -> float | None:
+    """A finite float from a JSON value, or None (bools, strings, NaN and null are not plottable)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _read_log(path: Path) -> tuple[list[tuple[float, float]], dict[str, list[tuple[float, float]]], int]:
+    """(training loss points, eval series by key, lines skipped) from a log.jsonl.
+
+    A run killed while writing leaves a partial last line; such lines are skipped, not fatal. A line
+    without a numeric "step" is placed at its position in the file.
+    """
+    train: list[tuple[float, float]] = []
+    evals: dict[str, list[tuple[float, float]]] = {}
+    skipped = 0
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                skipped += 1
+                continue
+            if not isinstance(entry, dict):
+                skipped += 1
+                continue
+            step = _number(entry.get("step"))
+            x = float(number) if step is None else step
+            loss = _number(entry.get("loss"))
+            if loss is not None:
+                train.append((x, loss))
+            for key, value in entry.items():
+                y = _number(value)
+                if key.startswith("eval_") and y is not None:
+                    evals.setdefault(key, []).append((x, y))
+    return train, evals, skipped
+
+
+def plot_learning_curves(
+    log_jsonl_path: str | Path, path: str | Path, title: str | None = None
+) -> Path | None:
+    """Training and eval loss against step, and the eval metrics in a second panel, from a run's log.jsonl.
+
+    Returns the PNG's path, or None (with a one-line log message) when the log holds no loss and no
+    eval metric, e.g. a run stopped before its first logging step.
+    """
+    from matplotlib.figure import Figure
+
+    log = Path(log_jsonl_path)
+    if not log.is_file():
+        raise UniPELTError(f"training log not found: {log}")
+    train, evals, skipped = _read_log(log)
+    eval_loss = evals.get("eval_loss", [])
+    metrics = {
+        key.removeprefix("eval_"): points
+        for key, points in evals.items()
+        if key.removeprefix("eval_") not in _NOT_METRICS
+    }
+    if not train and not eval_loss and not metrics:
+        logger.warning("learning curves: nothing to plot in %s (no 'loss' or eval_* entries)", log)
+        return None
+    if skipped:
+        logger.warning("learning curves: skipped %d unreadable line(s) in %s", skipped, log)
+
+    panels = int(bool(train or eval_loss)) + int(bool(metrics))
+    figure = Figure(figsize=(5.2 * panels, 3.8), layout="constrained")
+    axes = list(figure.subplots(1, panels, squeeze=False)[0])
+    if train or eval_loss:
+        axis = axes.pop(0)
+        if train:
+            axis.plot(*zip(*sorted(train)), label="train loss", linewidth=1.2)
+        if eval_loss:
+            axis.plot(*zip(*sorted(eval_loss)), marker="o", markersize=3, label="eval loss")
+        axis.set_xlabel("step")
+        axis.set_ylabel("loss")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    if metrics:
+        axis = axes.pop(0)
+        for name, points in sorted(metrics.items()):
+            axis.plot(*zip(*sorted(points)), marker="o", markersize=3, label=name)
+        axis.set_xlabel("step")
+        axis.set_ylabel("eval metric")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    if title:
+        figure.suptitle(title)
+    return _save_figure(figure, path)
+
+
+# ------------------------------------------------------------------------------------------- command
+
+
+def _run_title(run: Path) -> str:
+    """'task / method' from the run's config.json, else the folder name (a damaged config is no error)."""
+    try:
+        config = json.loads((run / RUN_CONFIG).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        config = None
+    if isinstance(config, dict):
+        parts = [str(config[key]) for key in ("task", "method") if config.get(key) not in (None, "")]
+        if parts:
+            return " / ".join(parts)
+    return run.resolve().name
+
+
+def _load_run(run: Path) -> GateStats:
+    if not run.is_dir():
+        raise UniPELTError(f"run folder not found: {run}")
+    if not (run / GATES_JSON).is_file():
+        raise UniPELTError(
+            f"{run} has no {GATES_JSON}: gate heatmaps need the folder of a finished `unipelt train` run "
+            "(it writes gates.json when training ends)"
+        )
+    return GateStats.load(run / GATES_JSON)
+
+
+def gates_command(runs: list[str], output: str | None = None) -> Path:
+    """Redraw gate heatmaps from finished runs; returns the heatmap PNG's path.
+
+    One run: RUN/gates.png (or ``output``), plus RUN/learning_curves.png when RUN/log.jsonl exists. Several
+    runs: one side-by-side PNG at ``output`` (default ./gates_compare.png), panels titled "task / method"
+    from each RUN/config.json, else by folder name; equal titles (e.g. two seeds) get the folder added.
+    Runs without gates are left out of a comparison with a message; if no run has any, that is an error.
+    """
+    if not runs:
+        raise UniPELTError("name at least one run folder (written by `unipelt train`)")
+    folders = [Path(run) for run in runs]
+    loaded = [(folder, _load_run(folder)) for folder in folders]  # check every folder before drawing any
+
+    if len(loaded) == 1:
+        folder, stats = loaded[0]
+        log = folder / LOG_JSONL
+        if log.is_file():
+            plot_learning_curves(log, folder / CURVES_PNG, title=_run_title(folder))
+        if stats.empty:
+            raise UniPELTError(
+                f"{folder} has no gate values: its method has no gates (gate='none'), so there is no heatmap"
+            )
+        return plot_gate_heatmap(
+            stats, Path(output) if output else folder / GATES_PNG, title=_run_title(folder)
+        )
+
+    titles = [_run_title(folder) for folder, _ in loaded]
+    panels = []
+    for (folder, stats), title in zip(loaded, titles):
+        if stats.empty:
+            logger.warning("gates: %s has no gate values (a method without gates); left out", folder)
+            continue
+        if titles.count(title) > 1 and title != folder.resolve().name:
+            title = f"{title} ({folder.resolve().name})"
+        panels.append((title, stats))
+    if not panels:
+        raise UniPELTError("none of the runs has gate values (all were trained with gate='none')")
+    return plot_gate_heatmap(panels, Path(output) if output else Path(COMPARE_PNG))

@@ -1,0 +1,150 @@
+"""Using a finished run: load it, evaluate it on any data, predict labels for new texts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unipelt.data import Example, TaskData, load_glue, load_table, tokenize_examples
+from unipelt.errors import UniPELTError
+from unipelt.metrics import compute_task_metrics
+from unipelt.train import TrainConfig
+
+
+class Run:
+    """A trained run folder: its config, label map, tokenizer and model (UniPELT or fully fine-tuned)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        for name in ("config.json", "labels.json", "checkpoint"):
+            if not (self.folder / name).exists():
+                raise UniPELTError(
+                    f"{self.folder} is not a finished unipelt run (no {name}); give the --out folder of `unipelt train`"
+                )
+        self.config = TrainConfig.from_dict(json.loads((self.folder / "config.json").read_text()))
+        labels = json.loads((self.folder / "labels.json").read_text())
+        self.labels: list[str] | None = labels["labels"]
+        self.regression: bool = labels["regression"]
+        self.metric_kind: str = labels["metric_kind"]
+        self._model = None
+        self._tokenizer = None
+
+    def load(self) -> tuple[torch.nn.Module, Any]:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        from unipelt.model import UniPELTModel
+        from unipelt.pretrained import resolve_model
+
+        if self._model is None:
+            hf_logging.set_verbosity_error()
+            self._tokenizer = AutoTokenizer.from_pretrained(self.folder / "tokenizer")
+            checkpoint = self.folder / "checkpoint"
+            if self.config.method == "ft":
+                self._model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
+            else:
+                num_labels = 1 if self.regression else len(self.labels)
+                kwargs: dict[str, Any] = {"num_labels": num_labels}
+                if self.regression:
+                    kwargs["problem_type"] = "regression"
+                base = AutoModelForSequenceClassification.from_pretrained(
+                    resolve_model(self.config.model), **kwargs
+                )
+                if base.config.pad_token_id is None:
+                    base.config.pad_token_id = self._tokenizer.pad_token_id
+                self._model = UniPELTModel.from_pretrained(base, checkpoint)
+            self._model.eval()
+        return self._model, self._tokenizer
+
+    def data(self, task: str | None = None, data_dir: str | None = None, path: str | None = None) -> TaskData:
+        """The run's test split by default; another GLUE task split or a file with the run's columns otherwise."""
+        if path is not None:
+            return load_table(
+                path,
+                self.config.text_columns,
+                self.config.label_column,
+                self.labels,
+                regression=self.regression,
+            )
+        task = task or self.config.task
+        if task is None:
+            if self.config.test_file is None:
+                raise UniPELTError(
+                    "this run was trained on your own files and has no test file: pass --data FILE"
+                )
+            return self.data(path=self.config.test_file)
+        return load_glue(task, data_dir or self.config.data_dir, "dev")
+
+    def logits(self, examples: list[Example], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        from tqdm.auto import tqdm
+        from transformers import DataCollatorWithPadding
+
+        model, tokenizer = self.load()
+        dataset = tokenize_examples(examples, tokenizer, self.config.max_length)
+        dataset = dataset.remove_columns([c for c in ("labels",) if c in dataset.column_names])
+        collate = DataCollatorWithPadding(tokenizer)
+        outputs = []
+        starts = range(0, len(dataset), batch_size)
+        with torch.inference_mode():
+            for start in tqdm(starts, disable=not progress, desc="predict", unit="batch"):
+                rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+                outputs.append(model(**collate(rows)).logits.float().numpy())
+        return np.concatenate(outputs)
+
+    def evaluate(self, data: TaskData, progress: bool = True) -> dict[str, float]:
+        if any(e.label is None for e in data.examples):
+            raise UniPELTError(f"{data.source} has unlabelled examples; `eval` needs labels (use `predict`)")
+        logits = self.logits(data.examples, progress=progress)
+        labels = np.array([e.label for e in data.examples])
+        return compute_task_metrics(self.metric_kind, logits, labels)
+
+    def predict(self, examples: list[Example], progress: bool = False) -> Iterator[dict[str, Any]]:
+        logits = self.logits(examples, progress=progress)
+        if self.regression:
+            for example, value in zip(examples, logits[:, 0]):
+                yield {
+                    "text": example.text_a,
+                    **({"text_b": example.text_b} if example.text_b else {}),
+                    "score": float(value),
+                }
+            return
+        probabilities = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+        for example, row in zip(examples, probabilities):
+            best = int(row.argmax())
+            record: dict[str, Any] = {"text": example.text_a}
+            if example.text_b is not None:
+                record["text_b"] = example.text_b
+            record["label"] = self.labels[best]
+            record["probabilities"] = {name: round(float(p), 6) for name, p in zip(self.labels, row)}
+            yield record
+
+
+def read_inputs(source: str, text_columns: list[str]) -> list[Example]:
+    """Texts to predict: a CSV/TSV/JSONL file with the run's text columns, or plain lines from a file or '-'.
+
+    Plain lines may hold two texts separated by a tab, for pair tasks.
+    """
+    if source != "-" and Path(source).suffix.lower() in (".csv", ".tsv", ".jsonl"):
+        return load_table(source, text_columns, None).examples
+    if source == "-":
+        lines: Iterable[str] = sys.stdin.read().splitlines()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise UniPELTError(f"input file not found: {path}")
+        lines = path.read_text(encoding="utf-8").splitlines()
+    examples = []
+    for line in lines:
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        examples.append(Example(parts[0], parts[1] if len(parts) > 1 else None, None))
+    if not examples:
+        raise UniPELTError(f"no texts to predict in {source!r}")
+    return examples
