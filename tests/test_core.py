@@ -22,7 +22,12 @@ def logits(model, inputs):
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize(
     "method,overrides",
-    [("lora", {}), ("adapter", {}), ("unipelt", {"prefix": False, "gate": "none"}), ("unipelt", {"prefix": False})],
+    [
+        ("lora", {}),
+        ("adapter", {}),
+        ("unipelt", {"prefix": False, "gate": "none"}),
+        ("unipelt", {"prefix": False}),
+    ],
 )
 def test_identity_at_init(arch, method, overrides):
     model = tiny_model(arch)
@@ -31,7 +36,9 @@ def test_identity_at_init(arch, method, overrides):
     unipelt = add_unipelt(model, method, **overrides)
     assert torch.allclose(logits(unipelt, inputs), base, atol=1e-6)
     perturb(unipelt)
-    assert not torch.allclose(logits(unipelt, inputs), base, atol=1e-4), "perturbed modules must change outputs"
+    assert not torch.allclose(logits(unipelt, inputs), base, atol=1e-4), (
+        "perturbed modules must change outputs"
+    )
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -119,7 +126,9 @@ def test_one_step_changes_only_trainable_parameters(arch, method):
         if name in frozen:
             assert torch.equal(parameter, frozen[name]), f"frozen {name} changed"
             assert parameter.grad is None
-    changed = [n for n, p in unipelt.named_parameters() if p.requires_grad and not torch.equal(p, trainable[n])]
+    changed = [
+        n for n, p in unipelt.named_parameters() if p.requires_grad and not torch.equal(p, trainable[n])
+    ]
     assert len(changed) == len(trainable)
     for parameter in unipelt.gate_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0
@@ -213,8 +222,12 @@ def test_cached_generation_equals_uncached_greedy(arch, method):
     prompt = torch.randint(3, 100, (2, 5), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         cached = unipelt.generate(
-            input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False,
-            min_new_tokens=6, pad_token_id=0,
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=6,
+            do_sample=False,
+            min_new_tokens=6,
+            pad_token_id=0,
         )
         ids = prompt
         for _ in range(6):
@@ -223,8 +236,12 @@ def test_cached_generation_equals_uncached_greedy(arch, method):
     assert torch.equal(cached, ids)
     with unipelt.disabled(), torch.no_grad():
         base_tokens = unipelt.generate(
-            input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=6, do_sample=False,
-            min_new_tokens=6, pad_token_id=0,
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=6,
+            do_sample=False,
+            min_new_tokens=6,
+            pad_token_id=0,
         )
     assert not torch.equal(base_tokens, cached), "the added modules should change what is generated"
 
@@ -252,7 +269,9 @@ def test_gqa_prefix_uses_key_value_heads():
 def test_unsupported_model_error_lists_supported_types():
     import transformers as tf
 
-    model = tf.T5ForConditionalGeneration(tf.T5Config(d_model=16, num_layers=1, num_heads=2, d_ff=8, d_kv=8, vocab_size=50))
+    model = tf.T5ForConditionalGeneration(
+        tf.T5Config(d_model=16, num_layers=1, num_heads=2, d_ff=8, d_kv=8, vocab_size=50)
+    )
     with pytest.raises(UnsupportedModelError, match=r"'t5' is not supported.*bert.*llama.*add a row"):
         add_unipelt(model, "unipelt")
 
@@ -277,5 +296,8 @@ def test_only_added_modules_and_head_are_trainable():
     model = tiny_model("bert")
     unipelt = add_unipelt(model, "unipelt")
     trainable = [n for n, p in unipelt.named_parameters() if p.requires_grad]
-    assert all(n.startswith(("layers.", "prefix.", "base_model.classifier", "base_model.bert.pooler")) for n in trainable)
+    assert all(
+        n.startswith(("layers.", "prefix.", "base_model.classifier", "base_model.bert.pooler"))
+        for n in trainable
+    )
     assert any(n.startswith("base_model.classifier") for n in trainable)

@@ -392,6 +392,9 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         raise UniPELTError(f"{run_dir} already holds a finished run; choose another --out or delete it")
     if config.threads:
         torch.set_num_threads(config.threads)
+    from unipelt.pretrained import resolve_model
+
+    resolve_model(config.model)  # a bad model path fails here, before any data is read
     splits = load_splits(config)  # bad data fails here, before the run folder exists
     set_seed(config.seed)
     model, unipelt, tokenizer = build_model(config, splits)
@@ -443,6 +446,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # also what lets torchrun on CPU run DDP over gloo
         disable_tqdm=False,
         save_only_model=False,
         ddp_find_unused_parameters=False,

@@ -1,0 +1,265 @@
+"""End-to-end runs of the command line on a tiny model and small slices of real GLUE data."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from unipelt.cli import main
+from unipelt.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow
+FAST = ["--epochs", "1", "--batch-size", "8", "--max-length", "64", "--threads", "1"]
+
+
+def cli(*args: str) -> int:
+    return main([str(a) for a in args])
+
+
+def kshot(model: Path, glue: Path, out: Path, method: str = "unipelt", *extra: str) -> list[str]:
+    return [
+        "train",
+        "--model",
+        model,
+        "--data-dir",
+        glue,
+        "--task",
+        "rte",
+        "--method",
+        method,
+        "--k",
+        "16",
+        "--n-valid",
+        "16",
+        "--out",
+        out,
+        *FAST,
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model_dir, glue_dir, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "rte"
+    assert cli(*kshot(tiny_model_dir, glue_dir, out)) == 0
+    return out
+
+
+def test_train_writes_a_complete_run_folder(trained_run):
+    names = {p.name for p in trained_run.iterdir()}
+    assert {
+        "config.json",
+        "labels.json",
+        "checkpoint",
+        "tokenizer",
+        "log.jsonl",
+        "metrics.json",
+        "gates.json",
+        "gates.csv",
+        "gates.png",
+        "learning_curves.png",
+    } <= names
+    assert "trainer" not in names  # resume checkpoints are removed once the run has finished
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert metrics["metric"] == "accuracy" and 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert metrics["parameters"]["lora"] > 0
+    assert json.loads((trained_run / "labels.json").read_text())["labels"] == ["entailment", "not_entailment"]
+    for png in ("gates.png", "learning_curves.png"):
+        assert (trained_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    evaluations = [json.loads(line) for line in (trained_run / "log.jsonl").read_text().splitlines()]
+    assert any("eval_accuracy" in record for record in evaluations)
+    weights = load_file(str(trained_run / "checkpoint" / "unipelt_weights.safetensors"))
+    assert not any("embeddings" in key for key in weights), (
+        "checkpoint must hold only added weights and the head"
+    )
+
+
+def test_eval_reproduces_the_test_score(trained_run, glue_dir, capsys):
+    assert cli("eval", trained_run, "--data-dir", glue_dir, "--json") == 0
+    result = json.loads(capsys.readouterr().out)
+    expected = json.loads((trained_run / "metrics.json").read_text())["test"]["accuracy"]
+    assert result["examples"] == 277
+    assert result["accuracy"] == pytest.approx(expected, abs=1e-9)
+
+
+def test_predict_from_file_and_stdin(trained_run, tmp_path, capsys, monkeypatch):
+    lines = tmp_path / "pairs.txt"
+    lines.write_text("A man is sleeping.\tA person rests.\nThe sky is green.\tThe sky is blue.\n")
+    assert cli("predict", trained_run, "--input", lines) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(records) == 2 and records[0]["text_b"] == "A person rests."
+    for record in records:
+        assert record["label"] in ("entailment", "not_entailment")
+        assert sum(record["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("one text\tanother text\n"))
+    assert cli("predict", trained_run, "--input", "-", "--format", "table") == 0
+    assert "another" not in capsys.readouterr().out.split("\t")[0]
+
+
+def test_gates_command_redraws_and_compares(trained_run, tmp_path, capsys):
+    assert cli("gates", trained_run, trained_run, "--output", tmp_path / "cmp.png") == 0
+    assert (tmp_path / "cmp.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_custom_csv_with_label_mapping(tiny_model_dir, tmp_path):
+    rows = ["text,sentiment"] + [
+        f"this is {'great' if i % 2 else 'awful'} number {i},{'pos' if i % 2 else 'neg'}" for i in range(40)
+    ]
+    (tmp_path / "reviews.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    assert (
+        cli(
+            "train",
+            "--model",
+            tiny_model_dir,
+            "--train",
+            tmp_path / "reviews.csv",
+            "--label-column",
+            "sentiment",
+            "--out",
+            out,
+            "--method",
+            "lora",
+            *FAST,
+        )
+        == 0
+    )
+    labels = json.loads((out / "labels.json").read_text())
+    assert labels == {"labels": ["neg", "pos"], "regression": False, "metric_kind": "classification"}
+    assert json.loads((out / "metrics.json").read_text())["valid"]["accuracy"] >= 0.0
+
+
+@pytest.mark.parametrize(
+    "content,flags,message",
+    [
+        ("text,label\n", [], "empty|no data rows|no rows"),
+        ("words,label\nhello,a\nbye,b\n", [], "text"),
+        ("text,label\nhello,a\nbye,\n", [], "line 3"),
+    ],
+)
+def test_bad_data_is_one_clear_error_and_writes_nothing(
+    tiny_model_dir, tmp_path, capsys, content, flags, message
+):
+    bad = tmp_path / "bad.csv"
+    bad.write_text(content)
+    out = tmp_path / "run"
+    assert cli("train", "--model", tiny_model_dir, "--train", bad, "--out", out, *flags, *FAST) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("unipelt: error:") and "bad.csv" in err and "Traceback" not in err
+    import re
+
+    assert re.search(message, err, re.I)
+    assert not out.exists()
+
+
+def test_missing_task_folder_and_bad_model_are_clear_errors(tiny_model_dir, tmp_path, capsys):
+    (tmp_path / "glue" / "RTE").mkdir(parents=True)
+    assert (
+        cli(
+            "train",
+            "--model",
+            tiny_model_dir,
+            "--data-dir",
+            tmp_path / "glue",
+            "--task",
+            "cola",
+            "--out",
+            tmp_path / "r",
+            *FAST,
+        )
+        == 2
+    )
+    assert "CoLA" in capsys.readouterr().err
+    assert cli("train", "--model", tmp_path / "nope", "--task", "rte", "--out", tmp_path / "r2", *FAST) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def _crash_after(step: int):
+    from transformers import TrainerCallback
+
+    class Crash(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.global_step >= step:
+                raise RuntimeError("simulated crash")
+
+    return Crash()
+
+
+def test_resume_after_a_crash_ends_like_an_uninterrupted_run(tiny_model_dir, glue_dir, tmp_path):
+    base = TrainConfig(
+        model=str(tiny_model_dir),
+        task="rte",
+        data_dir=str(glue_dir),
+        method="unipelt",
+        k=16,
+        n_valid=16,
+        epochs=3,
+        batch_size=8,
+        max_length=64,
+        threads=1,
+        patience=10,
+    )
+    straight = train(TrainConfig(**{**base.to_dict(), "output_dir": str(tmp_path / "straight")}))
+    crashed = TrainConfig(**{**base.to_dict(), "output_dir": str(tmp_path / "crashed")})
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(crashed, callbacks=[_crash_after(4)])
+    assert not (tmp_path / "crashed" / "metrics.json").exists()
+    assert any((tmp_path / "crashed" / "trainer").glob("checkpoint-4"))
+    resumed = train(crashed, resume=True)
+    assert resumed["steps"] == straight["steps"] == 6
+    assert resumed["test"]["accuracy"] == pytest.approx(straight["test"]["accuracy"], abs=1e-9)
+    assert resumed["test"]["loss"] == pytest.approx(straight["test"]["loss"], rel=1e-5)
+    a = load_file(str(tmp_path / "straight" / "checkpoint" / "unipelt_weights.safetensors"))
+    b = load_file(str(tmp_path / "crashed" / "checkpoint" / "unipelt_weights.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_seeds_report_mean_and_std_and_skip_finished_runs(tiny_model_dir, glue_dir, tmp_path, capsys):
+    out = tmp_path / "multi"
+    args = kshot(tiny_model_dir, glue_dir, out, "ft", "--seeds", "1,2")
+    assert cli(*args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [1, 2] and set(summary["test"]["accuracy"]) == {"mean", "std"}
+    stamp = (out / "seed-1" / "metrics.json").stat().st_mtime_ns
+    assert cli(*args) == 0
+    assert (out / "seed-1" / "metrics.json").stat().st_mtime_ns == stamp
+    assert "±" in capsys.readouterr().out
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_data_parallel_run(tiny_model_dir, glue_dir, tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(_free_port()),
+        "-m",
+        "unipelt.cli",
+        *[str(a) for a in kshot(tiny_model_dir, glue_dir, out)],
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (
+        metrics["steps"] == 1
+    )  # 16 examples, batch 8 per process, 2 processes: one optimizer step per epoch
