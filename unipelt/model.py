@@ -257,8 +257,9 @@ class UniPELTModel(nn.Module):
                     )
                 mid = mid.reshape(-1, mid.shape[-1])
                 if parts == 1:
-                    flat = output.reshape(-1, output.shape[-1])
-                    output = torch.addmm(flat, mid, lora.lora_B.weight.t()).view(output.shape)
+                    # In place: nothing has saved the projection's fresh output for backward yet, and
+                    # accumulating into it avoids copying a tokens x width tensor per LoRA.
+                    output.view(-1, output.shape[-1]).addmm_(mid, lora.lora_B.weight.t())
                 else:
                     width = output.shape[-1] // parts
                     delta = (mid @ lora.lora_B.weight.t()).view(*output.shape[:-1], width)

@@ -1,0 +1,226 @@
+"""The paper's low-resource GLUE grid (Table 1 layout) with unipelt, resumable and shardable.
+
+Each cell (task, K, method, seed) is one ``unipelt.train`` run into OUT/<task>/k<K>/<method>/seed-<S>; a cell
+whose metrics.json exists is skipped, so the script can be stopped and restarted at will, and ``--shard i/n``
+splits the cells over n processes (or machines sharing OUT). ``--report`` only gathers what has finished into
+OUT/results.jsonl, OUT/table.md (per task, average, std of the average over seeds) and OUT/table.png.
+
+Cells run seed-major (every cell with seed 1 first), so a grid cut short still covers every task and method.
+
+    python benchmarks/grid.py --out benchmarks/out/grid --k 100 --seeds 1,2,3 --data-dir ../shared/data/glue
+    python benchmarks/grid.py --out benchmarks/out/grid --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+TASKS = ["rte", "mrpc", "stsb", "cola", "sst2"]
+METHODS = ["ft", "adapter", "prefix", "lora", "unipelt-ap", "unipelt", "unipelt-router", "ap-nogate"]
+LABELS = {
+    "ft": "Fine-tune",
+    "adapter": "Adapter",
+    "prefix": "Prefix",
+    "lora": "LoRA",
+    "unipelt-ap": "UniPELT (AP)",
+    "unipelt": "UniPELT (APL)",
+    "unipelt-router": "UniPELT (router)",
+    "ap-nogate": "AP without gates",
+}
+TASK_TITLES = {"rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "cola": "CoLA", "sst2": "SST-2"}
+
+
+def cells(tasks, ks, methods, seeds):
+    for seed in seeds:
+        for k in ks:
+            for task in tasks:
+                for method in methods:
+                    yield task, k, method, seed
+
+
+def cell_dir(out: Path, task: str, k: int, method: str, seed: int) -> Path:
+    return out / task / f"k{k}" / method / f"seed-{seed}"
+
+
+def run_grid(args: argparse.Namespace) -> None:
+    from unipelt.train import TrainConfig, train
+
+    hyper = json.loads(Path(args.hyper).read_text()) if args.hyper else {}
+    todo = list(cells(args.tasks, args.k, args.methods, args.seeds))
+    index, count = args.shard
+    mine = [cell for i, cell in enumerate(todo) if i % count == index]
+    start = time.time()
+    for n, (task, k, method, seed) in enumerate(mine, 1):
+        folder = cell_dir(args.out, task, k, method, seed)
+        if (folder / "metrics.json").is_file():
+            continue
+        overrides = {**hyper.get(method, {}), **hyper.get(f"{task}/{method}", {})}
+        config = TrainConfig(
+            output_dir=str(folder),
+            model=args.model,
+            method=method,
+            task=task,
+            data_dir=args.data_dir,
+            k=k,
+            n_valid=args.n_valid,
+            seed=seed,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            patience=args.patience,
+            threads=args.threads,
+            logging_steps=50,
+        )
+        config = dataclasses.replace(config, **overrides)
+        result = train(config, resume=True)
+        print(
+            f"[{n}/{len(mine)} {time.time() - start:.0f}s] {task} k={k} {method} seed={seed}: "
+            f"test {result['metric']} {100 * result['test'][result['metric']]:.2f}",
+            flush=True,
+        )
+
+
+def gather(out: Path) -> list[dict]:
+    rows = []
+    for path in sorted(out.glob("*/k*/*/seed-*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        task, k, method = path.parts[-5], int(path.parts[-4][1:]), path.parts[-3]
+        rows.append(
+            {
+                "task": task,
+                "k": k,
+                "method": method,
+                "seed": metrics["seed"],
+                "metric": metrics["metric"],
+                "test": metrics["test"].get(metrics["metric"]),
+                "valid": metrics["valid"].get(metrics["metric"]),
+                "train_seconds": metrics["train_seconds"],
+                "steps": metrics["steps"],
+            }
+        )
+    return rows
+
+
+def table(rows: list[dict], tasks: list[str], methods: list[str]) -> str:
+    """Mean test score over seeds per task; Avg = mean over tasks; (std of the per-seed averages), as in Table 1."""
+    lines = []
+    for k in sorted({r["k"] for r in rows}):
+        header = "| K | method | " + " | ".join(TASK_TITLES[t] for t in tasks) + " | Avg | seeds |"
+        lines += [header, "|" + "---|" * (len(tasks) + 4)]
+        for method in methods:
+            mine = [r for r in rows if r["k"] == k and r["method"] == method]
+            if not mine:
+                continue
+            cells_ = []
+            for task in tasks:
+                scores = [100 * r["test"] for r in mine if r["task"] == task]
+                cells_.append(f"{statistics.fmean(scores):.2f}" if scores else "–")
+            seeds = sorted({r["seed"] for r in mine})
+            per_seed = []
+            for seed in seeds:
+                scores = {r["task"]: 100 * r["test"] for r in mine if r["seed"] == seed}
+                if all(t in scores for t in tasks):
+                    per_seed.append(statistics.fmean(scores[t] for t in tasks))
+            if len(per_seed) == len(seeds) and per_seed:
+                spread = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+                avg = f"{statistics.fmean(per_seed):.2f} ({spread:.1f})"
+            else:
+                avg = "–"
+            lines.append(
+                f"| {k} | {LABELS.get(method, method)} | " + " | ".join(cells_) + f" | {avg} | {len(seeds)} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], tasks: list[str], methods: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted({r["k"] for r in rows})
+    fig, axes = plt.subplots(1, len(ks), figsize=(1.6 * len(tasks) + 3, 4), squeeze=False)
+    width = 0.8 / max(1, len(methods))
+    for ax, k in zip(axes[0], ks):
+        for i, method in enumerate(methods):
+            means, errors = [], []
+            for task in tasks:
+                scores = [
+                    100 * r["test"]
+                    for r in rows
+                    if r["k"] == k and r["method"] == method and r["task"] == task
+                ]
+                means.append(statistics.fmean(scores) if scores else float("nan"))
+                errors.append(statistics.stdev(scores) if len(scores) > 1 else 0.0)
+            positions = [j + (i - len(methods) / 2 + 0.5) * width for j in range(len(tasks))]
+            ax.bar(positions, means, width, yerr=errors, label=LABELS.get(method, method), capsize=1.5)
+        ax.set_xticks(range(len(tasks)), [TASK_TITLES[t] for t in tasks])
+        ax.set_title(f"K = {k}")
+        ax.set_ylabel("test score (mean over seeds)")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report(args: argparse.Namespace) -> None:
+    rows = gather(args.out)
+    if not rows:
+        print(f"no finished cells under {args.out}")
+        return
+    with open(args.out / "results.jsonl", "w") as handle:
+        for row in rows:
+            handle.write(json.dumps(row) + "\n")
+    tasks = [t for t in args.tasks if any(r["task"] == t for r in rows)]
+    methods = [m for m in args.methods if any(r["method"] == m for r in rows)]
+    text = table(rows, tasks, methods)
+    (args.out / "table.md").write_text(text + "\n")
+    plot(rows, tasks, methods, args.out / "table.png")
+    hours = sum(r["train_seconds"] for r in rows) / 3600
+    print(text)
+    print(
+        f"{len(rows)} cells, {hours:.2f} h of training time; table.md, table.png, results.jsonl in {args.out}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/grid"))
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--data-dir", default=os.environ.get("UNIPELT_DATA_DIR"))
+    parser.add_argument("--tasks", type=lambda s: s.split(","), default=TASKS)
+    parser.add_argument("--methods", type=lambda s: s.split(","), default=METHODS)
+    parser.add_argument("--k", type=lambda s: [int(x) for x in s.split(",")], default=[100])
+    parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3])
+    parser.add_argument("--n-valid", type=int, default=1000)
+    parser.add_argument("--epochs", type=float, default=20)
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--threads", type=int)
+    parser.add_argument("--hyper", help="JSON file of per-method (or 'task/method') TrainConfig overrides")
+    parser.add_argument(
+        "--shard",
+        type=lambda s: tuple(int(x) for x in s.split("/")),
+        default=(0, 1),
+        help="i/n: run every n-th cell starting at i",
+    )
+    parser.add_argument("--report", action="store_true", help="only gather finished cells into tables")
+    args = parser.parse_args()
+    if args.report:
+        report(args)
+    else:
+        run_grid(args)
+        report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
