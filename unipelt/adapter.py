@@ -44,5 +44,7 @@ class BottleneckAdapter(nn.Module):
             z, column = z * g, g
         z = torch.cat([z, column], dim=-1)
         weight = torch.cat([self.up.weight, self.up.bias[:, None]], dim=1)
-        out = torch.addmm(h.reshape(-1, h.shape[-1]), z.reshape(-1, z.shape[-1]), weight.t())
-        return out.view(h.shape)
+        flat, z = h.reshape(-1, h.shape[-1]), z.reshape(-1, z.shape[-1])
+        if not torch.is_grad_enabled() and flat.data_ptr() == h.data_ptr():
+            return flat.addmm_(z, weight.t()).view(h.shape)  # inference: accumulate into h, no copy
+        return torch.addmm(flat, z, weight.t()).view(h.shape)  # training: down(h) saved h for backward
