@@ -7,12 +7,14 @@ checkpoint at that path is moved aside first and deleted only after the new one 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 CONFIG_NAME = "unipelt_config.json"
 WEIGHTS_NAME = "unipelt_weights.safetensors"
@@ -59,20 +61,27 @@ def atomic_directory(target: str | Path, write: Callable[[Path], None]) -> Path:
     return target
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a small file via a temporary sibling and a rename."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing; on success flush, fsync and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, mode) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a small file via a temporary sibling and a rename."""
+    with atomic_file(path) as handle:
+        handle.write(text)
 
 
 def write_json(path: str | Path, data: object) -> None:

@@ -17,14 +17,12 @@ import io
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unipelt.checkpoint import atomic_write_text, write_json
+from unipelt.checkpoint import atomic_file, atomic_write_text, write_json
 from unipelt.errors import UniPELTError
 
 if TYPE_CHECKING:
@@ -324,17 +322,8 @@ def collect_gate_stats(
 def _save_figure(figure: Figure, path: str | Path) -> Path:
     """Render ``figure`` to PNG in a temporary sibling of ``path`` and rename it into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            figure.savefig(handle, format="png", dpi=_PNG_DPI)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=_PNG_DPI)
     return path
 
 
