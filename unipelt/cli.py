@@ -323,17 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="PNG path when comparing several runs")
     p.set_defaults(func=cmd_gates)
 
-    p = sub.add_parser(
-        "bench", help="measure parameters, latency and training step time against the base model"
-    )
-    p.add_argument("--model", default="minilm")
-    p.add_argument("--methods", default="unipelt,lora,adapter,prefix,unipelt-ap")
-    p.add_argument("--batch", type=_int_list, default=[1, 32], help="batch sizes (comma-separated)")
-    p.add_argument("--length", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--train-batch", type=int, default=16)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("bench", help="parameters, latency, training step time and memory vs the base model")
+    from unipelt.bench import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -1,0 +1,451 @@
+"""The cost-measurement protocol shared by the cost scripts (peer_cost.py, peer_peft_cost.py, ours).
+
+Imports only torch, the standard library and :mod:`timing` (same folder), so it runs in every venv.
+
+A cost script describes its methods as :class:`Method` objects (how to build the model for inference and
+for training) and calls :func:`main`.  The protocol then measures, for one model:
+
+* ``params``: parameter counts (trainable in the training form, with and without the task head; parameters
+  added over the base model in the inference form, e.g. after ejecting a prefix MLP or merging LoRA);
+* ``infer_latency``: seconds per forward pass at each ``batch x seq_len`` of ``--infer-batches`` x
+  ``--seq-len``, all methods interleaved in this process, eval mode, ``torch.inference_mode``;
+  ``ratio`` = median / median of the ``base`` method;
+* ``train_step``: seconds per training step (forward + backward + AdamW step) at ``--train-batch``, all
+  methods interleaved; ``ratio`` = median / median of the ``full_ft`` method;
+* ``peak_memory`` (unless ``--no-memory``): extra peak RSS (CPU) or allocated memory (GPU) of 2 forward
+  passes at the largest inference shape, and of 2 training steps, each in a fresh subprocess per method;
+  ratios as above.
+
+Timing on a shared machine: multi-threaded torch slows down several-fold whenever another process takes a
+core.  The loops therefore use :func:`timing.time_until_clean`: interleaved rounds are added (up to
+``--max-rounds-factor`` x the repeats) until each method has ``repeats`` *clean* calls, during which other
+processes used under ``--clean-threshold`` cores.  ``median_s`` / ``ratio`` are over the clean calls when
+there are at least 3 (``clean_sample``), else over all; ``median_all_s`` / ``ratio_all`` use every call and
+``ratio_min`` the minima.  Each timing record also carries the raw ``times_s`` with a ``clean`` flag per call,
+``loop_foreign_cores`` (average cores used by other processes during the loop) and ``loop_steal_s``.
+
+Output: JSON lines to ``--out`` (overwritten), one record per method x measure, plus one
+``measure == "machine"`` record first.  Every record carries ``library``, ``library_version``, ``model``,
+``device``, ``threads`` and ``run_id``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from unipelt.benchmarking import timing
+
+BASE = "base"
+FULL_FT = "full_ft"
+
+
+@dataclass
+class Method:
+    """One configuration to measure.
+
+    ``build(mode)`` returns a ready model: ``mode == "infer"``: eval mode, in the deployable form (prefix MLP
+    ejected, mergeable weights merged if that is what the method name says); ``mode == "train"``: train
+    mode, ``requires_grad`` set on exactly the parameters that are trained.  ``infer`` / ``train`` say which
+    measures apply (the frozen base is not trained; full fine-tuning infers like the base).
+    """
+
+    name: str
+    build: Callable[[str], torch.nn.Module]
+    infer: bool = True
+    train: bool = True
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def model_loader(
+    model_dir: str, random_init: bool, seed: int, num_labels: int = 2
+) -> tuple[object, Callable[[], torch.nn.Module]]:
+    """(config, load): ``load()`` gives a fresh classification model with the same head initialisation each time."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model_dir, num_labels=num_labels)
+
+    def load() -> torch.nn.Module:
+        torch.manual_seed(seed)
+        if random_init:
+            return AutoModelForSequenceClassification.from_config(config)
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, config=config)
+
+    return config, load
+
+
+def reference_methods(load: Callable[[], torch.nn.Module]) -> list[Method]:
+    """The two references every library is measured against: the frozen base and full fine-tuning."""
+
+    def plain(train_all: bool) -> Callable[[str], torch.nn.Module]:
+        def build(mode: str) -> torch.nn.Module:
+            model = load()
+            for parameter in model.parameters():
+                parameter.requires_grad = train_all and mode == "train"
+            return model.train() if mode == "train" else model.eval()
+
+        return build
+
+    return [
+        Method(BASE, plain(False), train=False, note="plain transformers model, frozen"),
+        Method(FULL_FT, plain(True), infer=False, note="all parameters trained"),
+    ]
+
+
+def resolve_model_dir(model: str, model_dir: str | None = None) -> str:
+    """A model folder: ``--model-dir`` if given, else minilm / mpnet / a folder through unipelt.pretrained."""
+    from unipelt.pretrained import resolve_model
+
+    return resolve_model(model_dir or model)
+
+
+def add_cli_args(p: argparse.ArgumentParser) -> None:
+    """Add the protocol's flags to a script's parser."""
+    p.add_argument("--out", help="JSON-lines output file (overwritten)")
+    p.add_argument("--methods", default="", help="comma-separated subset of methods (default: all)")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: all cores)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--infer-batches", default="1,32", help="comma-separated inference batch sizes")
+    p.add_argument("--repeats", type=int, default=10, help="timed rounds for inference at the largest batch")
+    p.add_argument(
+        "--repeats-small",
+        type=int,
+        default=0,
+        help="timed rounds for smaller inference batches (0: 3 x --repeats)",
+    )
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds before timing")
+    p.add_argument("--train-batch", type=int, default=32)
+    p.add_argument("--train-repeats", type=int, default=5, help="timed training-step rounds")
+    p.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate for the timed steps")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-method memory subprocesses")
+    p.add_argument("--no-train", action="store_true", help="skip training-step timing")
+    p.add_argument("--no-infer", action="store_true", help="skip inference timing")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-rounds-factor",
+        type=float,
+        default=3.0,
+        help="on a busy machine, run up to this many times the repeats to collect clean calls (1: no retry)",
+    )
+    p.add_argument(
+        "--clean-threshold",
+        type=float,
+        default=0.15,
+        help="a call is clean if other processes used under this many cores meanwhile",
+    )
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0.0,
+        help="before each timing loop wait up to this many seconds for other processes to go idle",
+    )
+    p.add_argument("--child", default="", help=argparse.SUPPRESS)  # internal: METHOD:PHASE memory child
+
+
+def _delta(after: float | None, before: float | None) -> float | None:
+    return None if after is None or before is None else after - before
+
+
+def _timed_loop(fns, repeats: int, warmup: int, sync, args) -> tuple[dict, dict, dict]:
+    """Interleaved timing until each method has ``repeats`` clean calls (see timing.time_until_clean), plus
+    how busy the machine was meanwhile (other processes, hypervisor steal)."""
+    quiet = timing.wait_for_quiet(args.wait_quiet, window_s=1.0) if args.wait_quiet > 0 else None
+    t0, st0, fo0 = time.perf_counter(), timing.cpu_steal_s(), timing.foreign_cpu_s()
+    max_rounds = max(repeats, int(round(args.max_rounds_factor * repeats)))
+    times, clean = timing.time_until_clean(
+        fns, repeats, warmup, max_rounds=max_rounds, max_foreign_cores=args.clean_threshold, sync=sync
+    )
+    wall = time.perf_counter() - t0
+    foreign = _delta(timing.foreign_cpu_s(), fo0)
+    ctx = {
+        "loop_wall_s": wall,
+        "loop_steal_s": _delta(timing.cpu_steal_s(), st0),
+        "loop_foreign_cpu_s": foreign,
+        "loop_foreign_cores": foreign / wall if foreign is not None else None,
+        "foreign_cores_before": quiet,
+        "rounds": len(next(iter(times.values()))) if times else 0,
+    }
+    return times, clean, ctx
+
+
+def _sample(ts: list[float], cl: list[bool], min_clean: int = 3) -> tuple[list[float], bool]:
+    """The clean calls if there are at least ``min_clean`` of them, else all calls."""
+    clean = [t for t, c in zip(ts, cl) if c]
+    return (clean, True) if len(clean) >= min_clean else (list(ts), False)
+
+
+def _stats(name: str, times: dict, clean: dict, ref_name: str, min_clean: int) -> dict:
+    """One method's timings: statistics of the clean sample (``*_s``), of all calls (``median_all_s``), and
+    ``ratio`` (medians) / ``ratio_min`` (minima) against ``ref_name``."""
+    ts, used_clean = _sample(times[name], clean[name], min_clean)
+    s = timing.summarize(ts)
+    out = {
+        "median_s": s["median"],
+        "p25_s": s["p25"],
+        "p75_s": s["p75"],
+        "min_s": s["min"],
+        "n": s["n"],
+        "n_clean": sum(clean[name]),
+        "n_all": len(times[name]),
+        "clean_sample": used_clean,
+        "median_all_s": timing.median(times[name]),
+    }
+    if ref_name in times:
+        ref, _ = _sample(times[ref_name], clean[ref_name], min_clean)
+        out["ratio"] = s["median"] / timing.median(ref)
+        out["ratio_min"] = min(times[name]) / min(times[ref_name])
+        out["ratio_all"] = timing.median(times[name]) / timing.median(times[ref_name])
+    return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameter")
+    return torch.optim.AdamW(params, lr=lr)
+
+
+def _child(methods: dict[str, Method], args: argparse.Namespace, vocab_size: int, num_labels: int) -> None:
+    name, phase = args.child.split(":")
+    device = resolve_device(args.device)
+    timing.set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    method = methods[name]
+    model = method.build(phase).to(device)
+    if phase == "infer":
+        bs = max(int(b) for b in args.infer_batches.split(","))
+        batch = timing.make_batch(bs, args.seq_len, vocab_size, seed=args.seed, device=device)
+        run = timing.inference_fn(model, batch)
+
+        def workload():
+            run()
+            run()
+    else:
+        bs = args.train_batch
+        batch = timing.make_batch(
+            bs, args.seq_len, vocab_size, seed=args.seed, num_labels=num_labels, device=device
+        )
+        step = timing.train_step_fn(model, batch, _optimizer(model, args.lr))
+
+        def workload():
+            step()
+            step()
+
+    res = timing.measure_peak(workload, device)
+    res.update({"method": name, "phase": phase, "batch": bs, "seq_len": args.seq_len})
+    timing.emit_child_result(res)
+
+
+def _params(method: Method, base_total: int | None, head_names: Sequence[str]) -> dict:
+    rec: dict = {}
+    if method.train:
+        m = method.build("train")
+        c = timing.count_params(m)
+        rec["trainable"] = c["trainable"]
+        rec["trainable_without_head"] = timing.count_params(m, exclude=head_names)["trainable"]
+        rec["total_train_form"] = c["total"]
+        del m
+    if method.infer:
+        m = method.build("infer")
+        total = timing.count_params(m)["total"]
+        rec["total_infer_form"] = total
+        if base_total is not None:
+            rec["added_at_inference"] = total - base_total
+        del m
+    return rec
+
+
+def main(
+    methods: Sequence[Method],
+    args: argparse.Namespace,
+    *,
+    library: str,
+    library_version: str,
+    model_name: str,
+    vocab_size: int,
+    num_labels: int = 2,
+    head_names: Sequence[str] = ("classifier", "heads.", "score"),
+    packages: Sequence[str] = ("transformers", "adapters", "peft"),
+    extra_meta: dict | None = None,
+) -> list[dict]:
+    """Run the protocol over ``methods`` (must include ``base`` and ``full_ft`` for the ratios).
+
+    Returns the records (also written to ``args.out`` when given).  With ``args.child`` set, runs one
+    memory measurement instead and prints it for the parent (internal).
+    """
+    by_name = {m.name: m for m in methods}
+    if args.child:
+        _child(by_name, args, vocab_size, num_labels)
+        return []
+    wanted = [s for s in args.methods.split(",") if s]
+    if wanted:
+        unknown = set(wanted) - set(by_name)
+        if unknown:
+            raise SystemExit(f"unknown methods {sorted(unknown)}; known: {sorted(by_name)}")
+        keep = set(wanted) | {BASE, FULL_FT}
+        methods = [m for m in methods if m.name in keep]
+    device = resolve_device(args.device)
+    threads = timing.set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    run_id = time.strftime("%Y%m%dT%H%M%S")
+    common = {
+        "library": library,
+        "library_version": library_version,
+        "model": model_name,
+        "device": device.type,
+        "threads": threads,
+        "run_id": run_id,
+    }
+    records: list[dict] = []
+    out = open(args.out, "w") if args.out else None  # noqa: SIM115
+
+    def emit(rec: dict) -> None:
+        rec = {**common, **rec}
+        records.append(rec)
+        line = json.dumps(rec)
+        if out:
+            out.write(line + "\n")
+            out.flush()
+        short = {k: v for k, v in rec.items() if k not in common and k not in ("times_s", "clean")}
+        print(json.dumps(short), flush=True)
+
+    emit({"measure": "machine", **timing.machine_info(packages), **(extra_meta or {})})
+    sync = (lambda: timing.synchronize(device)) if device.type == "cuda" else None
+
+    # ---- parameter counts (also checks every method builds; failures are recorded and skipped)
+    ok: list[Method] = []
+    base_total = None
+    for m in methods:
+        try:
+            rec = _params(m, base_total, head_names)
+        except Exception as e:  # noqa: BLE001 - a peer library may not support a method on a model
+            emit({"method": m.name, "measure": "error", "error": f"{type(e).__name__}: {e}"[:2000]})
+            if m.name in (BASE, FULL_FT):
+                raise
+            continue
+        if m.name == BASE:
+            base_total = rec["total_infer_form"]
+            rec["added_at_inference"] = 0
+        if base_total:
+            for k in ("trainable", "trainable_without_head", "added_at_inference"):
+                if k in rec:
+                    rec["pct_" + k] = 100.0 * rec[k] / base_total
+        emit(
+            {
+                "method": m.name,
+                "measure": "params",
+                "base_total": base_total,
+                "note": m.note,
+                **m.extra,
+                **rec,
+            }
+        )
+        ok.append(m)
+    methods = ok
+
+    # ---- inference latency, interleaved
+    batches = sorted(int(b) for b in args.infer_batches.split(",") if b)
+    if not args.no_infer:
+        infer_models = {m.name: m.build("infer").to(device) for m in methods if m.infer}
+        for bs in batches:
+            batch = timing.make_batch(bs, args.seq_len, vocab_size, seed=args.seed, device=device)
+            fns = {n: timing.inference_fn(mod, batch) for n, mod in infer_models.items()}
+            reps = args.repeats if bs == batches[-1] else (args.repeats_small or 3 * args.repeats)
+            times, clean, ctx = _timed_loop(fns, reps, args.warmup, sync, args)
+            for n, ts in times.items():
+                emit(
+                    {
+                        "method": n,
+                        "measure": "infer_latency",
+                        "batch": bs,
+                        "seq_len": args.seq_len,
+                        **_stats(n, times, clean, BASE, min(3, reps)),
+                        "ratio_to": BASE,
+                        "warmup": args.warmup,
+                        **ctx,
+                        "times_s": ts,
+                        "clean": clean[n],
+                    }
+                )
+        del infer_models
+
+    # ---- training step, interleaved
+    if not args.no_train:
+        train_models = {m.name: m.build("train").to(device) for m in methods if m.train}
+        batch = timing.make_batch(
+            args.train_batch, args.seq_len, vocab_size, seed=args.seed, num_labels=num_labels, device=device
+        )
+        fns = {
+            n: timing.train_step_fn(mod, batch, _optimizer(mod, args.lr)) for n, mod in train_models.items()
+        }
+        warm = max(1, args.warmup // 2)
+        times, clean, ctx = _timed_loop(fns, args.train_repeats, warm, sync, args)
+        for n, ts in times.items():
+            emit(
+                {
+                    "method": n,
+                    "measure": "train_step",
+                    "batch": args.train_batch,
+                    "seq_len": args.seq_len,
+                    **_stats(n, times, clean, FULL_FT, min(3, args.train_repeats)),
+                    "ratio_to": FULL_FT,
+                    "warmup": warm,
+                    **ctx,
+                    "times_s": ts,
+                    "clean": clean[n],
+                }
+            )
+        del train_models
+
+    # ---- peak memory, one fresh process per method and phase
+    if not args.no_memory:
+        script = os.path.abspath(sys.argv[0])
+        argv = list(sys.argv[1:])
+        phases = [p for p, skip in (("infer", args.no_infer), ("train", args.no_train)) if not skip]
+        for phase in phases:
+            results = {}
+            for m in methods:
+                if not (m.infer if phase == "infer" else m.train):
+                    continue
+                try:
+                    results[m.name] = timing.run_json_child(
+                        [sys.executable, script, *argv, "--child", f"{m.name}:{phase}"], timeout=3600
+                    )
+                except Exception as e:  # noqa: BLE001
+                    emit(
+                        {
+                            "method": m.name,
+                            "measure": "error",
+                            "phase": phase,
+                            "error": f"{type(e).__name__}: {e}"[-2000:],
+                        }
+                    )
+            ref = results.get(BASE if phase == "infer" else FULL_FT)
+            for n, r in results.items():
+                emit(
+                    {
+                        "method": n,
+                        "measure": "peak_memory",
+                        **{k: v for k, v in r.items() if k != "method"},
+                        "ratio": r["peak_mb"] / ref["peak_mb"] if ref and ref["peak_mb"] else None,
+                        "ratio_to": BASE if phase == "infer" else FULL_FT,
+                    }
+                )
+    if out:
+        out.close()
+    return records
