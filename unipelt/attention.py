@@ -43,9 +43,10 @@ class PrefixSite:
 
     def keys_values(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """This layer's prefix as (kv_heads, P, head_dim) keys and values."""
-        prefix = self.runtime.prefix[self.layer].to(dtype)  # (2, P, kv_dim)
-        shape = (prefix.shape[1], self.kv_heads, self.head_dim)
-        return prefix[0].view(shape).transpose(0, 1), prefix[1].view(shape).transpose(0, 1)
+        prefix = self.runtime.prefix_heads(self.kv_heads, self.head_dim)[self.layer]  # (2, kv_heads, P, D)
+        if prefix.dtype != dtype:
+            prefix = prefix.to(dtype)
+        return prefix[0], prefix[1]
 
 
 def _extend_mask(

@@ -205,7 +205,9 @@ class UniPELTModel(nn.Module):
         mask = kwargs.get("attention_mask")
         if mask is None and args:
             mask = self._backbone_signature.bind_partial(*args, **kwargs).arguments.get("attention_mask")
-        runtime.token_mask = mask if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or bool(mask.all()):
+            mask = None  # no padding: plain means, fewer small ops in every layer
+        runtime.token_mask = mask
         if runtime.enabled:
             runtime.latest_gates = {}
         runtime.prefix = self.prefix() if (runtime.enabled and self.prefix is not None) else None
@@ -257,9 +259,11 @@ class UniPELTModel(nn.Module):
                     )
                 mid = mid.reshape(-1, mid.shape[-1])
                 if parts == 1:
-                    # In place: nothing has saved the projection's fresh output for backward yet, and
-                    # accumulating into it avoids copying a tokens x width tensor per LoRA.
-                    output.view(-1, output.shape[-1]).addmm_(mid, lora.lora_B.weight.t())
+                    flat = output.view(-1, output.shape[-1])
+                    if torch.is_grad_enabled():
+                        output = torch.addmm(flat, mid, lora.lora_B.weight.t()).view(output.shape)
+                    else:  # inference: accumulate into the fresh projection output, no tokens x width copy
+                        flat.addmm_(mid, lora.lora_B.weight.t())
                 else:
                     width = output.shape[-1] // parts
                     delta = (mid @ lora.lora_B.weight.t()).view(*output.shape[:-1], width)

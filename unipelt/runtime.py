@@ -26,6 +26,15 @@ class Runtime:
     # When a loss needs the gates (sparsity/entropy penalty), keep this forward's live (non-detached) values.
     keep_live: bool = False
     live: list[tuple[str, torch.Tensor]] = field(default_factory=list)
+    _prefix_heads: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def prefix_heads(self, kv_heads: int, head_dim: int) -> torch.Tensor:
+        """The prefix split into heads, (layers, 2, kv_heads, P, head_dim), reshaped once per forward."""
+        if self._prefix_heads is None or self._prefix_heads[0] is not self.prefix:
+            layers, _, length, _ = self.prefix.shape
+            heads = self.prefix.view(layers, 2, length, kv_heads, head_dim).transpose(2, 3)
+            self._prefix_heads = (self.prefix, heads)
+        return self._prefix_heads[1]
 
     def mask_for(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """The padding mask aligned with ``hidden`` (B, T, d): its last T columns (a KV cache adds earlier ones)."""
@@ -43,3 +52,4 @@ class Runtime:
     def end_forward(self) -> None:
         self.token_mask = None
         self.prefix = None
+        self._prefix_heads = None
