@@ -17,7 +17,7 @@ def test_bench_writes_params_latency_and_train_step_records(tiny_model_dir, tmp_
         "--model",
         str(tiny_model_dir),
         "--methods",
-        "unipelt,unipelt_lora",
+        "unipelt,lora",
         "--infer-batches",
         "1,2",
         "--seq-len",
@@ -45,4 +45,4 @@ def test_bench_writes_params_latency_and_train_step_records(tiny_model_dir, tmp_
     assert by[("base", "infer_latency", 2)]["ratio"] == pytest.approx(1.0)
     assert by[("unipelt", "infer_latency", 2)]["ratio"] > 0
     assert by[("full_ft", "train_step", 2)]["ratio"] == pytest.approx(1.0)
-    assert by[("unipelt_lora", "train_step", 2)]["median_s"] > 0
+    assert by[("lora", "train_step", 2)]["median_s"] > 0

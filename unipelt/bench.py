@@ -1,7 +1,7 @@
-"""`unipelt bench`: parameters, latency and training-step cost of unipelt's methods, next to the frozen base
+"""`unipelt bench` (methods: the preset names, plus lora_merged): parameters, latency and training-step cost of unipelt's methods, next to the frozen base
 model and full fine-tuning, measured interleaved in one process (protocol: :mod:`unipelt.benchmarking.cost_protocol`).
 
-Inference uses the deployable form (prefix MLP ejected; the ungated LoRA also merged as ``unipelt_lora_merged``).
+Inference uses the deployable form (prefix MLP ejected; the ungated LoRA also merged as ``lora_merged``).
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import torch
 import unipelt
 from unipelt.benchmarking import cost_protocol
 from unipelt.benchmarking.cost_protocol import Method
+from unipelt.config import PRESETS
 from unipelt.model import add_unipelt
-
-PRESETS = ["unipelt", "unipelt-ap", "unipelt-router", "ap-nogate", "lora", "adapter", "prefix"]
 
 
 def make_builders(model_dir: str, random_init: bool, seed: int) -> list[Method]:
@@ -34,12 +33,8 @@ def make_builders(model_dir: str, random_init: bool, seed: int) -> list[Method]:
         return build
 
     methods = cost_protocol.reference_methods(load)
-    methods += [
-        Method(f"unipelt_{p}" if p != "unipelt" else "unipelt", ours(p), note=f"preset {p}") for p in PRESETS
-    ]
-    methods.append(
-        Method("unipelt_lora_merged", ours("lora", merge=True), train=False, note="ungated LoRA merged")
-    )
+    methods += [Method(preset, ours(preset), note=f"preset {preset}") for preset in PRESETS]
+    methods.append(Method("lora_merged", ours("lora", merge=True), train=False, note="ungated LoRA merged"))
     return methods
 
 
