@@ -263,3 +263,71 @@ def test_two_process_data_parallel_run(tiny_model_dir, glue_dir, tmp_path):
     assert (
         metrics["steps"] == 1
     )  # 16 examples, batch 8 per process, 2 processes: one optimizer step per epoch
+
+
+def _capture_gates():
+    from transformers import TrainerCallback
+
+    class Capture(TrainerCallback):
+        def __init__(self):
+            self.first = self.last = None
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.first = [p.detach().clone() for p in model.gate_parameters()]
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            self.last = [p.detach().clone() for p in model.gate_parameters()]
+
+    return Capture()
+
+
+def _tiny_config(tiny_model_dir, glue_dir, out, **overrides):
+    fields = dict(
+        model=str(tiny_model_dir),
+        task="rte",
+        data_dir=str(glue_dir),
+        method="unipelt",
+        k=16,
+        n_valid=16,
+        epochs=2,
+        batch_size=8,
+        max_length=64,
+        threads=1,
+        patience=10,
+        lr=1e-2,
+        output_dir=str(out),
+    )
+    return TrainConfig(**{**fields, **overrides})
+
+
+def test_gate_warmup_holds_gates_then_releases_them(tiny_model_dir, glue_dir, tmp_path):
+    held, released = _capture_gates(), _capture_gates()
+    train(_tiny_config(tiny_model_dir, glue_dir, tmp_path / "a", gate_warmup_steps=100), callbacks=[held])
+    assert all(torch.equal(a, b) for a, b in zip(held.first, held.last))
+    train(_tiny_config(tiny_model_dir, glue_dir, tmp_path / "b", gate_warmup_steps=1), callbacks=[released])
+    assert not all(torch.equal(a, b) for a, b in zip(released.first, released.last))
+
+
+def test_sparsity_penalty_pushes_gates_down(tiny_model_dir, glue_dir, tmp_path):
+    def mean_gate(folder):
+        stats = json.loads((folder / "gates.json").read_text())
+        values = [v for row in stats["mean"] for v in row if v is not None]
+        return sum(values) / len(values)
+
+    train(_tiny_config(tiny_model_dir, glue_dir, tmp_path / "plain"))
+    train(
+        _tiny_config(
+            tiny_model_dir, glue_dir, tmp_path / "sparse", gate_penalty="sparsity", gate_penalty_weight=50.0
+        )
+    )
+    assert mean_gate(tmp_path / "sparse") < mean_gate(tmp_path / "plain") - 0.01
+
+
+def test_regression_task_reports_spearman(tiny_model_dir, glue_dir, tmp_path):
+    result = train(
+        _tiny_config(tiny_model_dir, glue_dir, tmp_path / "stsb", task="stsb", method="lora", epochs=1)
+    )
+    assert result["metric"] == "spearman"
+    assert {"pearson", "spearman"} <= set(result["test"])
+    labels = json.loads((tmp_path / "stsb" / "labels.json").read_text())
+    assert labels["regression"] is True and labels["labels"] is None

@@ -225,7 +225,9 @@ def build_model(config: TrainConfig, splits: Splits):
         kwargs["id2label"] = dict(enumerate(labels))
         kwargs["label2id"] = {name: i for i, name in enumerate(labels)}
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, ignore_mismatched_sizes=True, **kwargs
+        )
     except (OSError, ValueError) as error:
         raise UniPELTError(f"cannot load model {config.model!r} from {path}: {error}") from error
     if tokenizer.pad_token is None:
