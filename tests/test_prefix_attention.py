@@ -172,3 +172,29 @@ def test_mpnet_seam_matches_the_models_own_math():
         context = weights[..., : pk.shape[2]] @ pv + weights[..., pk.shape[2] :] @ v
         expected = module.o(context.transpose(1, 2).reshape(*hidden.shape[:2], -1))
     assert torch.allclose(seen["out"], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert"])
+def test_prefix_does_not_shift_positions(arch, monkeypatch):
+    """Real queries/keys of layer 0 are the same with and without the prefix (rotary/absolute positions intact)."""
+    seen = []
+    original = attention.sdpa_attention_forward
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        seen.append((query, key))
+        return original(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setattr(attention, "sdpa_attention_forward", spy)
+    unipelt = add_unipelt(tiny_model(arch), "prefix")
+    inputs = batch(arch)
+    with torch.no_grad():
+        unipelt(**inputs)
+        with_prefix = seen[0]
+        seen.clear()
+        with unipelt.disabled():
+            unipelt(**inputs)
+        without = seen[0]
+    length = inputs["input_ids"].shape[1]
+    assert with_prefix[1].shape[2] == length + 10  # the prefix is there ...
+    assert torch.equal(with_prefix[0], without[0])  # ... queries unchanged ...
+    assert torch.equal(with_prefix[1][:, :, -length:], without[1])  # ... and the real keys too
