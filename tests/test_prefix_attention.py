@@ -198,3 +198,13 @@ def test_prefix_does_not_shift_positions(arch, monkeypatch):
     assert with_prefix[1].shape[2] == length + 10  # the prefix is there ...
     assert torch.equal(with_prefix[0], without[0])  # ... queries unchanged ...
     assert torch.equal(with_prefix[1][:, :, -length:], without[1])  # ... and the real keys too
+
+
+def test_attention_weights_with_an_inline_seam_are_refused_not_silently_wrong():
+    from unipelt.errors import UniPELTError
+
+    unipelt = add_unipelt(tiny_model("mpnet"), "prefix")
+    with pytest.raises(UniPELTError, match="output_attentions"):
+        unipelt(**batch("mpnet"), output_attentions=True)
+    with unipelt.disabled():
+        assert unipelt(**batch("mpnet"), output_attentions=True).attentions is not None

@@ -29,6 +29,8 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
+from unipelt.errors import UniPELTError
+
 
 class PrefixSite:
     """Per-layer link from an attention module to its prefix slice and prefix gate (a plain object, no params)."""
@@ -160,15 +162,24 @@ def _additive(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | N
     )
 
 
+def _refuse_attention_weights(output_attentions: bool) -> None:
+    if output_attentions:
+        raise UniPELTError(
+            "output_attentions is not available with prefix-tuning on this architecture (its attention runs "
+            "through SDPA here); call the model without output_attentions, or inside model.disabled()"
+        )
+
+
 def mpnet_forward(
     self, hidden_states, attention_mask=None, position_bias=None, output_attentions=False, **kwargs
 ):
     """MPNetSelfAttention with a prefix: its own q/k/v/o and relative position bias, prefix columns unbiased."""
     site: PrefixSite = self.__dict__["_unipelt_site"]
-    if not site.active() or output_attentions:
+    if not site.active():
         return site.original_forward(
             hidden_states, attention_mask, position_bias, output_attentions, **kwargs
         )
+    _refuse_attention_weights(output_attentions)
     shape = (*hidden_states.shape[:-1], -1, self.attention_head_size)
     q = self.q(hidden_states).view(shape).transpose(1, 2)
     k = self.k(hidden_states).view(shape).transpose(1, 2)
@@ -202,9 +213,14 @@ def deberta_forward(
 ):
     """DisentangledSelfAttention with a prefix: content-to-position terms for real keys only."""
     site: PrefixSite = self.__dict__["_unipelt_site"]
-    if not site.active() or output_attentions or query_states is not None:
+    if not site.active():
         return site.original_forward(
             hidden_states, attention_mask, output_attentions, query_states, relative_pos, rel_embeddings
+        )
+    _refuse_attention_weights(output_attentions)
+    if query_states is not None:
+        raise UniPELTError(
+            "prefix-tuning on DeBERTa-v2 supports self-attention only, not separate query states"
         )
     heads = self.num_attention_heads
     batch, length = hidden_states.shape[:2]
