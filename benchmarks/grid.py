@@ -49,8 +49,33 @@ def cell_dir(out: Path, task: str, k: int, method: str, seed: int) -> Path:
     return out / task / f"k{k}" / method / f"seed-{seed}"
 
 
+def kshot_config(
+    args: argparse.Namespace, folder: Path, task: str, method: str, k: int, seed: int, **overrides
+):
+    """The TrainConfig of one K-shot cell from the script's flags (shared with tune.py)."""
+    from unipelt.train import TrainConfig
+
+    config = TrainConfig(
+        output_dir=str(folder),
+        model=args.model,
+        method=method,
+        task=task,
+        data_dir=args.data_dir,
+        k=k,
+        n_valid=args.n_valid,
+        seed=seed,
+        epochs=args.epochs,
+        patience=args.patience,
+        logging_steps=50,
+        batch_size=getattr(args, "batch_size", 16),
+        max_length=getattr(args, "max_length", 128),
+        threads=getattr(args, "threads", None),
+    )
+    return dataclasses.replace(config, **overrides)
+
+
 def run_grid(args: argparse.Namespace) -> None:
-    from unipelt.train import TrainConfig, train
+    from unipelt.train import train
 
     hyper = json.loads(Path(args.hyper).read_text()) if args.hyper else {}
     todo = list(cells(args.tasks, args.k, args.methods, args.seeds))
@@ -62,23 +87,7 @@ def run_grid(args: argparse.Namespace) -> None:
         if (folder / "metrics.json").is_file():
             continue
         overrides = {**hyper.get(method, {}), **hyper.get(f"{task}/{method}", {})}
-        config = TrainConfig(
-            output_dir=str(folder),
-            model=args.model,
-            method=method,
-            task=task,
-            data_dir=args.data_dir,
-            k=k,
-            n_valid=args.n_valid,
-            seed=seed,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            patience=args.patience,
-            threads=args.threads,
-            logging_steps=50,
-        )
-        config = dataclasses.replace(config, **overrides)
+        config = kshot_config(args, folder, task, method, k, seed, **overrides)
         result = train(config, resume=True)
         print(
             f"[{n}/{len(mine)} {time.time() - start:.0f}s] {task} k={k} {method} seed={seed}: "

@@ -15,7 +15,7 @@ import os
 import statistics
 from pathlib import Path
 
-from grid import METHODS
+from grid import METHODS, kshot_config
 
 CANDIDATES = {
     "ft": [5e-5, 2e-4],
@@ -30,7 +30,7 @@ CANDIDATES = {
 
 
 def main() -> None:
-    from unipelt.train import TrainConfig, train
+    from unipelt.train import train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/tune"))
@@ -54,20 +54,7 @@ def main() -> None:
                 if (folder / "metrics.json").is_file():
                     result = json.loads((folder / "metrics.json").read_text())
                 else:
-                    config = TrainConfig(
-                        output_dir=str(folder),
-                        model=args.model,
-                        method=method,
-                        task=task,
-                        data_dir=args.data_dir,
-                        k=args.k,
-                        n_valid=args.n_valid,
-                        seed=args.seed,
-                        epochs=args.epochs,
-                        patience=args.patience,
-                        lr=lr,
-                        logging_steps=50,
-                    )
+                    config = kshot_config(args, folder, task, method, args.k, args.seed, lr=lr)
                     result = train(config, resume=True)
                 scores.append(result["valid"][result["metric"]])
                 trials.append({"method": method, "lr": lr, "task": task, "valid": scores[-1]})

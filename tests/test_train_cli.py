@@ -196,19 +196,7 @@ def _crash_after(step: int):
 
 
 def test_resume_after_a_crash_ends_like_an_uninterrupted_run(tiny_model_dir, glue_dir, tmp_path):
-    base = TrainConfig(
-        model=str(tiny_model_dir),
-        task="rte",
-        data_dir=str(glue_dir),
-        method="unipelt",
-        k=16,
-        n_valid=16,
-        epochs=3,
-        batch_size=8,
-        max_length=64,
-        threads=1,
-        patience=10,
-    )
+    base = _tiny_config(tiny_model_dir, glue_dir, tmp_path, epochs=3, lr=None)
     straight = train(TrainConfig(**{**base.to_dict(), "output_dir": str(tmp_path / "straight")}))
     crashed = TrainConfig(**{**base.to_dict(), "output_dir": str(tmp_path / "crashed")})
     with pytest.raises(RuntimeError, match="simulated crash"):
