@@ -26,9 +26,10 @@ class LoRA(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The update B(A(x)), unscaled."""
-        return self.lora_B(self.lora_A(self.dropout(x)))
+    def down(self, x: torch.Tensor) -> torch.Tensor:
+        """A(dropout(x)): the rank-r activation. The caller scales it (gate or alpha / rank) and adds B(.) into
+        the projection's output with one addmm, so no full-width temporary is made."""
+        return self.lora_A(self.dropout(x))
 
     def delta_weight(self) -> torch.Tensor:
         """The update as a dense (out, in) matrix, scaled by alpha / rank: what merging adds to W."""

@@ -250,7 +250,7 @@ class UniPELTModel(nn.Module):
                 lora = modules.lora[target]
                 # Scale in the rank-r bottleneck, then one addmm adds B(.) into the output: no full-width
                 # temporaries for the product or the sum.
-                mid = lora.lora_A(lora.dropout(x))
+                mid = lora.down(x)
                 if gate_kind == "none":
                     mid = mid * lora.scaling
                 else:
