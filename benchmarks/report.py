@@ -73,11 +73,50 @@ def cost_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def peer_table(grid_rows: list[dict], peer: list[dict], method: str = "unipelt") -> str:
+    """Ours vs adapters' UniPELT per task: mean test score over the seeds each side has (same K, seeds, data)."""
+    tasks = ["rte", "mrpc", "stsb", "cola", "sst2"]
+    lines = [
+        "| task (metric) | unipelt: UniPELT (APL) | seeds | adapters 1.3.0: UniPELTConfig | seeds |",
+        "|---|---|---|---|---|",
+    ]
+    for task in tasks:
+        ours = {r["seed"]: 100 * r["test"] for r in grid_rows if r["task"] == task and r["method"] == method}
+        theirs = {
+            r["seed"]: 100 * r["test_main"] for r in peer if r["task"] == task and r["method"] == "unipelt"
+        }
+        metric = next((r["metric"] for r in grid_rows if r["task"] == task), None) or next(
+            (r["main_metric"] for r in peer if r["task"] == task), ""
+        )
+
+        def cell(scores: dict) -> str:
+            if not scores:
+                return "–"
+            values = list(scores.values())
+            mean = sum(values) / len(values)
+            spread = (
+                (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+            )
+            return f"{mean:.2f} ± {spread:.2f}"
+
+        lines.append(
+            f"| {task} ({metric}) | {cell(ours)} | {sorted(ours)} | {cell(theirs)} | {sorted(theirs)} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("files", nargs="*", type=Path, help="cost JSON-lines files")
+    parser.add_argument(
+        "--grid", type=Path, help="grid output folder (with results.jsonl from grid.py --report)"
+    )
+    parser.add_argument("--peer", type=Path, help="peer_accuracy.py JSON lines")
     args = parser.parse_args()
-    print(cost_table(load(args.files)))
+    if args.files:
+        print(cost_table(load(args.files)))
+    if args.grid and args.peer:
+        print(peer_table(load([args.grid / "results.jsonl"]), load([args.peer])))
 
 
 if __name__ == "__main__":
