@@ -246,7 +246,8 @@ def test_two_process_data_parallel_run(tiny_model_dir, glue_dir, tmp_path):
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    rank0 = "\n".join(line for line in result.stderr.splitlines() if "rank0" in line or "Error" in line)
+    assert result.returncode == 0, rank0[-4000:] + "\n---\n" + result.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert (
         metrics["steps"] == 1

@@ -408,13 +408,15 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     trainer_dir = run_dir / "trainer"
     resume_from = resume and trainer_dir.is_dir() and any(trainer_dir.glob("checkpoint-*"))
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not resume_from:
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run folder
+    if main_process and not resume_from:
         (run_dir / "log.jsonl").unlink(missing_ok=True)
-    write_json(
-        run_dir / "config.json",
-        {**config.to_dict(), "resolved_unipelt": unipelt.unipelt_config.to_dict() if unipelt else None},
-    )
-    _write_labels(run_dir, splits)
+    if main_process:
+        write_json(
+            run_dir / "config.json",
+            {**config.to_dict(), "resolved_unipelt": unipelt.unipelt_config.to_dict() if unipelt else None},
+        )
+        _write_labels(run_dir, splits)
 
     metric = main_metric(splits.metric_kind)
     try:
