@@ -309,6 +309,8 @@ def _make_trainer_class():
         def _save(self, output_dir=None, state_dict=None):
             if self.unipelt is None:
                 return super()._save(output_dir, state_dict)
+            if not self.args.should_save:  # every rank may get here under DDP; one writes
+                return
             output_dir = output_dir or self.args.output_dir
             os.makedirs(output_dir, exist_ok=True)
             self.unipelt.save_pretrained(Path(output_dir) / "unipelt")
