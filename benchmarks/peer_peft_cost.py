@@ -70,13 +70,6 @@ def make_builders(model_dir: str, random_init: bool, seed: int, r: int = 8) -> l
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--model",
-        default="minilm",
-        help="model label: minilm (packaged, the default), mpnet, or any name together with --model-dir",
-    )
-    p.add_argument("--model-dir", default=None, help="model folder (default for minilm: the packaged one)")
-    p.add_argument("--random-init", action="store_true", help="random weights from the model's config")
     p.add_argument("--r", type=int, default=8, help="LoRA rank")
     cost_protocol.add_cli_args(p)
     args = p.parse_args(argv)

@@ -213,6 +213,18 @@ def test_ejecting_the_prefix_mlp_keeps_outputs(arch):
     assert after["total_with_prefix_mlp"] == counts["total_without_prefix_mlp"]
 
 
+def greedy_generate(model, prompt, new_tokens):
+    """KV-cached greedy generation of exactly ``new_tokens`` tokens."""
+    return model.generate(
+        input_ids=prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=0,
+    )
+
+
 @pytest.mark.parametrize("arch", DECODERS)
 @pytest.mark.parametrize("method", ["unipelt", "unipelt-router", "prefix"])
 def test_cached_generation_equals_uncached_greedy(arch, method):
@@ -221,28 +233,14 @@ def test_cached_generation_equals_uncached_greedy(arch, method):
     perturb(unipelt, scale=0.3)
     prompt = torch.randint(3, 100, (2, 5), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        cached = unipelt.generate(
-            input_ids=prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=6,
-            do_sample=False,
-            min_new_tokens=6,
-            pad_token_id=0,
-        )
+        cached = greedy_generate(unipelt, prompt, 6)
         ids = prompt
         for _ in range(6):
             next_logits = unipelt(input_ids=ids, use_cache=False).logits[:, -1]
             ids = torch.cat([ids, next_logits.argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(cached, ids)
     with unipelt.disabled(), torch.no_grad():
-        base_tokens = unipelt.generate(
-            input_ids=prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=6,
-            do_sample=False,
-            min_new_tokens=6,
-            pad_token_id=0,
-        )
+        base_tokens = greedy_generate(unipelt, prompt, 6)
     assert not torch.equal(base_tokens, cached), "the added modules should change what is generated"
 
 

@@ -39,8 +39,6 @@ def make_builders(model_dir: str, random_init: bool, seed: int) -> list[Method]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="minilm", help="minilm, mpnet or a model folder")
-    parser.add_argument("--random-init", action="store_true", help="random weights from the model's config")
     cost_protocol.add_cli_args(parser)
 
 
@@ -49,7 +47,7 @@ def bench_command(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    model_dir = cost_protocol.resolve_model_dir(args.model)
+    model_dir = cost_protocol.resolve_model_dir(args.model, args.model_dir)
     cost_protocol.main(
         make_builders(model_dir, args.random_init, args.seed),
         args,

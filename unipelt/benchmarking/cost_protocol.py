@@ -109,6 +109,13 @@ def resolve_model_dir(model: str, model_dir: str | None = None) -> str:
 
 def add_cli_args(p: argparse.ArgumentParser) -> None:
     """Add the protocol's flags to a script's parser."""
+    p.add_argument(
+        "--model",
+        default="minilm",
+        help="minilm (packaged, the default), mpnet (packaged), a model folder, or a label used with --model-dir",
+    )
+    p.add_argument("--model-dir", default=None, help="model folder, overriding --model for loading")
+    p.add_argument("--random-init", action="store_true", help="random weights from the model's config")
     p.add_argument("--out", help="JSON-lines output file (overwritten)")
     p.add_argument("--methods", default="", help="comma-separated subset of methods (default: all)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: all cores)")
