@@ -278,7 +278,11 @@ def _make_trainer_class():
                     {"params": groups["head"], "lr": rates["head"], "weight_decay": decay},
                 ]
             else:
-                head_names = ("classifier", "score", "pre_classifier", "pooler")
+                from unipelt.architectures import architecture_for
+
+                head_names = architecture_for(
+                    self.model
+                ).head  # the same head modules UniPELT keeps trainable
                 head, backbone = [], []
                 for name, parameter in self.model.named_parameters():
                     (head if any(part in head_names for part in name.split(".")) else backbone).append(
