@@ -4,7 +4,13 @@ For every method and candidate learning rate, train the K-shot protocol on the g
 the validation score of the best checkpoint; the rate with the best mean validation score wins. Writes
 OUT/tuning.jsonl (every trial) and OUT/hyper.json (the chosen values, in the format grid.py --hyper reads).
 
+By default one rate per method is chosen on the mean validation score over --tasks (key ``method``). With
+--per-task each task gets its own rate (key ``task/method``, which grid.py applies on top of ``method``):
+a regression head on STS-B, whose labels sit in [0, 5], needs a different rate than SST-2's classifier.
+Choices are merged into an existing OUT/hyper.json, so a per-task run keeps the earlier per-method rates.
+
     python benchmarks/tune.py --out benchmarks/out/tune --tasks sst2,rte --k 100 --seed 1
+    python benchmarks/tune.py --out benchmarks/out/tune --tasks stsb --per-task --lrs 5e-4,1e-3,3e-3,1e-2
 """
 
 from __future__ import annotations
@@ -43,11 +49,20 @@ def main() -> None:
     parser.add_argument("--n-valid", type=int, default=500)
     parser.add_argument("--epochs", type=float, default=10)
     parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument(
+        "--lrs",
+        type=lambda s: [float(x) for x in s.split(",")],
+        help="candidate learning rates for every method (default: the per-method CANDIDATES)",
+    )
+    parser.add_argument("--per-task", action="store_true", help="choose a rate per (task, method)")
     args = parser.parse_args()
+
+    def candidates(method: str) -> list[float]:
+        return args.lrs or CANDIDATES[method]
 
     trials = []
     for method in args.methods:
-        for lr in CANDIDATES[method]:
+        for lr in candidates(method):
             scores = []
             for task in args.tasks:
                 folder = args.out / task / method / f"lr{lr:g}"
@@ -59,16 +74,26 @@ def main() -> None:
                 scores.append(result["valid"][result["metric"]])
                 trials.append({"method": method, "lr": lr, "task": task, "valid": scores[-1]})
                 print(json.dumps(trials[-1]), flush=True)
-    with open(args.out / "tuning.jsonl", "w") as handle:
-        handle.writelines(json.dumps(t) + "\n" for t in trials)
-    chosen = {}
+    log_path = args.out / "tuning.jsonl"  # every trial so far, one line per (method, lr, task)
+    logged = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.is_file() else []
+    merged = {(t["method"], t["lr"], t["task"]): t for t in logged + trials}
+    log_path.write_text("".join(json.dumps(t) + "\n" for t in merged.values()))
+    hyper_path = args.out / "hyper.json"
+    chosen = json.loads(hyper_path.read_text()) if hyper_path.is_file() else {}
     for method in args.methods:
-        by_lr = {
-            lr: statistics.fmean(t["valid"] for t in trials if t["method"] == method and t["lr"] == lr)
-            for lr in CANDIDATES[method]
-        }
-        chosen[method] = {"lr": max(by_lr, key=by_lr.get)}
-    (args.out / "hyper.json").write_text(json.dumps(chosen, indent=2) + "\n")
+        for key, tasks in (
+            [(f"{task}/{method}", [task]) for task in args.tasks] if args.per_task else [(method, args.tasks)]
+        ):
+            by_lr = {
+                lr: statistics.fmean(
+                    t["valid"]
+                    for t in trials
+                    if t["method"] == method and t["lr"] == lr and t["task"] in tasks
+                )
+                for lr in candidates(method)
+            }
+            chosen[key] = {"lr": max(by_lr, key=by_lr.get)}
+    hyper_path.write_text(json.dumps(chosen, indent=2) + "\n")
     print(json.dumps(chosen, indent=2))
 
 
