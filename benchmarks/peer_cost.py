@@ -33,7 +33,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import adapters  # noqa: E402
-import transformers  # noqa: E402
 from adapters import (  # noqa: E402
     AdapterModelInterface,
     LoRAConfig,
@@ -41,7 +40,6 @@ from adapters import (  # noqa: E402
     SeqBnConfig,
     UniPELTConfig,
 )
-from transformers import AutoConfig  # noqa: E402
 
 from unipelt.benchmarking import cost_protocol  # noqa: E402
 from unipelt.benchmarking.cost_protocol import Method  # noqa: E402
@@ -128,19 +126,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cost_protocol.add_cli_args(p)
     args = p.parse_args(argv)
-    model_dir = cost_protocol.resolve_model_dir(args.model, args.model_dir)
-    transformers.logging.set_verbosity_error()
-    methods = make_builders(model_dir, args.random_init, args.seed)
-    vocab = AutoConfig.from_pretrained(model_dir).vocab_size
-    cost_protocol.main(
-        methods,
+    cost_protocol.run_for_model(
+        lambda model_dir: make_builders(model_dir, args.random_init, args.seed),
         args,
         library="adapters",
         library_version=adapters.__version__,
-        model_name=args.model,
-        vocab_size=vocab,
         packages=("transformers", "adapters"),
-        extra_meta={"model_dir": model_dir, "random_init": args.random_init},
     )
 
 

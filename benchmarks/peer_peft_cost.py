@@ -29,9 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import peft  # noqa: E402
-import transformers  # noqa: E402
 from peft import LoraConfig, TaskType, get_peft_model  # noqa: E402
-from transformers import AutoConfig  # noqa: E402
 
 from unipelt.benchmarking import cost_protocol  # noqa: E402
 from unipelt.benchmarking.cost_protocol import Method  # noqa: E402
@@ -73,20 +71,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--r", type=int, default=8, help="LoRA rank")
     cost_protocol.add_cli_args(p)
     args = p.parse_args(argv)
-    model_dir = cost_protocol.resolve_model_dir(args.model, args.model_dir)
-    transformers.logging.set_verbosity_error()
-    methods = make_builders(model_dir, args.random_init, args.seed, args.r)
-    vocab = AutoConfig.from_pretrained(model_dir).vocab_size
-    cost_protocol.main(
-        methods,
+    cost_protocol.run_for_model(
+        lambda model_dir: make_builders(model_dir, args.random_init, args.seed, args.r),
         args,
         library="peft",
         library_version=peft.__version__,
-        model_name=args.model,
-        vocab_size=vocab,
         packages=("transformers", "peft"),
         head_names=("classifier", "score", "modules_to_save", "original_module"),
-        extra_meta={"model_dir": model_dir, "random_init": args.random_init},
     )
 
 

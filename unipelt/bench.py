@@ -43,20 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    from transformers import AutoConfig
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    model_dir = cost_protocol.resolve_model_dir(args.model, args.model_dir)
-    cost_protocol.main(
-        make_builders(model_dir, args.random_init, args.seed),
+    cost_protocol.run_for_model(
+        lambda model_dir: make_builders(model_dir, args.random_init, args.seed),
         args,
         library="unipelt",
         library_version=unipelt.__version__,
-        model_name=args.model,
-        vocab_size=AutoConfig.from_pretrained(model_dir).vocab_size,
         head_names=("classifier", "score", "pooler"),
         packages=("transformers",),
-        extra_meta={"model_dir": model_dir, "random_init": args.random_init},
     )
     return 0

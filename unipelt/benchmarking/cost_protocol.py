@@ -456,3 +456,32 @@ def main(
     if out:
         out.close()
     return records
+
+
+def run_for_model(
+    build_methods: Callable[[str], Sequence[Method]],
+    args: argparse.Namespace,
+    *,
+    library: str,
+    library_version: str,
+    packages: Sequence[str],
+    head_names: Sequence[str] = ("classifier", "heads.", "score"),
+) -> list[dict]:
+    """The shared front of every library's cost script: resolve ``--model``/``--model-dir`` to a folder, build
+    that library's methods on it (``build_methods(model_dir)``) and run :func:`main`, recording the folder."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected for every method
+    model_dir = resolve_model_dir(args.model, args.model_dir)
+    return main(
+        build_methods(model_dir),
+        args,
+        library=library,
+        library_version=library_version,
+        model_name=args.model,
+        vocab_size=AutoConfig.from_pretrained(model_dir).vocab_size,
+        head_names=head_names,
+        packages=packages,
+        extra_meta={"model_dir": model_dir, "random_init": args.random_init},
+    )
