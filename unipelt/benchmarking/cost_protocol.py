@@ -461,14 +461,11 @@ def main(
 def run_for_model(
     build_methods: Callable[[str], Sequence[Method]],
     args: argparse.Namespace,
-    *,
-    library: str,
-    library_version: str,
-    packages: Sequence[str],
-    head_names: Sequence[str] = ("classifier", "heads.", "score"),
+    **protocol: object,
 ) -> list[dict]:
     """The shared front of every library's cost script: resolve ``--model``/``--model-dir`` to a folder, build
-    that library's methods on it (``build_methods(model_dir)``) and run :func:`main`, recording the folder."""
+    that library's methods on it (``build_methods(model_dir)``) and run :func:`main` with the library's own
+    keywords (``library``, ``library_version``, ``packages``, ``head_names``...), recording the folder."""
     from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
@@ -477,11 +474,8 @@ def run_for_model(
     return main(
         build_methods(model_dir),
         args,
-        library=library,
-        library_version=library_version,
         model_name=args.model,
         vocab_size=AutoConfig.from_pretrained(model_dir).vocab_size,
-        head_names=head_names,
-        packages=packages,
         extra_meta={"model_dir": model_dir, "random_init": args.random_init},
+        **protocol,
     )
