@@ -10,7 +10,7 @@ Protocol (Mao et al. 2022, low-resource setting), identical to our trainer's:
 * K training examples and 1,000 more as validation are sampled from the GLUE train split with OUR
   ``unipelt.data.k_shot_split`` (same seed -> same examples); the GLUE dev split is the test set;
 * the data is read with OUR ``unipelt.data.load_glue`` and scored with OUR ``unipelt.metrics`` (CoLA Matthews,
-  MRPC F1, STS-B Spearman, accuracy otherwise).  Those two modules are loaded by file path under a stub
+  MRPC F1, STS-B Spearman, accuracy otherwise).  Those two are imported from our sources under a stub
   ``unipelt`` package, so the package ``__init__`` (which needs transformers 5) is never imported here;
 * model: ``AutoAdapterModel`` + ``add_adapter(config)`` + ``add_classification_head`` (1 label, MSE loss, for
   STS-B) + ``train_adapter`` (base frozen; adapter and head trained);
@@ -24,7 +24,7 @@ One JSON line per (task, K, seed, method) is appended to ``--out``; with ``--res
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -55,36 +55,28 @@ METHODS = {
 
 # ---------------------------------------------------------------------------------------------- our protocol
 def load_protocol_modules(unipelt_dir: Path | None = None) -> tuple[types.ModuleType, types.ModuleType]:
-    """Load ``unipelt/data.py`` and ``unipelt/metrics.py`` by file path, without the package ``__init__``.
+    """Import our ``unipelt.data`` and ``unipelt.metrics`` from the source folder, without the package ``__init__``.
 
-    A bare stub module stands in for the ``unipelt`` package, so the modules' own ``from unipelt.errors import``
-    / ``from unipelt.data import`` lines resolve to the files next to them and nothing else is imported.
-    Returns ``(data, metrics)``.
+    A bare stub module stands in for the ``unipelt`` package with its ``__path__`` set to the source folder, so the
+    ordinary import system finds ``unipelt.data`` (a sub-package), ``unipelt.metrics`` and their own
+    ``from unipelt.errors import`` lines there, and nothing else is imported. Returns ``(data, metrics)``.
     """
     pkg_dir = Path(unipelt_dir or REPO / "unipelt").resolve()
-    pkg = sys.modules.get("unipelt")
-    if pkg is None:
+    if "unipelt" not in sys.modules:
         pkg = types.ModuleType("unipelt")
         pkg.__path__ = [str(pkg_dir)]  # submodules are found here; __init__.py is never executed
         sys.modules["unipelt"] = pkg
-    loaded = {}
-    for name in ("errors", "data", "metrics"):
-        full = f"unipelt.{name}"
-        if full in sys.modules:
-            loaded[name] = sys.modules[full]
-            continue
-        path = pkg_dir / f"{name}.py"
-        if not path.is_file():
-            if name == "errors":
-                continue
-            raise SystemExit(f"{path} is missing: this script needs our unipelt/{name}.py")
-        spec = importlib.util.spec_from_file_location(full, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[full] = module
-        spec.loader.exec_module(module)
-        setattr(pkg, name, module)
-        loaded[name] = module
-    return loaded["data"], loaded["metrics"]
+    loaded = []
+    for name in ("data", "metrics"):
+        try:
+            loaded.append(importlib.import_module(f"unipelt.{name}"))
+        except ModuleNotFoundError as error:
+            if error.name != f"unipelt.{name}":
+                raise
+            raise SystemExit(
+                f"{pkg_dir} has no {name} module: this script needs our unipelt/{name}"
+            ) from None
+    return loaded[0], loaded[1]
 
 
 def default_data_dir() -> str:

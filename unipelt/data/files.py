@@ -1,0 +1,93 @@
+"""Low-level text-file readers shared by the GLUE reader and the user-table reader.
+
+They keep the line number of every row, because each data problem a user can fix is raised as
+:class:`~unipelt.errors.DataError` naming the file and the line: a bad byte, a broken CSV quote, a row with the
+wrong number of fields, a missing column.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from unipelt.errors import DataError
+
+
+def _read_text(path: Path) -> str:
+    """Read a whole file as UTF-8 (a BOM is dropped), turning decode errors into a DataError with a line number.
+
+    Decoding the bytes ourselves, instead of iterating a text file, lets the message say on which line the
+    bad byte sits: that is what a user needs to find a stray Latin-1 or Windows-1252 character.
+    """
+    if not path.exists():
+        raise DataError(f"Data file {path} does not exist. Check the path (current folder: {Path.cwd()}).")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a data file. Pass the path of a .csv, .tsv or .jsonl file.")
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}, line {line}: byte 0x{raw[err.start]:02x} is not valid UTF-8 (the file was read as UTF-8, "
+            f"with or without a BOM). The file is probably in another encoding such as Latin-1 or Windows-1252: "
+            f"re-save it as UTF-8 (e.g. 'CSV UTF-8' in Excel, or `iconv -f cp1252 -t utf-8 in > out`)."
+        ) from None
+
+
+def _lines(text: str) -> list[str]:
+    """Split on newlines only: ``str.splitlines`` also breaks on form feeds and U+2028, which occur inside text."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _split_tsv(text: str) -> Iterator[tuple[int, list[str]]]:
+    """Yield (line number, fields) for each non-blank line, splitting on tabs with no quote handling.
+
+    GLUE files hold unbalanced ``"`` characters, so any CSV quoting rule would merge lines; a plain split on
+    tabs is what the official GLUE readers do.
+    """
+    for number, line in enumerate(_lines(text), start=1):
+        if line.strip():
+            yield number, line.split("\t")
+
+
+def _split_csv(text: str, path: Path) -> Iterator[tuple[int, list[str]]]:
+    """Yield (line number, fields) for each non-blank CSV record; quoted fields may span lines."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            raise DataError(
+                f"{path}, line {reader.line_num}: not valid CSV ({err}). Put fields that contain commas, quotes "
+                f'or line breaks in double quotes and double any quote inside them ("").'
+            ) from None
+        if any(field.strip() for field in row):
+            yield reader.line_num, row
+
+
+def _fields_to_record(
+    path: Path, line: int, header: list[str], fields: list[str], wanted: Sequence[str]
+) -> dict[str, str]:
+    """Map one row's fields to the wanted header names, refusing rows whose field count does not fit."""
+    extra = fields[len(header) :]
+    if len(fields) < len(header) or any(f.strip() for f in extra):
+        raise DataError(
+            f"{path}, line {line}: {len(fields)} fields, but the header has {len(header)}. A field probably "
+            f"contains an unquoted separator, or a value is missing: fix or remove that line."
+        )
+    index = {name: i for i, name in enumerate(header)}
+    return {name: fields[index[name]] for name in wanted}
+
+
+def _check_columns(path: Path, present: Sequence[str], wanted: Sequence[str]) -> None:
+    missing = [name for name in wanted if name not in present]
+    if missing:
+        raise DataError(
+            f"{path}: no column named {', '.join(repr(m) for m in missing)}. Columns present: "
+            f"{', '.join(repr(p) for p in present)}. Pass the right column names (they are case-sensitive)."
+        )

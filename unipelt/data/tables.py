@@ -1,0 +1,178 @@
+"""The user's own data: CSV, TSV or JSONL files with named text and label columns.
+
+Labels become class ids in a stated or sorted order (so ``1`` in JSON and ``"1"`` in a CSV are one class, and
+``"10"`` sorts after ``"2"``), or stay floats for regression; every problem is a DataError naming the line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unipelt.data.examples import Example, Label, TaskData
+from unipelt.data.files import _check_columns, _fields_to_record, _lines, _read_text, _split_csv, _split_tsv
+from unipelt.errors import DataError, UniPELTError
+
+_TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+
+
+def _jsonl_records(text: str, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    for line, raw in enumerate(_lines(text), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise DataError(
+                f"{path}, line {line}: not valid JSON ({err.msg} at column {err.colno}). Each line of a .jsonl "
+                f'file must be one JSON object, e.g. {{"text": "...", "label": "pos"}}: fix or remove that line.'
+            ) from None
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{path}, line {line}: a JSON {type(record).__name__}, not an object. Each line must be one "
+                f'object such as {{"text": "...", "label": "pos"}}.'
+            )
+        yield line, record
+
+
+def _table_records(path: Path, wanted: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line, {column: value}) for the wanted columns of a CSV, TSV or JSONL file."""
+    kind = _TABLE_FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise DataError(
+            f"{path}: unknown file type {path.suffix or '(no extension)'!r}. Use a .csv, .tsv or .jsonl file."
+        )
+    text = _read_text(path)
+    if not text.strip():
+        raise DataError(f"{path} is empty. Give a file with a header line and at least one row.")
+
+    if kind == "jsonl":
+        # Columns are checked on the first record: JSONL has no header, and a key missing later is per line.
+        for line, record in _jsonl_records(text, path):
+            missing = [name for name in wanted if name not in record]
+            if missing:
+                raise DataError(
+                    f"{path}, line {line}: no key {', '.join(repr(m) for m in missing)}. Keys present: "
+                    f"{', '.join(repr(k) for k in record)}. Pass the right column names or fix that line."
+                )
+            yield line, {name: record[name] for name in wanted}
+        return
+
+    rows = _split_csv(text, path) if kind == "csv" else _split_tsv(text)
+    first = next(rows, None)
+    if first is None:
+        raise DataError(f"{path} is empty. Give a file with a header line and at least one row.")
+    header = [name.strip() for name in first[1]]
+    _check_columns(path, header, wanted)
+    for line, fields in rows:
+        yield line, _fields_to_record(path, line, header, fields, wanted)
+
+
+def _label_key(value: Any) -> str:
+    """Labels are compared as text, so 1 in JSON and "1" in a CSV are the same class."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _sorted_labels(labels: set[str]) -> list[str]:
+    """Sort numerically when every label is an integer, so "10" comes after "2"; else sort as text."""
+    try:
+        return sorted(labels, key=int)
+    except ValueError:
+        return sorted(labels)
+
+
+def load_table(
+    path: str | os.PathLike[str],
+    text_columns: Sequence[str],
+    label_column: str | None,
+    label_list: Sequence[str] | None = None,
+    regression: bool = False,
+) -> TaskData:
+    """Load the user's own CSV, TSV or JSONL file (chosen by extension) as :class:`TaskData`.
+
+    CSV follows the usual quoting rules; TSV is split on tabs with no quoting, as GLUE files are. Class labels
+    become ids in ``label_list`` order, or in sorted order of the labels found when no list is given; pass the
+    list when scoring a file that may lack some classes, so ids match the ones used in training. With
+    ``regression`` the labels must be numbers and stay floats. ``label_column=None`` loads unlabelled text.
+    """
+    file = Path(path).expanduser()
+    if not 1 <= len(text_columns) <= 2:
+        raise UniPELTError(f"Give one or two text columns, not {len(text_columns)} ({list(text_columns)}).")
+    if regression and label_list is not None:
+        raise UniPELTError("A label list makes no sense for regression: drop one of the two.")
+    wanted = [*text_columns, *([label_column] if label_column is not None else [])]
+
+    texts: list[tuple[str, str | None]] = []
+    raw_labels: list[tuple[int, Any]] = []
+    for line, record in _table_records(file, wanted):
+        pair = []
+        for column in text_columns:
+            value = record[column]
+            if value is None:
+                raise DataError(
+                    f"{file}, line {line}: text column {column!r} is null. Fill it in or remove the line."
+                )
+            pair.append(value if isinstance(value, str) else str(value))
+        texts.append((pair[0], pair[1] if len(pair) > 1 else None))
+        if label_column is not None:
+            value = record[label_column]
+            if value is None or (isinstance(value, str) and not value.strip()):
+                raise DataError(
+                    f"{file}, line {line}: no label in column {label_column!r}. Fill in the label or remove the line."
+                )
+            raw_labels.append((line, value))
+    if not texts:
+        raise DataError(f"{file} has a header but no data rows. Add at least one row.")
+
+    labels: list[Label]
+    names: list[str] | None
+    if label_column is None:
+        labels, names = [None] * len(texts), (list(label_list) if label_list is not None else None)
+    elif regression:
+        labels, names = [_float_label(file, line, value) for line, value in raw_labels], None
+    else:
+        keys = [(line, _label_key(value)) for line, value in raw_labels]
+        names = (
+            [str(n) for n in label_list] if label_list is not None else _sorted_labels({k for _, k in keys})
+        )
+        if label_list is None and len(names) < 2:
+            raise DataError(
+                f"{file}: every row has the label {names[0]!r}; classification needs at least two classes. Pass the "
+                f"full label list if this file is a subset, or use regression for numeric targets."
+            )
+        ids = {name: i for i, name in enumerate(names)}
+        labels = []
+        for line, key in keys:
+            if key not in ids:
+                raise DataError(
+                    f"{file}, line {line}: label {key!r} is not in the label list ({', '.join(names)}). Fix the "
+                    f"label or add it to the label list."
+                )
+            labels.append(ids[key])
+
+    examples = [Example(a, b, y) for (a, b), y in zip(texts, labels)]
+    return TaskData(examples, names, regression, str(file))
+
+
+def _float_label(path: Path, line: int, value: Any) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"{path}, line {line}: label {value!r} is not a number, but regression needs numeric labels. Fix "
+            f"the label, or load the file as classification."
+        ) from None
+    if not np.isfinite(number):
+        raise DataError(f"{path}, line {line}: label {value!r} is not a finite number. Fix that line.")
+    return number
