@@ -1,6 +1,6 @@
 """The paper's low-resource GLUE grid (Table 1 layout) with unipelt, resumable and shardable.
 
-Each cell (task, K, method, seed) is one ``unipelt.train`` run into OUT/<task>/k<K>/<method>/seed-<S>; a cell
+Each cell (task, K, method, seed) is one ``unipelt.training.train`` run into OUT/<task>/k<K>/<method>/seed-<S>; a cell
 whose metrics.json exists is skipped, so the script can be stopped and restarted at will, and ``--shard i/n``
 splits the cells over n processes (or machines sharing OUT). ``--report`` only gathers what has finished into
 OUT/results.jsonl, OUT/table.md (per task, average, std of the average over seeds) and OUT/table.png.
@@ -53,7 +53,7 @@ def kshot_config(
     args: argparse.Namespace, folder: Path, task: str, method: str, k: int, seed: int, **overrides
 ):
     """The TrainConfig of one K-shot cell from the script's flags (shared with tune.py)."""
-    from unipelt.train import TrainConfig
+    from unipelt.training import TrainConfig
 
     config = TrainConfig(
         output_dir=str(folder),
@@ -75,7 +75,7 @@ def kshot_config(
 
 
 def run_grid(args: argparse.Namespace) -> None:
-    from unipelt.train import train
+    from unipelt.training import train
 
     hyper = json.loads(Path(args.hyper).read_text()) if args.hyper else {}
     todo = list(cells(args.tasks, args.k, args.methods, args.seeds))

@@ -36,7 +36,7 @@ CANDIDATES = {
 
 
 def main() -> None:
-    from unipelt.train import train
+    from unipelt.training import train
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/tune"))

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from unipelt.cli import main
-from unipelt.train import TrainConfig, train
+from unipelt.training import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 FAST = ["--epochs", "1", "--batch-size", "8", "--max-length", "64", "--threads", "1"]

@@ -99,7 +99,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace):
-    from unipelt.train import TrainConfig
+    from unipelt.training import TrainConfig
 
     data_dir = args.data_dir or os.environ.get("UNIPELT_DATA_DIR")
     task = None if args.train else args.task
@@ -150,7 +150,7 @@ def _score(metrics: dict[str, float], metric: str) -> str:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from unipelt.train import train, train_seeds
+    from unipelt.training import train, train_seeds
 
     config = _train_config(args)
     config.validate()

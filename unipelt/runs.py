@@ -14,7 +14,7 @@ import torch
 from unipelt.data import Example, TaskData, load_glue, load_table, tokenize_examples
 from unipelt.errors import UniPELTError
 from unipelt.metrics import compute_task_metrics
-from unipelt.train import TrainConfig
+from unipelt.training import TrainConfig
 
 
 class Run:
