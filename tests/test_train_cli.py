@@ -320,3 +320,16 @@ def test_regression_task_reports_spearman(tiny_model_dir, glue_dir, tmp_path):
     assert {"pearson", "spearman"} <= set(result["test"])
     labels = json.loads((tmp_path / "stsb" / "labels.json").read_text())
     assert labels["regression"] is True and labels["labels"] is None
+
+
+def test_each_run_in_one_process_logs_into_its_own_tensorboard_folder(
+    tiny_model_dir, glue_dir, tmp_path, monkeypatch
+):
+    pytest.importorskip("tensorboard")
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    runs = [tmp_path / "first", tmp_path / "second"]
+    for out in runs:
+        train(_tiny_config(tiny_model_dir, glue_dir, out, method="lora", epochs=1))
+    for out in runs:
+        assert list((out / "tensorboard").glob("events.out.tfevents.*")), f"no TensorBoard events in {out}"
+    assert "TENSORBOARD_LOGGING_DIR" not in os.environ  # a process-wide setting would leak into later runs

@@ -1,0 +1,112 @@
+"""The base model and tokenizer for a task, built the same way by training, inference, counting and benchmarks.
+
+Every user of a base model needs the same thing: a Transformers sequence classifier whose head is sized from the
+task (class names, or one regression output), a tokenizer that has a padding token, and a model config that knows
+that token (decoder-only models find the last real token through it). Doing this in one place keeps a run that
+is evaluated later on exactly the head shape it was trained with, and turns a model that cannot be loaded into
+one :class:`~unipelt.errors.UniPELTError` instead of a Transformers traceback.
+
+Transformers is imported inside the functions, so this module stays as light as :mod:`unipelt.pretrained` (the
+cost scripts use it from a virtual environment with an older transformers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from unipelt.errors import UniPELTError
+from unipelt.pretrained import resolve_model
+
+if TYPE_CHECKING:
+    import torch
+
+TaskKind = Literal["classification", "regression"]
+Init = Literal["pretrained", "random", "meta"]
+
+
+def head_kwargs(
+    task_kind: TaskKind = "classification",
+    labels: Sequence[str] | None = None,
+    num_labels: int | None = None,
+) -> dict[str, Any]:
+    """Model-config keywords that size and name the head: one output for regression, else one per class.
+
+    Class names give ``id2label``/``label2id`` too; with neither names nor ``num_labels`` the model's own
+    config decides (a folder saved with a head keeps its size).
+    """
+    if task_kind == "regression":
+        if labels is not None or num_labels not in (None, 1):
+            raise UniPELTError("a regression head has one output and no label names")
+        return {"num_labels": 1, "problem_type": "regression"}
+    if task_kind != "classification":
+        raise UniPELTError(f"task_kind must be 'classification' or 'regression', not {task_kind!r}")
+    if labels is None:
+        return {} if num_labels is None else {"num_labels": num_labels}
+    names = list(labels)
+    if num_labels is not None and num_labels != len(names):
+        raise UniPELTError(f"num_labels={num_labels} but {len(names)} label names were given: {names}")
+    return {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {name: i for i, name in enumerate(names)},
+    }
+
+
+def load_base_model(
+    path_or_name: str | Path,
+    task_kind: TaskKind = "classification",
+    labels: Sequence[str] | None = None,
+    num_labels: int | None = None,
+    *,
+    init: Init = "pretrained",
+    pad_token_id: int | None = None,
+) -> torch.nn.Module:
+    """A sequence classifier for ``task_kind`` on the model ``path_or_name`` (minilm, mpnet, a folder, a Hub name).
+
+    ``init``: ``"pretrained"`` loads the weights (a head of another size is replaced by a fresh one: that is the
+    head we train); ``"random"`` builds the model from its config with random weights (costs do not depend on
+    weight values); ``"meta"`` builds it on the meta device, shapes only, for counting parameters of any size.
+    ``pad_token_id`` is written into the model config when the config has none.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    if init not in ("pretrained", "random", "meta"):
+        raise UniPELTError(f"init must be 'pretrained', 'random' or 'meta', not {init!r}")
+    kwargs = head_kwargs(task_kind, labels, num_labels)
+    path = resolve_model(str(path_or_name))
+    hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected: that is the head we train
+    try:
+        if init == "pretrained":
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, ignore_mismatched_sizes=True, **kwargs
+            )
+        else:
+            import contextlib
+
+            import torch
+
+            config = AutoConfig.from_pretrained(path, **kwargs)
+            with torch.device("meta") if init == "meta" else contextlib.nullcontext():
+                model = AutoModelForSequenceClassification.from_config(config)
+    except (OSError, ValueError) as error:
+        raise UniPELTError(f"cannot load model {str(path_or_name)!r} from {path}: {error}") from error
+    if pad_token_id is not None and model.config.pad_token_id is None:
+        model.config.pad_token_id = pad_token_id
+    return model
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """The tokenizer saved in ``path`` (a folder or Hub name as ``from_pretrained`` takes it, e.g. from
+    :func:`~unipelt.pretrained.resolve_model`), with the end-of-sequence token as padding when it has none."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise UniPELTError(f"cannot load a tokenizer from {path}: {error}") from error
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

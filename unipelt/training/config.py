@@ -1,0 +1,110 @@
+"""What defines a training run: the method names, their default learning rates and :class:`TrainConfig`.
+
+This is the one list of methods (full fine-tuning ``ft`` plus every UniPELT preset of :mod:`unipelt.config`)
+and of their default learning rates: the command line's choices, the trainer and the benchmark scripts all
+import them from here, so a new preset appears everywhere at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from unipelt.config import PRESETS, UniPELTConfig
+from unipelt.data import is_glue_task
+from unipelt.errors import UniPELTError
+
+METHODS: tuple[str, ...] = ("ft", *PRESETS)
+"""Every method a run can use: full fine-tuning, then the UniPELT presets in their table order."""
+
+# Learning rates that worked on MiniLM/BERT-sized models in low-resource GLUE (chosen on validation data).
+# A method without an entry needs an explicit --lr (TrainConfig.validate says so).
+DEFAULT_LR: dict[str, float] = {
+    "ft": 5e-5,
+    "adapter": 1e-3,
+    "lora": 1e-3,
+    "prefix": 1e-3,
+    "unipelt-ap": 5e-4,
+    "unipelt": 5e-4,
+    "unipelt-router": 5e-4,
+    "ap-nogate": 5e-4,
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; saved as RUN/config.json and reloaded by ``--resume`` and ``eval``."""
+
+    output_dir: str = "runs/rte-unipelt"
+    model: str = "minilm"
+    method: str = "unipelt"
+    unipelt: dict[str, Any] = field(default_factory=dict)  # overrides of UniPELTConfig fields
+    # data: a GLUE task, or the user's files
+    task: str | None = "rte"
+    data_dir: str | None = None
+    train_file: str | None = None
+    valid_file: str | None = None
+    test_file: str | None = None
+    text_columns: list[str] = field(default_factory=lambda: ["text"])
+    label_column: str = "label"
+    regression: bool = False
+    # the paper's low-resource protocol
+    k: int | None = None
+    n_valid: int = 1000
+    seed: int = 1
+    max_length: int = 128
+    # optimisation
+    epochs: float = 20.0
+    batch_size: int = 16
+    eval_batch_size: int = 64
+    lr: float | None = None
+    lr_gates: float | None = None
+    lr_head: float | None = None
+    lr_backbone: float | None = None
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.06
+    scheduler: str = "linear"
+    max_grad_norm: float = 1.0
+    patience: int = 5
+    gate_warmup_steps: int = 0
+    gate_penalty: str = "none"  # none | sparsity | entropy
+    gate_penalty_weight: float = 0.0
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    max_steps: int = -1
+    logging_steps: int = 10
+    threads: int | None = None
+    keep_trainer_checkpoints: bool = False
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise UniPELTError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if self.lr is None and self.method not in DEFAULT_LR:
+            raise UniPELTError(f"method {self.method!r} has no default learning rate yet; give one with --lr")
+        if self.task is None and self.train_file is None:
+            raise UniPELTError("give a GLUE task (--task rte) or your own data (--train FILE)")
+        if self.task is not None and not is_glue_task(self.task):
+            raise UniPELTError(f"unknown GLUE task {self.task!r}; for your own data use --train FILE")
+        if self.gate_penalty not in ("none", "sparsity", "entropy"):
+            raise UniPELTError(f"gate_penalty must be none, sparsity or entropy, not {self.gate_penalty!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise UniPELTError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        if self.method != "ft":
+            UniPELTConfig.from_preset(self.method, **self.unipelt)  # raises on unknown fields
+
+    def learning_rates(self) -> dict[str, float]:
+        base = self.lr if self.lr is not None else DEFAULT_LR[self.method]
+        return {
+            "added": base,
+            "gates": self.lr_gates if self.lr_gates is not None else base,
+            "head": self.lr_head if self.lr_head is not None else base,
+            "backbone": self.lr_backbone if self.lr_backbone is not None else base,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,220 @@
+"""The Hugging Face Trainer as UniPELT needs it: settings, optimizer groups, gate penalties, callbacks.
+
+The Trainer already does the loop, schedules, clipping, mixed precision, DDP, checkpoints, exact resume and
+early stopping; what is added here is what it cannot know about: separate learning rates for added modules,
+gates, head and backbone, the gate warm-up and gate penalties, checkpoints that hold only the added weights, a
+JSON-lines log in the run folder, and TensorBoard events in that run's own folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from unipelt.training.config import TrainConfig
+
+if TYPE_CHECKING:
+    from transformers import Trainer, TrainingArguments
+
+
+def _precision_flags(precision: str) -> dict[str, bool]:
+    if precision == "auto":
+        if not torch.cuda.is_available():
+            return {}
+        return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def training_arguments(config: TrainConfig, trainer_dir: Path, metric: str) -> TrainingArguments:
+    """The Trainer's settings for one run: evaluate and save every epoch, keep the best by ``metric``.
+
+    Reporting integrations are off here: TensorBoard, when installed, is added by :func:`run_callbacks` with
+    this run's own folder.
+    """
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(trainer_dir),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        learning_rate=config.learning_rates()["added"],
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        lr_scheduler_type=config.scheduler,
+        max_grad_norm=config.max_grad_norm,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=2,
+        load_best_model_at_end=True,
+        metric_for_best_model=metric,
+        greater_is_better=True,
+        logging_steps=config.logging_steps,
+        report_to=[],
+        seed=config.seed,
+        data_seed=config.seed,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(),  # also what lets torchrun on CPU run DDP over gloo
+        disable_tqdm=False,
+        save_only_model=False,
+        ddp_find_unused_parameters=False,
+        **_precision_flags(config.precision),
+    )
+
+
+def _gate_penalty(live: list[tuple[str, torch.Tensor]], kind: str) -> torch.Tensor | None:
+    if not live:
+        return None
+    values = torch.cat([value.reshape(-1) for _, value in live]).clamp(1e-6, 1 - 1e-6)
+    if kind == "sparsity":
+        return values.mean()
+    return -(values * values.log() + (1 - values) * (1 - values).log()).mean()  # binary entropy
+
+
+def make_trainer_class() -> type[Trainer]:
+    """The Trainer subclass, made on first use so that importing this module does not import transformers."""
+    from transformers import Trainer
+
+    from unipelt.model import UniPELTModel
+
+    class UniPELTTrainer(Trainer):
+        """Trainer with per-group learning rates, gate penalties and added-weights-only checkpoints."""
+
+        def __init__(self, *args: Any, run_config: TrainConfig, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.run_config = run_config
+            self.unipelt = self.model if isinstance(self.model, UniPELTModel) else None
+            if self.unipelt is not None and run_config.gate_penalty != "none":
+                self.unipelt.runtime.keep_live = True
+
+        def create_optimizer(self, model=None):
+            if self.optimizer is not None:
+                return self.optimizer
+            rates = self.run_config.learning_rates()
+            decay = self.args.weight_decay
+            if self.unipelt is not None:
+                groups = self.unipelt.parameter_groups()
+                param_groups = [
+                    {"params": groups["added"], "lr": rates["added"], "weight_decay": decay},
+                    {"params": groups["gates"], "lr": rates["gates"], "weight_decay": 0.0},
+                    {"params": groups["head"], "lr": rates["head"], "weight_decay": decay},
+                ]
+            else:
+                from unipelt.architectures import architecture_for
+
+                # the same head modules UniPELT keeps trainable
+                head_names = architecture_for(self.model).head
+                head, backbone = [], []
+                for name, parameter in self.model.named_parameters():
+                    (head if any(part in head_names for part in name.split(".")) else backbone).append(
+                        parameter
+                    )
+                param_groups = [
+                    {"params": backbone, "lr": rates["backbone"], "weight_decay": decay},
+                    {"params": head, "lr": rates["head"], "weight_decay": decay},
+                ]
+            param_groups = [g for g in param_groups if g["params"]]
+            self.optimizer = torch.optim.AdamW(param_groups, lr=rates["added"])
+            return self.optimizer
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self.unipelt is None or self.run_config.gate_penalty == "none":
+                return result
+            runtime = self.unipelt.runtime
+            penalty = _gate_penalty(runtime.live, self.run_config.gate_penalty)
+            runtime.live = []
+            if penalty is None:
+                return result
+            extra = self.run_config.gate_penalty_weight * penalty
+            if return_outputs:
+                return result[0] + extra, result[1]
+            return result + extra
+
+        def _save(self, output_dir=None, state_dict=None):
+            if self.unipelt is None:
+                return super()._save(output_dir, state_dict)
+            if not self.args.should_save:  # every rank may get here under DDP; one writes
+                return
+            output_dir = output_dir or self.args.output_dir
+            os.makedirs(output_dir, exist_ok=True)
+            self.unipelt.save_pretrained(Path(output_dir) / "unipelt")
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            if self.unipelt is None:
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            self._load_added(Path(resume_from_checkpoint) / "unipelt")
+
+        def _load_best_model(self):
+            if self.unipelt is None:
+                return super()._load_best_model()
+            self._load_added(Path(self.state.best_model_checkpoint) / "unipelt")
+
+        def _load_added(self, folder: Path) -> None:
+            from safetensors.torch import load_file
+
+            from unipelt.checkpoint import WEIGHTS_NAME
+
+            self.unipelt.load_added_state_dict(load_file(str(folder / WEIGHTS_NAME)), source=str(folder))
+
+    return UniPELTTrainer
+
+
+def run_callbacks(config: TrainConfig, run_dir: Path, unipelt: Any) -> list[Any]:
+    """Callbacks of every run: RUN/log.jsonl, early stopping, the gate warm-up, TensorBoard when installed."""
+    from transformers import EarlyStoppingCallback, TrainerCallback
+
+    class JsonlLog(TrainerCallback):
+        """Append every log record (training loss, evaluation metrics) to RUN/log.jsonl."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                record = {"step": state.global_step, "epoch": state.epoch, **logs}
+                with open(run_dir / "log.jsonl", "a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+
+    class GateWarmup(TrainerCallback):
+        """Hold the gates at their initial values for the first N optimizer steps (their gradients are zeroed)."""
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            if state.global_step < config.gate_warmup_steps:
+                for parameter in unipelt.gate_parameters():
+                    parameter.grad = None
+
+    callbacks: list = [JsonlLog(), EarlyStoppingCallback(early_stopping_patience=config.patience)]
+    if unipelt is not None and config.gate_warmup_steps > 0:
+        callbacks.append(GateWarmup())
+    return callbacks + _tensorboard(run_dir)
+
+
+def _tensorboard(run_dir: Path) -> list[Any]:
+    """TensorBoard events into RUN/tensorboard/, when tensorboard is installed.
+
+    The folder is set on this run's own callback. The TENSORBOARD_LOGGING_DIR variable that the callback reads
+    by default belongs to the whole process, so every later run in it (``--seeds``, the grid, tuning) would log
+    into the first run's folder.
+    """
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return []
+    from transformers.integrations import TensorBoardCallback
+
+    callback = TensorBoardCallback()
+    callback.logging_dir = str(run_dir / "tensorboard")  # read when the writer is made, on rank 0 only
+    return [callback]
+
+
+def padding_collator(tokenizer: Any) -> Any:
+    """Pads each batch to its own longest row (nothing is padded when tokenising)."""
+    from transformers import DataCollatorWithPadding
+
+    return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
