@@ -184,7 +184,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from unipelt.runs import Run
+    from unipelt.inference import Run
 
     run = Run(args.run)
     data = run.data(task=args.task, data_dir=args.data_dir, path=args.data)
@@ -199,7 +199,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from unipelt.runs import Run, read_inputs
+    from unipelt.inference import Run, read_inputs
 
     run = Run(args.run)
     examples = read_inputs(args.input, run.config.text_columns)

@@ -1,4 +1,10 @@
-"""Using a finished run: load it, evaluate it on any data, predict labels for new texts."""
+"""Using a finished run: load it, evaluate it on any data, predict labels for new texts.
+
+A run folder written by :func:`unipelt.training.train` holds everything needed to rebuild its model: the run
+configuration (which base model and method), the label names of the head, the tokenizer and the checkpoint. The
+base model is built by :func:`unipelt.backbones.load_base_model` exactly as training built it, so the head has
+the shape and label map it was trained with.
+"""
 
 from __future__ import annotations
 
@@ -36,28 +42,26 @@ class Run:
         self._tokenizer = None
 
     def load(self) -> tuple[torch.nn.Module, Any]:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        """(model in eval mode, tokenizer), loaded on first use."""
+        from transformers import AutoModelForSequenceClassification
         from transformers.utils import logging as hf_logging
 
+        from unipelt.backbones import load_base_model, load_tokenizer
         from unipelt.model import UniPELTModel
-        from unipelt.pretrained import resolve_model
 
         if self._model is None:
             hf_logging.set_verbosity_error()
-            self._tokenizer = AutoTokenizer.from_pretrained(self.folder / "tokenizer")
+            self._tokenizer = load_tokenizer(self.folder / "tokenizer")
             checkpoint = self.folder / "checkpoint"
-            if self.config.method == "ft":
+            if self.config.method == "ft":  # the whole fine-tuned model was saved: nothing to rebuild
                 self._model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
             else:
-                num_labels = 1 if self.regression else len(self.labels)
-                kwargs: dict[str, Any] = {"num_labels": num_labels}
-                if self.regression:
-                    kwargs["problem_type"] = "regression"
-                base = AutoModelForSequenceClassification.from_pretrained(
-                    resolve_model(self.config.model), **kwargs
+                base = load_base_model(
+                    self.config.model,
+                    "regression" if self.regression else "classification",
+                    labels=self.labels,
+                    pad_token_id=self._tokenizer.pad_token_id,
                 )
-                if base.config.pad_token_id is None:
-                    base.config.pad_token_id = self._tokenizer.pad_token_id
                 self._model = UniPELTModel.from_pretrained(base, checkpoint)
             self._model.eval()
         return self._model, self._tokenizer
