@@ -217,7 +217,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_gates(args: argparse.Namespace) -> int:
-    from unipelt.gate_analysis import gates_command
+    from unipelt.analysis import gates_command
 
     path = gates_command(args.runs, args.output)
     print(f"gate heatmap: {path}")

@@ -237,7 +237,7 @@ def _ft_counts(model) -> dict[str, int]:
 
 
 def _write_gate_report(unipelt, trainer, dataset, run_dir: Path) -> None:
-    from unipelt.gate_analysis import collect_gate_stats, plot_gate_heatmap
+    from unipelt.analysis import collect_gate_stats, plot_gate_heatmap
 
     if not any(
         m.gate is not None or (m.adapter is not None and m.adapter.gate is not None) for m in unipelt.layers
@@ -250,7 +250,7 @@ def _write_gate_report(unipelt, trainer, dataset, run_dir: Path) -> None:
 
 
 def _write_learning_curves(run_dir: Path) -> None:
-    from unipelt.gate_analysis import plot_learning_curves
+    from unipelt.analysis import plot_learning_curves
 
     if (run_dir / "log.jsonl").is_file():
         plot_learning_curves(run_dir / "log.jsonl", run_dir / "learning_curves.png")
