@@ -256,7 +256,7 @@ def test_learning_curves_from_hand_written_log(tmp_path):
 def test_learning_curves_skip_when_nothing_to_plot(tmp_path, caplog):
     log = tmp_path / "log.jsonl"
     log.write_text(json.dumps({"step": 1, "learning_rate": 1e-3}) + "\n")
-    with caplog.at_level(logging.WARNING, logger="unipelt.analysis.gate_stats"):
+    with caplog.at_level(logging.WARNING, logger="unipelt.analysis.plots"):
         assert plot_learning_curves(log, tmp_path / "curves.png") is None
     assert len(caplog.records) == 1 and "nothing to plot" in caplog.records[0].getMessage()
     assert not (tmp_path / "curves.png").exists()
@@ -276,7 +276,7 @@ def test_gates_command_one_run(tmp_path):
 
 
 def test_gates_command_several_runs_side_by_side(tmp_path, monkeypatch):
-    from unipelt.analysis.gate_stats import _run_title
+    from unipelt.analysis.plots import _run_title
 
     first = make_run(tmp_path / "a", fake_stats(), {"task": "rte", "method": "unipelt"})
     second = make_run(tmp_path / "b", fake_stats(layers=4, sites=("lora", "prefix", "adapter"), offset=0.3))
