@@ -1,8 +1,10 @@
-"""Cost of unipelt's methods next to the frozen base model and full fine-tuning: the same as `unipelt bench`.
+"""Cost of unipelt's methods next to the frozen base model and full fine-tuning (was ``unipelt bench``).
 
-Same protocol, inputs and output format as the peer scripts: trainable parameters (with and without the prefix
-MLP), inference latency at 1 x 128 and 32 x 128 (ratio to the base model), one training step (ratio to full
-fine-tuning), and peak memory per method in a fresh subprocess.
+Methods: every preset of :data:`unipelt.config.PRESETS`, plus ``lora_merged`` (the ungated LoRA merged into the
+weights). Same protocol, inputs and output format as the peer scripts (:mod:`cost_protocol`): trainable
+parameters (with and without the prefix MLP), inference latency at 1 x 128 and 32 x 128 (ratio to the base
+model), one training step (ratio to full fine-tuning), and peak memory per method in a fresh subprocess.
+Inference uses the deployable form (prefix MLP ejected; ``lora_merged`` also merged).
 
     python benchmarks/cost.py --model minilm --out benchmarks/out/cost_minilm.jsonl
     python benchmarks/cost.py --model mpnet --device cuda --out benchmarks/out/cost_mpnet_gpu.jsonl
@@ -14,16 +16,56 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from unipelt.bench import add_arguments, bench_command  # noqa: E402
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the cost modules next to this script; our unipelt
+import cost_protocol  # noqa: E402
+from cost_protocol import Method  # noqa: E402
+
+import unipelt  # noqa: E402
+from unipelt.config import PRESETS  # noqa: E402
+
+
+def make_builders(model_dir: str, random_init: bool, seed: int) -> list[Method]:
+    """The references (frozen base, full fine-tuning), every preset, and the merged ungated LoRA."""
+    from unipelt.model import add_unipelt
+
+    _, load = cost_protocol.model_loader(model_dir, random_init, seed)
+
+    def ours(preset: str, merge: bool = False):
+        def build(mode: str) -> torch.nn.Module:
+            model = add_unipelt(load(), preset)
+            if mode == "train":
+                return model.train()
+            model.eject_prefix_mlp()
+            if merge:
+                model.merge_lora()
+            return model.eval()
+
+        return build
+
+    methods = cost_protocol.reference_methods(load)
+    methods += [Method(preset, ours(preset), note=f"preset {preset}") for preset in PRESETS]
+    methods.append(Method("lora_merged", ours("lora", merge=True), train=False, note="ungated LoRA merged"))
+    return methods
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_arguments(parser)
-    return bench_command(parser.parse_args(argv))
+    cost_protocol.add_cli_args(parser)
+    args = parser.parse_args(argv)
+    cost_protocol.run_for_model(
+        lambda model_dir: make_builders(model_dir, args.random_init, args.seed),
+        args,
+        library="unipelt",
+        library_version=unipelt.__version__,
+        head_names=("classifier", "score", "pooler"),
+        packages=("transformers",),
+    )
+    return 0
 
 
 if __name__ == "__main__":

@@ -31,8 +31,10 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the cost modules next to this script; our unipelt
 import adapters  # noqa: E402
+import cost_protocol  # noqa: E402
 from adapters import (  # noqa: E402
     AdapterModelInterface,
     LoRAConfig,
@@ -40,9 +42,7 @@ from adapters import (  # noqa: E402
     SeqBnConfig,
     UniPELTConfig,
 )
-
-from unipelt.benchmarking import cost_protocol  # noqa: E402
-from unipelt.benchmarking.cost_protocol import Method  # noqa: E402
+from cost_protocol import Method  # noqa: E402
 
 ADAPTER = "peer"
 

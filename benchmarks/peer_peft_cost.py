@@ -27,12 +27,12 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the cost modules next to this script; our unipelt
+import cost_protocol  # noqa: E402
 import peft  # noqa: E402
+from cost_protocol import Method  # noqa: E402
 from peft import LoraConfig, TaskType, get_peft_model  # noqa: E402
-
-from unipelt.benchmarking import cost_protocol  # noqa: E402
-from unipelt.benchmarking.cost_protocol import Method  # noqa: E402
 
 # query/value projection names per model type
 QV_MODULES = {"bert": ["query", "value"], "mpnet": ["q", "v"]}

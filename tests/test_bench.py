@@ -1,19 +1,23 @@
-"""`unipelt bench` end to end on a tiny model: every record is there and ratios are computed."""
+"""benchmarks/cost.py (the cost protocol on unipelt's methods) end to end on a tiny model: every record is there
+and ratios are computed."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
-from unipelt.cli import main
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.mark.slow
-def test_bench_writes_params_latency_and_train_step_records(tiny_model_dir, tmp_path):
+def test_cost_writes_params_latency_and_train_step_records(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import cost
+
     out = tmp_path / "cost.jsonl"
     args = [
-        "bench",
         "--model",
         str(tiny_model_dir),
         "--methods",
@@ -38,7 +42,7 @@ def test_bench_writes_params_latency_and_train_step_records(tiny_model_dir, tmp_
         "--out",
         str(out),
     ]
-    assert main(args) == 0
+    assert cost.main(args) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     by = {(r.get("method"), r["measure"], r.get("batch")): r for r in records}
     assert by[("unipelt", "params", None)]["trainable"] > 0

@@ -1,4 +1,4 @@
-"""The ``unipelt`` command line: params, train, eval, predict, gates, bench.
+"""The ``unipelt`` command line: params, train, eval, predict, gates.
 
 Every error a user can fix (bad path, bad data, unsupported model, mismatched checkpoint) is printed as
 one line and exits with status 2; only real bugs show a traceback.
@@ -224,12 +224,6 @@ def cmd_gates(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from unipelt.bench import bench_command
-
-    return bench_command(args)
-
-
 # ----------------------------------------------------------------------------------------------- parser
 
 
@@ -323,11 +317,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="PNG path when comparing several runs")
     p.set_defaults(func=cmd_gates)
 
-    p = sub.add_parser("bench", help="parameters, latency, training step time and memory vs the base model")
-    from unipelt.bench import add_arguments
-
-    add_arguments(p)
-    p.set_defaults(func=cmd_bench)
     return parser
 
 

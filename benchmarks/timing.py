@@ -2,7 +2,7 @@
 
 This module imports only ``torch`` and the standard library, so it can be used from our venv
 (transformers 5.x) and from ``benchmarks/.venv-adapters`` (adapters 1.3.0 + transformers 4.57) alike.
-Peer scripts put the repository root on ``sys.path`` and import ``unipelt.benchmarking.timing``.
+The cost scripts in this folder put the folder on ``sys.path`` and import it as ``timing``.
 
 Protocol (the same for every library measured):
 

@@ -1,6 +1,8 @@
-"""The cost-measurement protocol shared by the cost scripts (peer_cost.py, peer_peft_cost.py, ours).
+"""The cost-measurement protocol shared by the cost scripts (cost.py for unipelt, peer_cost.py, peer_peft_cost.py).
 
-Imports only torch, the standard library and :mod:`timing` (same folder), so it runs in every venv.
+Imports only torch, the standard library and :mod:`timing` (same folder), plus the light, transformers-version
+agnostic :mod:`unipelt.pretrained` and :mod:`unipelt.backbones` inside functions, so it runs in every venv. The
+scripts put this folder and the repository root on ``sys.path``.
 
 A cost script describes its methods as :class:`Method` objects (how to build the model for inference and
 for training) and calls :func:`main`.  The protocol then measures, for one model:
@@ -39,9 +41,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import timing
 import torch
-
-from unipelt.benchmarking import timing
 
 BASE = "base"
 FULL_FT = "full_ft"
@@ -68,16 +69,20 @@ class Method:
 def model_loader(
     model_dir: str, random_init: bool, seed: int, num_labels: int = 2
 ) -> tuple[object, Callable[[], torch.nn.Module]]:
-    """(config, load): ``load()`` gives a fresh classification model with the same head initialisation each time."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    """(config, load): ``load()`` gives a fresh classification model with the same head initialisation each time.
+
+    The model is built by :func:`unipelt.backbones.load_base_model`, the one builder the library itself uses.
+    """
+    from transformers import AutoConfig
+
+    from unipelt.backbones import load_base_model
 
     config = AutoConfig.from_pretrained(model_dir, num_labels=num_labels)
+    init = "random" if random_init else "pretrained"
 
     def load() -> torch.nn.Module:
         torch.manual_seed(seed)
-        if random_init:
-            return AutoModelForSequenceClassification.from_config(config)
-        return AutoModelForSequenceClassification.from_pretrained(model_dir, config=config)
+        return load_base_model(model_dir, num_labels=num_labels, init=init)
 
     return config, load
 
