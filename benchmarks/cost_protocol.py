@@ -1,6 +1,7 @@
 """The cost-measurement protocol shared by the cost scripts (cost.py for unipelt, peer_cost.py, peer_peft_cost.py).
 
-Imports only torch, the standard library and :mod:`timing` (same folder), plus the light, transformers-version
+Imports only torch, the standard library and the modules of this folder (:mod:`cost_measures`, :mod:`timing`,
+:mod:`machine`), plus the light, transformers-version
 agnostic :mod:`unipelt.pretrained` and :mod:`unipelt.backbones` inside functions, so it runs in every venv. The
 scripts put this folder and the repository root on ``sys.path``.
 
@@ -41,8 +42,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import machine
 import timing
 import torch
+from cost_measures import make_optimizer, memory_child, param_record, resolve_device, timed_loop, timing_stats
 
 BASE = "base"
 FULL_FT = "full_ft"
@@ -163,125 +166,6 @@ def add_cli_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--child", default="", help=argparse.SUPPRESS)  # internal: METHOD:PHASE memory child
 
 
-def _delta(after: float | None, before: float | None) -> float | None:
-    return None if after is None or before is None else after - before
-
-
-def _timed_loop(fns, repeats: int, warmup: int, sync, args) -> tuple[dict, dict, dict]:
-    """Interleaved timing until each method has ``repeats`` clean calls (see timing.time_until_clean), plus
-    how busy the machine was meanwhile (other processes, hypervisor steal)."""
-    quiet = timing.wait_for_quiet(args.wait_quiet, window_s=1.0) if args.wait_quiet > 0 else None
-    t0, st0, fo0 = time.perf_counter(), timing.cpu_steal_s(), timing.foreign_cpu_s()
-    max_rounds = max(repeats, int(round(args.max_rounds_factor * repeats)))
-    times, clean = timing.time_until_clean(
-        fns, repeats, warmup, max_rounds=max_rounds, max_foreign_cores=args.clean_threshold, sync=sync
-    )
-    wall = time.perf_counter() - t0
-    foreign = _delta(timing.foreign_cpu_s(), fo0)
-    ctx = {
-        "loop_wall_s": wall,
-        "loop_steal_s": _delta(timing.cpu_steal_s(), st0),
-        "loop_foreign_cpu_s": foreign,
-        "loop_foreign_cores": foreign / wall if foreign is not None else None,
-        "foreign_cores_before": quiet,
-        "rounds": len(next(iter(times.values()))) if times else 0,
-    }
-    return times, clean, ctx
-
-
-def _sample(ts: list[float], cl: list[bool], min_clean: int = 3) -> tuple[list[float], bool]:
-    """The clean calls if there are at least ``min_clean`` of them, else all calls."""
-    clean = [t for t, c in zip(ts, cl) if c]
-    return (clean, True) if len(clean) >= min_clean else (list(ts), False)
-
-
-def _stats(name: str, times: dict, clean: dict, ref_name: str, min_clean: int) -> dict:
-    """One method's timings: statistics of the clean sample (``*_s``), of all calls (``median_all_s``), and
-    ``ratio`` (medians) / ``ratio_min`` (minima) against ``ref_name``."""
-    ts, used_clean = _sample(times[name], clean[name], min_clean)
-    s = timing.summarize(ts)
-    out = {
-        "median_s": s["median"],
-        "p25_s": s["p25"],
-        "p75_s": s["p75"],
-        "min_s": s["min"],
-        "n": s["n"],
-        "n_clean": sum(clean[name]),
-        "n_all": len(times[name]),
-        "clean_sample": used_clean,
-        "median_all_s": timing.median(times[name]),
-    }
-    if ref_name in times:
-        ref, _ = _sample(times[ref_name], clean[ref_name], min_clean)
-        out["ratio"] = s["median"] / timing.median(ref)
-        out["ratio_min"] = min(times[name]) / min(times[ref_name])
-        out["ratio_all"] = timing.median(times[name]) / timing.median(times[ref_name])
-    return out
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("model has no trainable parameter")
-    return torch.optim.AdamW(params, lr=lr)
-
-
-def _child(methods: dict[str, Method], args: argparse.Namespace, vocab_size: int, num_labels: int) -> None:
-    name, phase = args.child.split(":")
-    device = resolve_device(args.device)
-    timing.set_threads(args.threads)
-    torch.manual_seed(args.seed)
-    method = methods[name]
-    model = method.build(phase).to(device)
-    if phase == "infer":
-        bs = max(int(b) for b in args.infer_batches.split(","))
-        batch = timing.make_batch(bs, args.seq_len, vocab_size, seed=args.seed, device=device)
-        run = timing.inference_fn(model, batch)
-
-        def workload():
-            run()
-            run()
-    else:
-        bs = args.train_batch
-        batch = timing.make_batch(
-            bs, args.seq_len, vocab_size, seed=args.seed, num_labels=num_labels, device=device
-        )
-        step = timing.train_step_fn(model, batch, _optimizer(model, args.lr))
-
-        def workload():
-            step()
-            step()
-
-    res = timing.measure_peak(workload, device)
-    res.update({"method": name, "phase": phase, "batch": bs, "seq_len": args.seq_len})
-    timing.emit_child_result(res)
-
-
-def _params(method: Method, base_total: int | None, head_names: Sequence[str]) -> dict:
-    rec: dict = {}
-    if method.train:
-        m = method.build("train")
-        c = timing.count_params(m)
-        rec["trainable"] = c["trainable"]
-        rec["trainable_without_head"] = timing.count_params(m, exclude=head_names)["trainable"]
-        rec["total_train_form"] = c["total"]
-        del m
-    if method.infer:
-        m = method.build("infer")
-        total = timing.count_params(m)["total"]
-        rec["total_infer_form"] = total
-        if base_total is not None:
-            rec["added_at_inference"] = total - base_total
-        del m
-    return rec
-
-
 def main(
     methods: Sequence[Method],
     args: argparse.Namespace,
@@ -302,7 +186,7 @@ def main(
     """
     by_name = {m.name: m for m in methods}
     if args.child:
-        _child(by_name, args, vocab_size, num_labels)
+        memory_child(by_name, args, vocab_size, num_labels)
         return []
     wanted = [s for s in args.methods.split(",") if s]
     if wanted:
@@ -336,7 +220,7 @@ def main(
         short = {k: v for k, v in rec.items() if k not in common and k not in ("times_s", "clean")}
         print(json.dumps(short), flush=True)
 
-    emit({"measure": "machine", **timing.machine_info(packages), **(extra_meta or {})})
+    emit({"measure": "machine", **machine.machine_info(packages), **(extra_meta or {})})
     sync = (lambda: timing.synchronize(device)) if device.type == "cuda" else None
 
     # ---- parameter counts (also checks every method builds; failures are recorded and skipped)
@@ -344,7 +228,7 @@ def main(
     base_total = None
     for m in methods:
         try:
-            rec = _params(m, base_total, head_names)
+            rec = param_record(m, base_total, head_names)
         except Exception as e:  # noqa: BLE001 - a peer library may not support a method on a model
             emit({"method": m.name, "measure": "error", "error": f"{type(e).__name__}: {e}"[:2000]})
             if m.name in (BASE, FULL_FT):
@@ -378,7 +262,7 @@ def main(
             batch = timing.make_batch(bs, args.seq_len, vocab_size, seed=args.seed, device=device)
             fns = {n: timing.inference_fn(mod, batch) for n, mod in infer_models.items()}
             reps = args.repeats if bs == batches[-1] else (args.repeats_small or 3 * args.repeats)
-            times, clean, ctx = _timed_loop(fns, reps, args.warmup, sync, args)
+            times, clean, ctx = timed_loop(fns, reps, args.warmup, sync, args)
             for n, ts in times.items():
                 emit(
                     {
@@ -386,7 +270,7 @@ def main(
                         "measure": "infer_latency",
                         "batch": bs,
                         "seq_len": args.seq_len,
-                        **_stats(n, times, clean, BASE, min(3, reps)),
+                        **timing_stats(n, times, clean, BASE, min(3, reps)),
                         "ratio_to": BASE,
                         "warmup": args.warmup,
                         **ctx,
@@ -403,10 +287,11 @@ def main(
             args.train_batch, args.seq_len, vocab_size, seed=args.seed, num_labels=num_labels, device=device
         )
         fns = {
-            n: timing.train_step_fn(mod, batch, _optimizer(mod, args.lr)) for n, mod in train_models.items()
+            n: timing.train_step_fn(mod, batch, make_optimizer(mod, args.lr))
+            for n, mod in train_models.items()
         }
         warm = max(1, args.warmup // 2)
-        times, clean, ctx = _timed_loop(fns, args.train_repeats, warm, sync, args)
+        times, clean, ctx = timed_loop(fns, args.train_repeats, warm, sync, args)
         for n, ts in times.items():
             emit(
                 {
@@ -414,7 +299,7 @@ def main(
                     "measure": "train_step",
                     "batch": args.train_batch,
                     "seq_len": args.seq_len,
-                    **_stats(n, times, clean, FULL_FT, min(3, args.train_repeats)),
+                    **timing_stats(n, times, clean, FULL_FT, min(3, args.train_repeats)),
                     "ratio_to": FULL_FT,
                     "warmup": warm,
                     **ctx,
@@ -435,7 +320,7 @@ def main(
                 if not (m.infer if phase == "infer" else m.train):
                     continue
                 try:
-                    results[m.name] = timing.run_json_child(
+                    results[m.name] = machine.run_json_child(
                         [sys.executable, script, *argv, "--child", f"{m.name}:{phase}"], timeout=3600
                     )
                 except Exception as e:  # noqa: BLE001
