@@ -1,9 +1,13 @@
 """The paper's low-resource GLUE grid (Table 1 layout) with unipelt, resumable and shardable.
 
-Each cell (task, K, method, seed) is one ``unipelt.training.train`` run into OUT/<task>/k<K>/<method>/seed-<S>; a cell
-whose metrics.json exists is skipped, so the script can be stopped and restarted at will, and ``--shard i/n``
-splits the cells over n processes (or machines sharing OUT). ``--report`` only gathers what has finished into
-OUT/results.jsonl, OUT/table.md (per task, average, std of the average over seeds) and OUT/table.png.
+Each cell (task, K, method, seed) is one ``unipelt.training.train`` run into
+OUT/<task>/k<K>/<method>/seed-<S>; a cell whose metrics.json exists is skipped, so the script can be stopped and
+restarted at will, and ``--shard i/n`` splits the cells over n processes (or machines sharing OUT). ``--report``
+only gathers what has finished into OUT/results.jsonl, OUT/table.md (per task, average, std of the average over
+seeds) and OUT/table.png.
+
+Methods come from the library's own list (``unipelt.training.METHODS``); by default every method that has a
+default learning rate, others need one from ``--hyper``. Every cell is checked before the first one runs.
 
 Cells run seed-major (every cell with seed 1 first), so a grid cut short still covers every task and method.
 
@@ -22,8 +26,10 @@ import sys
 import time
 from pathlib import Path
 
+from unipelt.training.config import DEFAULT_LR, METHODS
+
 TASKS = ["rte", "mrpc", "stsb", "cola", "sst2"]
-METHODS = ["ft", "adapter", "prefix", "lora", "unipelt-ap", "unipelt", "unipelt-router", "ap-nogate"]
+# Row titles of the table (the paper's names); a method without one is shown by its own name.
 LABELS = {
     "ft": "Fine-tune",
     "adapter": "Adapter",
@@ -81,13 +87,20 @@ def run_grid(args: argparse.Namespace) -> None:
     todo = list(cells(args.tasks, args.k, args.methods, args.seeds))
     index, count = args.shard
     mine = [cell for i, cell in enumerate(todo) if i % count == index]
+
+    def config_of(task: str, k: int, method: str, seed: int):
+        overrides = {**hyper.get(method, {}), **hyper.get(f"{task}/{method}", {})}
+        return kshot_config(
+            args, cell_dir(args.out, task, k, method, seed), task, method, k, seed, **overrides
+        )
+
+    for cell in mine:  # a bad method, task or override fails here, before hours of other cells
+        config_of(*cell).validate()
     start = time.time()
     for n, (task, k, method, seed) in enumerate(mine, 1):
-        folder = cell_dir(args.out, task, k, method, seed)
-        if (folder / "metrics.json").is_file():
+        config = config_of(task, k, method, seed)
+        if (Path(config.output_dir) / "metrics.json").is_file():
             continue
-        overrides = {**hyper.get(method, {}), **hyper.get(f"{task}/{method}", {})}
-        config = kshot_config(args, folder, task, method, k, seed, **overrides)
         result = train(config, resume=True)
         print(
             f"[{n}/{len(mine)} {time.time() - start:.0f}s] {task} k={k} {method} seed={seed}: "
@@ -206,7 +219,9 @@ def main() -> None:
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--data-dir", default=os.environ.get("UNIPELT_DATA_DIR"))
     parser.add_argument("--tasks", type=lambda s: s.split(","), default=TASKS)
-    parser.add_argument("--methods", type=lambda s: s.split(","), default=METHODS)
+    parser.add_argument(
+        "--methods", type=lambda s: s.split(","), default=[m for m in METHODS if m in DEFAULT_LR]
+    )
     parser.add_argument("--k", type=lambda s: [int(x) for x in s.split(",")], default=[100])
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3])
     parser.add_argument("--n-valid", type=int, default=1000)

@@ -21,18 +21,12 @@ import os
 import statistics
 from pathlib import Path
 
-from grid import METHODS, kshot_config
+from grid import kshot_config
 
-CANDIDATES = {
-    "ft": [5e-5, 2e-4],
-    "adapter": [1e-3, 3e-3],
-    "lora": [1e-3, 3e-3],
-    "prefix": [1e-3, 3e-3],
-    "unipelt-ap": [5e-4, 2e-3],
-    "unipelt": [5e-4, 2e-3],
-    "unipelt-router": [5e-4, 2e-3],
-    "ap-nogate": [5e-4, 2e-3],
-}
+from unipelt.training.config import DEFAULT_LR, METHODS
+
+# Per method: its default learning rate and one larger one (x3 for the 1e-3 methods, x4 for the others).
+CANDIDATES = {method: [lr, lr * (3 if lr >= 1e-3 else 4)] for method, lr in DEFAULT_LR.items()}
 
 
 def main() -> None:
@@ -43,7 +37,9 @@ def main() -> None:
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--data-dir", default=os.environ.get("UNIPELT_DATA_DIR"))
     parser.add_argument("--tasks", type=lambda s: s.split(","), default=["sst2"])
-    parser.add_argument("--methods", type=lambda s: s.split(","), default=METHODS)
+    parser.add_argument(
+        "--methods", type=lambda s: s.split(","), default=[m for m in METHODS if m in CANDIDATES]
+    )
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--n-valid", type=int, default=500)
@@ -59,6 +55,13 @@ def main() -> None:
 
     def candidates(method: str) -> list[float]:
         return args.lrs or CANDIDATES[method]
+
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    untuned = [m for m in args.methods if not args.lrs and m not in CANDIDATES]
+    if untuned:
+        parser.error(f"no default learning rate, so no candidates, for {', '.join(untuned)}: pass --lrs")
 
     trials = []
     for method in args.methods:
