@@ -9,10 +9,34 @@ package adds what UniPELT needs on top of it, one concern per module:
   added-weights-only checkpoints), its settings and callbacks;
 * :mod:`~unipelt.training.run`: one run, from data to a finished run folder (:func:`train`);
 * :mod:`~unipelt.training.seeds`: several seeds and their mean and spread (:func:`train_seeds`).
+
+Names are imported on first use, like the package root's: the command line reads the method list to build its
+parser without loading torch.
 """
 
-from unipelt.training.config import DEFAULT_LR, METHODS, TrainConfig
-from unipelt.training.run import train
-from unipelt.training.seeds import summarise, train_seeds
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from unipelt.training.config import DEFAULT_LR, METHODS, TrainConfig
+    from unipelt.training.run import train
+    from unipelt.training.seeds import summarise, train_seeds
+
+_EXPORTS = {
+    "DEFAULT_LR": "unipelt.training.config",
+    "METHODS": "unipelt.training.config",
+    "TrainConfig": "unipelt.training.config",
+    "train": "unipelt.training.run",
+    "summarise": "unipelt.training.seeds",
+    "train_seeds": "unipelt.training.seeds",
+}
 
 __all__ = ["DEFAULT_LR", "METHODS", "TrainConfig", "summarise", "train", "train_seeds"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'unipelt.training' has no attribute {name!r}")

@@ -1,0 +1,53 @@
+"""What every verb of the ``unipelt`` command shares: argument types, and one-line errors for the user's mistakes.
+
+Every error a user can fix (bad path, bad data, unsupported model, mismatched checkpoint) is raised as
+:class:`~unipelt.errors.UniPELTError` and printed by :func:`run_verb` as one ``unipelt: error:`` line with exit
+status 2; only real bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from unipelt.data import GLUE_TASKS
+from unipelt.errors import UniPELTError
+
+GLUE_HELP = f"GLUE task: {', '.join(GLUE_TASKS)}"
+
+
+def int_list(text: str) -> list[int]:
+    """``1,2,3`` as a list of integers (for ``--seeds``)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
+
+
+def override(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as JSON when it parses (numbers, booleans, lists), else as a string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def run_verb(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run one verb and return its exit status: 2 with one line on stderr for a user's error, 130 on Ctrl-C."""
+    try:
+        return func(args)
+    except UniPELTError as error:
+        print(f"unipelt: error: {error}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into head or similar
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("unipelt: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,40 @@
+"""``unipelt predict``: labels with probabilities (or regression scores) of a finished run for new texts.
+
+Texts come from a table with the run's text columns, from a plain file (one text, or two tab-separated, per
+line) or from standard input; records go to standard output as JSON lines or a short table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def run(args: argparse.Namespace) -> int:
+    from unipelt.inference import Run, read_inputs
+
+    trained = Run(args.run)
+    examples = read_inputs(args.input, trained.config.text_columns)
+    for record in trained.predict(examples, progress=args.input != "-" and len(examples) > 256):
+        if args.format == "jsonl":
+            print(json.dumps(record))
+        else:
+            value = (
+                f"{record['score']:.4f}"
+                if "score" in record
+                else (f"{record['label']}\t{record['probabilities'][record['label']]:.4f}")
+            )
+            print(f"{value}\t{record['text'][:80]}")
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("predict", help="labels and probabilities (or scores) for new texts")
+    p.add_argument("run")
+    p.add_argument(
+        "--input", required=True, help="file (.csv/.tsv/.jsonl with the run's text columns, or lines) or -"
+    )
+    p.add_argument("--format", default="jsonl", choices=["jsonl", "table"])
+    p.set_defaults(func=run)
+    return p

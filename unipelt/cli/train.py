@@ -1,0 +1,157 @@
+"""``unipelt train``: one run, or several seeds, on a GLUE task or the user's own CSV/TSV/JSONL files.
+
+The flags map one to one onto :class:`~unipelt.training.TrainConfig` fields, so a run folder's config.json
+says exactly what the command line asked for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from unipelt.cli.common import GLUE_HELP, int_list, override
+from unipelt.data import DATA_DIR_ENV
+
+if TYPE_CHECKING:
+    from unipelt.training import TrainConfig
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The run configuration the flags describe (the run folder defaults to runs/TASK-METHOD[-kK])."""
+    from unipelt.training import TrainConfig
+
+    data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV)
+    task = None if args.train else args.task
+    name = task or Path(args.train).stem
+    out = args.out or str(Path("runs") / f"{name}-{args.method}" + (f"-k{args.k}" if args.k else ""))
+    fields = {
+        "output_dir": out,
+        "model": args.model,
+        "method": args.method,
+        "unipelt": dict(args.set or []),
+        "task": task,
+        "data_dir": data_dir,
+        "train_file": args.train,
+        "valid_file": args.valid,
+        "test_file": args.test,
+        "text_columns": args.text_columns.split(","),
+        "label_column": args.label_column,
+        "regression": args.regression,
+        "k": args.k,
+        "n_valid": args.n_valid,
+        "seed": args.seed,
+        "max_length": args.max_length,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "lr_gates": args.lr_gates,
+        "lr_head": args.lr_head,
+        "lr_backbone": args.lr_backbone,
+        "weight_decay": args.weight_decay,
+        "warmup_ratio": args.warmup_ratio,
+        "scheduler": args.scheduler,
+        "max_grad_norm": args.max_grad_norm,
+        "patience": args.patience,
+        "gate_warmup_steps": args.gate_warmup_steps,
+        "gate_penalty": args.gate_penalty,
+        "gate_penalty_weight": args.gate_penalty_weight,
+        "precision": args.precision,
+        "max_steps": args.max_steps,
+        "threads": args.threads,
+    }
+    if args.router_temperature is not None:
+        fields["unipelt"]["router_temperature"] = args.router_temperature
+    return TrainConfig(**fields)
+
+
+def _score(metrics: dict[str, float], metric: str) -> str:
+    return f"{100 * metrics[metric]:.2f}" if metric in metrics else "n/a"
+
+
+def run(args: argparse.Namespace) -> int:
+    from unipelt.training import train, train_seeds
+
+    config = train_config(args)
+    config.validate()
+    if args.seeds:
+        summary = train_seeds(config, args.seeds, resume=args.resume)
+        metric = summary["metric"]
+        split = "test" if summary["test"] else "valid"
+        stat = summary[split].get(metric, {"mean": float("nan"), "std": float("nan")})
+        print(
+            f"{config.method} on {config.task or config.train_file}, seeds {summary['seeds']}: "
+            f"{split} {metric} {100 * stat['mean']:.2f} ± {100 * stat['std']:.2f} "
+            f"(wall time {summary['train_seconds']:.0f} s)"
+        )
+        print(f"runs and summary.json in {config.output_dir}")
+        return 0
+    result = train(config, resume=args.resume)
+    metric = result["metric"]
+    split = "test" if result["test"] else "valid"
+    print(
+        f"{config.method} on {config.task or config.train_file}: {split} {metric} {_score(result[split], metric)} "
+        f"(valid {_score(result['valid'], metric)}, {result['train_seconds']:.0f} s)"
+    )
+    folder = Path(config.output_dir)
+    print(f"run folder: {folder}")
+    if (folder / "gates.png").is_file():
+        print(f"gate heatmap: {folder / 'gates.png'}")
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from unipelt.training.config import METHODS
+
+    p = subparsers.add_parser("train", help="train on a GLUE task or your own CSV/TSV/JSONL")
+    p.add_argument(
+        "--model", default="minilm", help="minilm (packaged, default), mpnet, a folder or a Hub name"
+    )
+    p.add_argument("--method", default="unipelt", choices=list(METHODS))
+    p.add_argument(
+        "--set",
+        action="append",
+        type=override,
+        metavar="FIELD=VALUE",
+        help="override a UniPELT config field",
+    )
+    p.add_argument("--task", default="rte", help=GLUE_HELP)
+    p.add_argument("--data-dir", help="folder in the GLUE layout (default: $UNIPELT_DATA_DIR, else the Hub)")
+    p.add_argument("--train", help="your own training file (.csv, .tsv, .jsonl); replaces --task")
+    p.add_argument("--valid", help="your own validation file (default: 10%% of --train)")
+    p.add_argument("--test", help="your own test file")
+    p.add_argument("--text-columns", default="text", help="comma-separated text column(s) of your files")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--regression", action="store_true", help="numeric labels: a regression head")
+    p.add_argument(
+        "--k", type=int, help="low-resource protocol: K training examples (+ --n-valid for validation)"
+    )
+    p.add_argument("--n-valid", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seeds", type=int_list, help="several seeds, e.g. 1,2,3: mean and std are reported")
+    p.add_argument("--out", help="run folder (default runs/TASK-METHOD[-kK])")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    p.add_argument("--epochs", type=float, default=20.0)
+    p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--lr", type=float, help="learning rate of the added modules (default per method)")
+    p.add_argument("--lr-gates", type=float)
+    p.add_argument("--lr-head", type=float)
+    p.add_argument("--lr-backbone", type=float, help="backbone learning rate for --method ft")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--warmup-ratio", type=float, default=0.06)
+    p.add_argument("--scheduler", default="linear")
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--patience", type=int, default=5, help="early stopping: evaluations without improvement")
+    p.add_argument(
+        "--gate-warmup-steps", type=int, default=0, help="hold gates at their initial value this long"
+    )
+    p.add_argument("--gate-penalty", default="none", choices=["none", "sparsity", "entropy"])
+    p.add_argument("--gate-penalty-weight", type=float, default=0.0)
+    p.add_argument("--router-temperature", type=float, help="softmax router temperature")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.set_defaults(func=run)
+    return p
