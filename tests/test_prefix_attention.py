@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny_models import batch, perturb, tiny_model
 
-import unipelt.attention as attention
+import unipelt.inject.attention as attention
 from unipelt import add_unipelt
 
 
@@ -53,9 +53,9 @@ def recorded(monkeypatch):
     calls = []
     original = attention.attend_with_prefix
 
-    def spy(inner, module, query, key, value, attention_mask, site, **kwargs):
-        output, weights = original(inner, module, query, key, value, attention_mask, site, **kwargs)
-        prefix_k, prefix_v = site.keys_values(key.dtype)
+    def spy(inner, module, query, key, value, attention_mask, prefix, **kwargs):
+        output, weights = original(inner, module, query, key, value, attention_mask, prefix, **kwargs)
+        prefix_k, prefix_v = prefix[0][0], prefix[1][0]  # one task: every row has the same prefix
         causal = kwargs.get("is_causal")
         causal = getattr(module, "is_causal", False) if causal is None else causal
         calls.append(
@@ -67,7 +67,7 @@ def recorded(monkeypatch):
                 "causal": causal,
                 "pk": prefix_k,
                 "pv": prefix_v,
-                "gate": site.gate,
+                "gate": prefix[3],
                 "scale": kwargs.get("scaling") or query.shape[-1] ** -0.5,
                 "out": output,
             }

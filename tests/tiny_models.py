@@ -73,10 +73,12 @@ def batch(
 
 
 def perturb(unipelt_model: torch.nn.Module, seed: int = 3, scale: float = 0.5) -> None:
-    """Move zero-initialised LoRA B and adapter up weights away from zero, and enlarge the prefix, so that
-    every module visibly changes the output of a tiny random model."""
+    """Move zero-initialised LoRA B, adapter up weights and BitFit deltas away from zero, IA3 scales away from
+    one, and enlarge the prefix, so that every module visibly changes the output of a tiny random model."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in unipelt_model.named_parameters():
-            if "lora_B" in name or ".up." in name or name.startswith("prefix.mlp.2"):
+            if "lora_B" in name or ".up." in name or "prefix.mlp.2" in name or ".bitfit." in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+            elif ".ia3." in name:
+                parameter.copy_(1 + torch.randn(parameter.shape, generator=generator) * scale)

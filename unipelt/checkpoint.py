@@ -14,7 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 CONFIG_NAME = "unipelt_config.json"
 WEIGHTS_NAME = "unipelt_weights.safetensors"
@@ -86,3 +86,184 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data: object) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+# ------------------------------------------------------------------------------------- task checkpoints
+#
+# A task checkpoint is a folder with unipelt_config.json (format, UniPELT config, base-model fingerprint,
+# head module paths, task kind and labels) and unipelt_weights.safetensors (the task's added weights and
+# head). Format 1 (single-task versions) has no "task" entry; its kind and labels are read from the base
+# model and its extras. A multi-task save is a folder with tasks.json and one task checkpoint per task.
+
+CHECKPOINT_FORMAT = 2
+TASKS_INDEX = "tasks.json"
+
+
+def fingerprint(model: Any, dims: dict[str, int]) -> dict[str, Any]:
+    config = model.config
+    return {
+        "model_type": config.model_type,
+        "architecture": type(model).__name__,
+        **dims,
+        "num_labels": int(getattr(config, "num_labels", 0) or 0),
+    }
+
+
+def save_task(task: Any, base: dict[str, Any], path: str | Path, name: str, extra: dict | None) -> Path:
+    from safetensors.torch import save_file
+
+    state = task.added_state_dict()
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "unipelt": task.config.to_dict(),
+        "base": base,
+        "head_modules": task.head_paths,
+        "task": {"name": name, **task.metadata()},
+        **(extra or {}),
+    }
+
+    def write(folder: Path) -> None:
+        save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        write_json(folder / CONFIG_NAME, meta)
+
+    return atomic_directory(path, write)
+
+
+def save_all(model: Any, path: str | Path, extra: dict | None) -> Path:
+    """Every task of a model, one sub-folder each, with an index; written as one atomic folder."""
+    base = model.fingerprint()
+
+    def write(folder: Path) -> None:
+        for name, task in model.tasks.items():
+            save_task(task, base, folder / name, name, extra)
+        write_json(
+            folder / TASKS_INDEX, {"format": CHECKPOINT_FORMAT, "tasks": list(model.tasks), "base": base}
+        )
+
+    return atomic_directory(path, write)
+
+
+def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
+    """The JSON of a task checkpoint, checked to be one: a clear error for a missing or damaged file."""
+    from unipelt.errors import UniPELTError
+
+    path = Path(path)
+    config_file = path / CONFIG_NAME
+    if not path.exists():
+        raise UniPELTError(f"checkpoint not found: {path}")
+    if not config_file.is_file() or not (path / WEIGHTS_NAME).is_file():
+        raise UniPELTError(
+            f"{path} is not a unipelt checkpoint: it needs {CONFIG_NAME} and {WEIGHTS_NAME} "
+            "(written by save_pretrained or `unipelt train`)"
+        )
+    try:
+        meta = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UniPELTError(f"{config_file} is not valid JSON ({error}); the checkpoint is damaged") from error
+    if not isinstance(meta, dict) or not isinstance(meta.get("unipelt"), dict):
+        raise UniPELTError(
+            f'{config_file} is not a unipelt checkpoint config (no "unipelt" object); the file was replaced '
+            "or edited"
+        )
+    return meta
+
+
+def read_weights(path: str | Path) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from unipelt.errors import UniPELTError
+
+    file = Path(path) / WEIGHTS_NAME
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UniPELTError(
+            f"{file} cannot be read ({error}); the checkpoint is truncated or damaged"
+        ) from error
+
+
+def check_base(meta: dict[str, Any], model: Any, dims: dict[str, int], path: str | Path) -> None:
+    from unipelt.errors import CheckpointMismatchError
+
+    expected = meta.get("base", {}) if isinstance(meta.get("base"), dict) else {}
+    actual = {"model_type": model.config.model_type, **dims}
+    diffs = [
+        f"{k}: checkpoint {expected[k]!r}, model {v!r}"
+        for k, v in actual.items()
+        if k in expected and expected[k] != v
+    ]
+    if diffs:
+        raise CheckpointMismatchError(
+            f"checkpoint {path} was made for a different base model ({'; '.join(diffs)}). "
+            "Load it onto the model it was trained from."
+        )
+
+
+def task_info(meta: dict[str, Any], base_kind: str) -> dict[str, Any]:
+    """Kind, number of labels and label names of a task checkpoint, for either format."""
+    info = meta.get("task")
+    if isinstance(info, dict):
+        return {k: info.get(k) for k in ("kind", "num_labels", "labels", "class_weights")}
+    regression = meta.get("regression")
+    kind = "regression" if regression else base_kind
+    num_labels = (meta.get("base") or {}).get("num_labels") or None
+    if kind == "regression":
+        num_labels = 1
+    return {"kind": kind, "num_labels": num_labels, "labels": meta.get("labels"), "class_weights": None}
+
+
+def task_folders(path: str | Path) -> dict[str, Path]:
+    """Task name -> checkpoint folder: one folder (task ``default`` or its saved name) or a multi-task index."""
+    from unipelt.errors import UniPELTError
+
+    path = Path(path)
+    index = path / TASKS_INDEX
+    if index.is_file():
+        try:
+            names = json.loads(index.read_text(encoding="utf-8"))["tasks"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+            raise UniPELTError(f"{index} is not a valid task index ({error})") from error
+        return {str(name): path / str(name) for name in names}
+    meta = read_checkpoint_config(path)
+    name = (meta.get("task") or {}).get("name") if isinstance(meta.get("task"), dict) else None
+    return {name or "default": path}
+
+
+def load_task_state(task: Any, state: dict[str, Any], source: str) -> None:
+    """Copy a checkpoint's tensors into a task, refusing missing, unexpected or mis-shaped entries."""
+    import torch
+
+    from unipelt.errors import CheckpointMismatchError
+
+    own = task.added_state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointMismatchError(
+            f"{source} does not match this model's UniPELT modules: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+        )
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in own.items()
+        if state[k].shape != v.shape
+    ]
+    if shapes:
+        raise CheckpointMismatchError(
+            f"{source} has tensors of other shapes than this model (checkpoint vs model): {'; '.join(shapes[:5])}. "
+            "Was it trained with another number of labels or another base model?"
+        )
+    from unipelt.heads import head_key
+
+    targets = dict(task.named_parameters())
+    targets.update(dict(task.named_buffers()))
+    keys = {path: head_key(path) for path in task.head_paths}
+    with torch.no_grad():
+        for key, value in state.items():
+            if key.startswith("head."):
+                for path, module_key in keys.items():
+                    if key.startswith(f"head.{path}."):
+                        key = f"head.{module_key}.{key[len(path) + 6 :]}"
+                        break
+            targets[key].copy_(value)

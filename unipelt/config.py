@@ -1,13 +1,19 @@
 """The UniPELT configuration: one dataclass, presets with the paper's sizes, JSON in and out.
 
-Why one flat dataclass and not one config per sub-module: the three sub-modules share the gate, the
-gate pooling and the layer layout, and users override single fields from the command line
-(``--lora-rank 4``). A flat record maps one-to-one onto flags and onto the JSON file saved with a
-checkpoint, so a run can always be rebuilt from what it wrote.
+Why one flat dataclass and not one config per sub-module: the sub-modules share the gate, the gate pooling
+and the layer layout, and users override single fields from the command line (``--set lora_rank=4``). A flat
+record maps one-to-one onto flags and onto the JSON file saved with a checkpoint, so a run can always be
+rebuilt from what it wrote.
+
+``modules`` lists the sub-modules by kind. The paper's three (lora, prefix, adapter) have their size fields
+here; a module added later declares its own fields and defaults in its file (``PeftModule.options``) and they
+travel in ``options`` (flattened into the JSON), so adding a module never edits this file. Configs written
+before ``modules`` existed (``"lora": true, "prefix": true, "adapter": false``) are read as before.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, fields
@@ -29,9 +35,7 @@ class UniPELTConfig:
     512-wide reparameterisation MLP, a bottleneck adapter of hidden/16, and one sigmoid gate per site.
     """
 
-    lora: bool = True
-    prefix: bool = True
-    adapter: bool = True
+    modules: list[str] = field(default_factory=lambda: ["lora", "prefix", "adapter"])
 
     # Gates. "sigmoid" is the paper's gate; "softmax" a per-layer router over the enabled sub-modules;
     # "none" is the ungated ablation. Pooling "auto" means "mean" (mask-aware, one gate per example) for
@@ -59,12 +63,61 @@ class UniPELTConfig:
     head_modules: list[str] | None = None
 
     preset: str | None = None
+    # Fields of modules registered outside this file (e.g. ia3_targets), by name.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        for name in ("modules", "lora_targets", "head_modules"):
+            value = getattr(self, name)
+            if isinstance(value, str):  # from the command line: --set modules=lora,ia3
+                setattr(self, name, [part.strip() for part in value.split(",") if part.strip()])
         self.validate()
+
+    # The paper's three modules as booleans, as configs before ``modules`` spelt them.
+    @property
+    def lora(self) -> bool:
+        return "lora" in self.modules
+
+    @property
+    def prefix(self) -> bool:
+        return "prefix" in self.modules
+
+    @property
+    def adapter(self) -> bool:
+        return "adapter" in self.modules
+
+    def has(self, kind: str) -> bool:
+        return kind in self.modules
+
+    def option(self, name: str) -> Any:
+        """A field of a module registered in its own file: the config's value, else the module's default."""
+        if name in self.options:
+            return self.options[name]
+        default = _module_options().get(name)
+        if default is None:
+            raise UniPELTError(f"no module declares the option {name!r}")
+        return list(default) if isinstance(default, list) else default
+
+    def resolved_pooling(self, arch: Any) -> str:
+        """``auto`` pooling: one gate per token for decoders (causal, cache-exact), else per example."""
+        if self.gate_pooling != "auto":
+            return self.gate_pooling
+        return "token" if arch.decoder else "mean"
 
     def validate(self) -> None:
         """Reject values that would only fail later, deep inside a forward pass."""
+        known_modules = _module_kinds()
+        unknown = [m for m in self.modules if m not in known_modules]
+        if unknown:
+            raise UniPELTError(
+                f"unknown module(s) {', '.join(map(repr, unknown))}; known: {', '.join(known_modules)}"
+            )
+        if len(set(self.modules)) != len(self.modules):
+            raise UniPELTError(f"modules lists a module twice: {self.modules}")
+        options = _module_options()
+        stray = sorted(set(self.options) - set(options))
+        if stray:
+            raise UniPELTError(f"unknown option(s) {', '.join(stray)}; known: {', '.join(sorted(options))}")
         if self.gate not in GATES:
             raise UniPELTError(f"gate must be one of {', '.join(GATES)}, got {self.gate!r}")
         if self.gate_pooling not in POOLINGS:
@@ -92,9 +145,9 @@ class UniPELTConfig:
             )
 
     @property
-    def modules(self) -> list[str]:
-        """The enabled sub-modules in the router's fixed order."""
-        return [name for name in ("lora", "prefix", "adapter") if getattr(self, name)]
+    def ordered_modules(self) -> list[str]:
+        """The enabled sub-modules in the registry's fixed order (the softmax router's site order)."""
+        return [kind for kind in _module_kinds() if kind in self.modules]
 
     def adapter_bottleneck(self, hidden_size: int) -> int:
         """Adapter width: given directly, or hidden size / reduction factor (48 on BERT-base)."""
@@ -104,12 +157,12 @@ class UniPELTConfig:
 
     def replace(self, **overrides: Any) -> UniPELTConfig:
         """A copy with some fields changed; unknown field names are an error, not silently dropped."""
+        overrides = _normalise(overrides, self.modules, self.options)
         known = {f.name for f in fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise UniPELTError(
-                f"unknown config field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+            names = sorted(known | set(_module_options()) | {"lora", "prefix", "adapter"})
+            raise UniPELTError(f"unknown config field(s): {', '.join(unknown)}; known: {', '.join(names)}")
         return dataclasses.replace(self, **overrides)
 
     @classmethod
@@ -117,20 +170,28 @@ class UniPELTConfig:
         """One of the paper's variants, with any field overridden."""
         if name not in PRESETS:
             raise UniPELTError(f"unknown method {name!r}; choose one of: {', '.join(PRESETS)}")
-        return cls(**{**PRESETS[name], "preset": name}).replace(**overrides)
+        return cls(**{**copy.deepcopy(PRESETS[name]), "preset": name}).replace(**overrides)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data.update(data.pop("options"))
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UniPELTConfig:
+        if not isinstance(data, dict):
+            raise UniPELTError(f"a UniPELT config must be a JSON object, not {type(data).__name__}")
+        data = _normalise(dict(data), [], {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise UniPELTError(
                 f"config has unknown field(s) {', '.join(unknown)}; is it from a newer unipelt?"
             )
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise UniPELTError(f"config has a field of the wrong type: {error}") from error
 
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -153,13 +214,46 @@ class UniPELTConfig:
             raise UniPELTError(f"config is not valid JSON: {error}") from error
 
 
-# The paper's variants (Mao et al. 2022, Tables 1 and 3). Single methods are ungated, as in the paper.
+def _module_kinds() -> list[str]:
+    from unipelt.modules import MODULES  # imported late: the registry needs torch, this file does not
+
+    return list(MODULES)
+
+
+def _module_options() -> dict[str, Any]:
+    from unipelt.modules import MODULES
+
+    return {name: default for cls in MODULES.values() for name, default in cls.options.items()}
+
+
+def _normalise(data: dict[str, Any], modules: list[str], options: dict[str, Any]) -> dict[str, Any]:
+    """Fold old-style booleans (``lora=False``) into ``modules`` and module-file options into ``options``."""
+    data = dict(data)
+    legacy = {name: data.pop(name) for name in ("lora", "prefix", "adapter") if name in data}
+    if legacy:
+        chosen = list(data.get("modules", modules))
+        for name, on in legacy.items():
+            if on and name not in chosen:
+                chosen.append(name)
+            if not on and name in chosen:
+                chosen.remove(name)
+        data["modules"] = chosen
+    extra = {name: data.pop(name) for name in list(data) if name in _module_options()}
+    if extra or "options" in data:
+        data["options"] = {**options, **data.get("options", {}), **extra}
+    return data
+
+
+# The paper's variants (Mao et al. 2022, Tables 1 and 3), plus IA3 and BitFit. Single methods are ungated,
+# as in the paper. This is the one list of methods; ``ft`` (full fine-tuning) is added by training.
 PRESETS: dict[str, dict[str, Any]] = {
-    "adapter": {"lora": False, "prefix": False, "adapter": True, "gate": "none"},
-    "lora": {"lora": True, "prefix": False, "adapter": False, "gate": "none"},
-    "prefix": {"lora": False, "prefix": True, "adapter": False, "gate": "none"},
-    "unipelt-ap": {"lora": False, "prefix": True, "adapter": True, "gate": "sigmoid"},
-    "unipelt": {"lora": True, "prefix": True, "adapter": True, "gate": "sigmoid"},
-    "unipelt-router": {"lora": True, "prefix": True, "adapter": True, "gate": "softmax"},
-    "ap-nogate": {"lora": False, "prefix": True, "adapter": True, "gate": "none"},
+    "adapter": {"modules": ["adapter"], "gate": "none"},
+    "lora": {"modules": ["lora"], "gate": "none"},
+    "prefix": {"modules": ["prefix"], "gate": "none"},
+    "unipelt-ap": {"modules": ["prefix", "adapter"], "gate": "sigmoid"},
+    "unipelt": {"modules": ["lora", "prefix", "adapter"], "gate": "sigmoid"},
+    "unipelt-router": {"modules": ["lora", "prefix", "adapter"], "gate": "softmax"},
+    "ap-nogate": {"modules": ["prefix", "adapter"], "gate": "none"},
+    "ia3": {"modules": ["ia3"], "gate": "none"},
+    "bitfit": {"modules": ["bitfit"], "gate": "none"},
 }

@@ -3,7 +3,9 @@
 Supporting a new architecture means adding a row, not copying its attention code. A row names, relative
 to one transformer layer, the self-attention module (the prefix site, and the module whose input feeds
 the LoRA/prefix gates), the query/key/value/output projections (LoRA sites; ``"attn.c_attn[0/3]"`` is the
-first third of GPT-2's fused q/k/v Conv1D), and the feed-forward output projection (the adapter site).
+first third of GPT-2's fused q/k/v Conv1D), and the feed-forward input and output projections (IA3 scales the
+input of ``ffn_output``, the adapter sits on its output). Every PEFT module names the places it touches by these
+roles (``query``, ``key``, ``value``, ``output``, ``ffn_input``, ``ffn_output``), never by a model's own paths.
 
 ``seam`` says how prefix keys/values reach attention: ``"interface"`` for models that call transformers'
 pluggable attention function (we register our own, see :mod:`unipelt.attention`), and a named seam for
@@ -27,6 +29,7 @@ class Architecture:
     attention: str
     projections: dict[str, str]
     ffn_output: str
+    ffn_input: str
     decoder: bool = False
     seam: str = "interface"
     head: tuple[str, ...] = field(default=("classifier", "score", "pre_classifier", "pooler"))
@@ -42,6 +45,7 @@ _BERT_LIKE = Architecture(
         "output": "attention.output.dense",
     },
     ffn_output="output.dense",
+    ffn_input="intermediate.dense",
 )
 
 _LLAMA_LIKE = Architecture(
@@ -54,6 +58,7 @@ _LLAMA_LIKE = Architecture(
         "output": "self_attn.o_proj",
     },
     ffn_output="mlp.down_proj",
+    ffn_input="mlp.up_proj",
     decoder=True,
 )
 
@@ -71,6 +76,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "output": "attention.out_lin",
         },
         ffn_output="ffn.lin2",
+        ffn_input="ffn.lin1",
     ),
     "deberta-v2": Architecture(
         layers="encoder.layer",
@@ -82,6 +88,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "output": "attention.output.dense",
         },
         ffn_output="output.dense",
+        ffn_input="intermediate.dense",
         seam="deberta",
     ),
     "mpnet": Architecture(
@@ -94,6 +101,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "output": "attention.attn.o",
         },
         ffn_output="output.dense",
+        ffn_input="intermediate.dense",
         seam="mpnet",
     ),
     "gpt2": Architecture(
@@ -106,6 +114,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             "output": "attn.c_proj",
         },
         ffn_output="mlp.c_proj",
+        ffn_input="mlp.c_fc",
         decoder=True,
     ),
     "llama": _LLAMA_LIKE,
@@ -124,9 +133,23 @@ def architecture_for(model: nn.Module) -> Architecture:
     supported = ", ".join(sorted(ARCHITECTURES))
     raise UnsupportedModelError(
         f"model type {model_type!r} is not supported. Supported: {supported}. To add one, add a row to "
-        "ARCHITECTURES in unipelt/architectures.py naming its layer list, self-attention module, q/k/v "
+        "ARCHITECTURES in unipelt/inject/architectures.py naming its layer list, self-attention module, q/k/v "
         "projections and feed-forward output (see the rows for bert and llama)."
     )
+
+
+ROLES = ("query", "key", "value", "output", "ffn_input", "ffn_output")
+
+
+def role_path(arch: Architecture, role: str) -> str:
+    """The table's path (maybe with a fused-slice suffix) for a role such as ``key`` or ``ffn_output``."""
+    if role == "ffn_input":
+        return arch.ffn_input
+    if role == "ffn_output":
+        return arch.ffn_output
+    if role not in arch.projections:
+        raise UnsupportedModelError(f"unknown projection {role!r}; known: {', '.join(ROLES)}")
+    return arch.projections[role]
 
 
 def parse_projection(spec: str) -> tuple[str, int, int]:

@@ -1,0 +1,29 @@
+"""Gates decide, per layer and per input, how much each sub-module contributes.
+
+- :class:`SigmoidGate`: the paper's independent sigmoid gates, one per site.
+- :class:`SoftmaxRouter`: a softmax over the enabled sub-modules of a layer.
+
+Both return ``{site: tensor}`` with shape (B,) for pooled gates or (B, T) for per-token gates.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from unipelt.gates.pooling import broadcastable, masked_mean
+from unipelt.gates.router import SoftmaxRouter
+from unipelt.gates.sigmoid import SigmoidGate
+
+GATE_TYPES = (SigmoidGate, SoftmaxRouter)
+
+
+def build_layer_gate(kind: str, hidden_size: int, sites: list[str], config) -> nn.Module | None:
+    """The gate of one layer for ``sites``; None when ungated or when no module asks for a gate."""
+    if kind == "none" or not sites:
+        return None
+    if kind == "softmax":
+        return SoftmaxRouter(hidden_size, sites, config.router_hidden, config.router_temperature)
+    return SigmoidGate(hidden_size, sites)
+
+
+__all__ = ["GATE_TYPES", "SigmoidGate", "SoftmaxRouter", "broadcastable", "build_layer_gate", "masked_mean"]

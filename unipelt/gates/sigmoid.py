@@ -1,0 +1,27 @@
+"""The paper's gate (Mao et al. 2022, section 3): sigmoid(Linear(d, n)(x)), one output per site.
+
+With ``pooling="mean"`` the per-token gate is averaged over the real tokens of each example (see
+:func:`unipelt.gates.pooling.masked_mean`). With ``pooling="token"`` every token keeps its own gate, which is
+what a causal decoder needs: a token's gate must not depend on later tokens, and KV-cached generation then
+matches uncached decoding exactly. All sites of a layer share one Linear, so they cost one matmul.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unipelt.gates.pooling import masked_mean
+
+
+class SigmoidGate(nn.Module):
+    def __init__(self, hidden_size: int, sites: list[str]) -> None:
+        super().__init__()
+        self.sites = list(sites)
+        self.linear = nn.Linear(hidden_size, len(self.sites))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, pooling: str) -> dict[str, torch.Tensor]:
+        gates = torch.sigmoid(self.linear(x))  # (B, T, n)
+        if pooling == "mean":
+            gates = masked_mean(gates, mask)  # (B, n)
+        return {site: gates[..., i] for i, site in enumerate(self.sites)}

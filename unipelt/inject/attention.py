@@ -1,0 +1,217 @@
+"""How prefix keys/values reach attention, exactly, on every supported architecture.
+
+Passing a prefix as ``past_key_values`` (what PEFT does) shifts position ids by the prefix length and puts
+the prefix into the KV cache; outputs then differ from the model the prefix was meant to extend. Instead
+we concatenate the gated prefix to the keys and values at the attention function itself, after positions
+are applied and after the cache is updated:
+
+- models that call transformers' pluggable attention function get ours, registered as ``unipelt_sdpa`` /
+  ``unipelt_eager`` (same mask builders as ``sdpa`` / ``eager``). Modules without a prefix site (cross
+  attention) and a disabled model pass straight through to the original function.
+- MPNet and DeBERTa-v2 compute attention inline; for them a short seam (:mod:`unipelt.inject.seams`)
+  recomputes q/k/v with the module's own projections and position terms, then calls the same core. Prefix
+  columns get no position bias.
+
+Each row attends to the prefix of its own task: a mixed-task batch pads the tasks' prefixes to one length and
+masks the padding, so a row's result equals running it alone.
+
+The mask grows by P always-visible columns (a causal mask is built explicitly, offset for the cache).
+A gate that is one number per example scales the prefix keys and values directly. A per-token gate (decoders)
+must scale them per query; we do that exactly inside one SDPA call by widening each head: queries become
+[q, g·q], real keys [k, 0], prefix keys [0, p_k], so scores are q·k and g·(q·p_k); values [v, 0] and [0, p_v]
+give both halves of the output, and the prefix half is scaled by g again.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+
+from unipelt.inject.context import LAYER
+
+
+def _extend_mask(
+    mask: torch.Tensor | None,
+    q_len: int,
+    k_len: int,
+    p_len: int,
+    causal: bool,
+    device: torch.device,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """Put P prefix columns in front of an attention mask (bool or additive), building a causal one if needed.
+
+    ``valid`` (B, P) marks which prefix columns exist for each row (rows of tasks with shorter or no prefix
+    in a mixed-task batch); None means all columns exist for every row.
+    """
+    if mask is None:
+        if not (causal and q_len > 1) and valid is None:
+            return None
+        if causal and q_len > 1:
+            rows = torch.arange(q_len, device=device)[:, None] + (k_len - q_len)
+            mask = (torch.arange(k_len, device=device)[None, :] <= rows)[None, None]
+        else:
+            mask = torch.ones(1, 1, q_len, k_len, dtype=torch.bool, device=device)
+    if mask.dim() == 2:
+        raise ValueError(
+            "prefix-tuning needs a 4D attention mask; flash-attention's 2D masks are not supported"
+        )
+    if valid is None:
+        extra = (
+            mask.new_ones(*mask.shape[:-1], p_len)
+            if mask.dtype == torch.bool
+            else mask.new_zeros(*mask.shape[:-1], p_len)
+        )
+    else:
+        seen = valid[:, None, None, :].expand(-1, mask.shape[1], mask.shape[2], -1)
+        extra = (
+            seen
+            if mask.dtype == torch.bool
+            else torch.zeros_like(seen, dtype=mask.dtype).masked_fill(~seen, torch.finfo(mask.dtype).min)
+        )
+        mask = mask.expand(valid.shape[0], -1, -1, -1)
+    return torch.cat([extra, mask], dim=-1)
+
+
+def _gather_prefixes(
+    call: Any, index: int, batch: int, kv_heads: int, head_dim: int, q_len: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None:
+    """Prefix keys/values (B, Hkv, P, D) of each row's task, which columns exist, and each row's prefix gate.
+
+    One task for the whole batch (the usual case) expands that task's prefix without copying. A mixed batch
+    pads every task's prefix to the longest one and marks the padding as invisible.
+    """
+    tasks = call.context.tasks
+    found = []
+    for group in call.groups:
+        encoder = tasks[group.task].prefix
+        if encoder is None:
+            continue
+        prefix = encoder.layer_prefix(index)  # (2, P, kv_dim)
+        if prefix.dtype != dtype:
+            prefix = prefix.to(dtype)
+        length = prefix.shape[1]
+        prefix = prefix.view(2, length, kv_heads, head_dim).transpose(1, 2)  # (2, Hkv, P, D)
+        found.append((group, prefix, group.gates.get("prefix")))
+    if not found:
+        return None
+    if len(found) == 1 and found[0][0].rows is None:
+        _, prefix, gate = found[0]
+        keys = prefix[0].unsqueeze(0).expand(batch, -1, -1, -1)
+        values = prefix[1].unsqueeze(0).expand(batch, -1, -1, -1)
+        return keys, values, None, gate
+    longest = max(prefix.shape[2] for _, prefix, _ in found)
+    per_token = any(gate is not None and gate.dim() == 2 for _, _, gate in found)
+    keys = values = None
+    valid = torch.zeros(batch, longest, dtype=torch.bool, device=found[0][1].device)
+    gates = torch.zeros((batch, q_len) if per_token else (batch,), dtype=dtype, device=valid.device)
+    for group, prefix, gate in found:
+        rows = group.rows if group.rows is not None else torch.arange(batch, device=valid.device)
+        length = prefix.shape[2]
+        padded = F.pad(prefix, (0, 0, 0, longest - length))  # (2, Hkv, Pmax, D)
+        k = padded[0].unsqueeze(0).expand(len(rows), -1, -1, -1)
+        v = padded[1].unsqueeze(0).expand(len(rows), -1, -1, -1)
+        if keys is None:
+            keys = k.new_zeros(batch, *k.shape[1:])
+            values = keys.clone()
+        keys, values = keys.index_copy(0, rows, k), values.index_copy(0, rows, v)
+        valid[rows, :length] = True
+        if gate is None:
+            gate = torch.ones(len(rows), dtype=dtype, device=valid.device)
+        gate = gate.to(dtype)
+        if per_token:
+            gate = gate[:, -q_len:] if gate.dim() == 2 else gate[:, None].expand(-1, q_len)
+        gates = gates.index_copy(0, rows, gate)
+    return keys, values, valid, gates
+
+
+def attend_with_prefix(
+    inner: Any,
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    prefix: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None],
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
+    """Attention over [prefix; keys] with the prefix scaled by its gate. q (B,H,Q,D), k/v (B,Hkv,K,D)."""
+    _, _, q_len, head_dim = query.shape
+    prefix_k, prefix_v, valid, gate = prefix
+    p_len = prefix_k.shape[2]
+    causal = kwargs.pop("is_causal", None)
+    causal = getattr(module, "is_causal", False) if causal is None else causal
+    mask = _extend_mask(attention_mask, q_len, key.shape[2], p_len, bool(causal), query.device, valid)
+    if gate is None or gate.dim() == 1:
+        if gate is not None:
+            scale = gate.to(key.dtype).view(-1, 1, 1, 1)
+            prefix_k, prefix_v = prefix_k * scale, prefix_v * scale
+        key = torch.cat([prefix_k, key], dim=2)
+        value = torch.cat([prefix_v, value], dim=2)
+        return inner(module, query, key, value, mask, is_causal=False, **kwargs)
+    # Per-token gate: widen each head so one attention call applies g per query (see module docstring).
+    g = gate.to(query.dtype)[:, None, -q_len:, None]  # (B, 1, Q, 1)
+    zeros_p, zeros_k = torch.zeros_like(prefix_k), torch.zeros_like(key)
+    query = torch.cat([query, query * g], dim=-1)
+    key = torch.cat([torch.cat([zeros_p, prefix_k], -1), torch.cat([key, zeros_k], -1)], dim=2)
+    value = torch.cat([torch.cat([zeros_p, prefix_v], -1), torch.cat([value, zeros_k], -1)], dim=2)
+    if kwargs.get("scaling") is None:
+        kwargs["scaling"] = head_dim**-0.5
+    output, weights = inner(module, query, key, value, mask, is_causal=False, **kwargs)  # (B, Q, H, 2D)
+    output = output[..., :head_dim] + g.transpose(1, 2) * output[..., head_dim:]
+    return output, weights
+
+
+LAYER_KEY = "_unipelt_layer"  # instance-dict key marking a self-attention module with its layer index
+
+
+def prefix_for(module: torch.nn.Module, batch: int, q_len: int, dtype: torch.dtype):
+    """The prefix this call's rows attend to in this attention module, or None (no prefix, cross attention,
+    disabled model)."""
+    index = module.__dict__.get(LAYER_KEY)
+    if index is None:
+        return None
+    call = LAYER.get()
+    if call is None or call.index != index or not call.context.enabled:
+        return None
+    kv_heads, head_dim = module.__dict__["_unipelt_kv_shape"]
+    return _gather_prefixes(call, index, batch, kv_heads, head_dim, q_len, dtype)
+
+
+def unipelt_sdpa(module, query, key, value, attention_mask, **kwargs):
+    prefix = prefix_for(module, query.shape[0], query.shape[2], key.dtype)
+    if prefix is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    return attend_with_prefix(
+        sdpa_attention_forward, module, query, key, value, attention_mask, prefix, **kwargs
+    )
+
+
+def _model_eager(module: torch.nn.Module) -> Any:
+    """The eager attention function of the module's own modeling file (they differ per model)."""
+    return sys.modules[type(module).__module__].eager_attention_forward
+
+
+def unipelt_eager(module, query, key, value, attention_mask, **kwargs):
+    inner = _model_eager(module)
+    prefix = prefix_for(module, query.shape[0], query.shape[2], key.dtype)
+    if prefix is None:
+        return inner(module, query, key, value, attention_mask, **kwargs)
+    return attend_with_prefix(inner, module, query, key, value, attention_mask, prefix, **kwargs)
+
+
+AttentionInterface.register("unipelt_sdpa", unipelt_sdpa)
+AttentionInterface.register("unipelt_eager", unipelt_eager)
+AttentionMaskInterface.register("unipelt_sdpa", sdpa_mask)
+AttentionMaskInterface.register("unipelt_eager", eager_mask)
+
+
+def interface_name(original: str | None) -> str:
+    """Our registered attention for a model's current one (sdpa unless it was eager)."""
+    return "unipelt_eager" if original == "eager" else "unipelt_sdpa"

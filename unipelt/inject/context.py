@@ -1,0 +1,128 @@
+"""Per-call state: what one forward pass needs that the frozen model's modules do not pass to each other.
+
+The hooks need to know, for the call at hand, which rows of the batch belong to which task, which tokens are
+padding, whether the added modules are switched on, and where to put gate values. None of that may live on
+the model: two threads calling one model at once, or gradient checkpointing re-running a layer during
+backward, would see another call's state. So:
+
+- :class:`ForwardContext` is made afresh for every top-level call of the base model and reached through a
+  ``contextvars.ContextVar``, which is per thread (and per asyncio task);
+- :class:`LayerCall` is made by each transformer layer's pre-hook for that layer's run and holds the gate
+  values of that run, one :class:`RowGroup` per task present in the batch;
+- gradient checkpointing re-runs a layer's forward in backward, after the top-level call has returned; the
+  injector wraps the layer's checkpoint function so the re-run sees the LayerCall of the first run, and
+  routes, masks and gates exactly like it.
+
+Anything shared (the switch of a ``disabled()`` block, the task chosen by ``with model.task(...)``) is a
+context variable too, so it is scoped to the caller's thread.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+_EMPTY: Mapping[int, Any] = MappingProxyType({})  # per-model variables start empty, read-only
+
+FORWARD: contextvars.ContextVar[ForwardContext | None] = contextvars.ContextVar(
+    "unipelt_forward", default=None
+)
+LAYER: contextvars.ContextVar[LayerCall | None] = contextvars.ContextVar("unipelt_layer", default=None)
+# Routing asked for by the caller (``model(..., task=...)``, ``model.generate(..., task=...)``).
+ROUTE: contextvars.ContextVar[tuple[int, Any] | None] = contextvars.ContextVar("unipelt_route", default=None)
+# ids of models switched off by ``disabled()`` in this thread.
+DISABLED: contextvars.ContextVar[frozenset[int]] = contextvars.ContextVar(
+    "unipelt_disabled", default=frozenset()
+)
+# Task chosen by ``with model.task(name)`` per model id, in this thread.
+ACTIVE: contextvars.ContextVar[Mapping[int, str]] = contextvars.ContextVar("unipelt_active", default=_EMPTY)
+# Where a gate penalty collects live (non-detached) gate values, per model id.
+COLLECT: contextvars.ContextVar[Mapping[int, list]] = contextvars.ContextVar(
+    "unipelt_collect", default=_EMPTY
+)
+# The last forward's gate values per model id, for ``gate_values()`` of the caller that ran it.
+LAST_GATES: contextvars.ContextVar[Mapping[int, dict]] = contextvars.ContextVar(
+    "unipelt_last_gates", default=_EMPTY
+)
+
+
+@dataclass
+class Group:
+    """Rows of a batch that one task handles: ``rows`` is None when it is the whole batch."""
+
+    task: str
+    rows: torch.Tensor | None
+
+    def take(self, tensor: torch.Tensor) -> torch.Tensor:
+        """This group's rows of a batch-first tensor."""
+        return tensor if self.rows is None else tensor.index_select(0, self.rows)
+
+
+@dataclass
+class ForwardContext:
+    model_id: int
+    groups: list[Group]
+    enabled: bool = True
+    mask: torch.Tensor | None = None  # (B, T) padding mask of the call, None when nothing is padded
+    gates: dict[int, dict[str, dict[str, torch.Tensor]]] = field(
+        default_factory=dict
+    )  # layer -> task -> site
+    live: list | None = None  # collector of live gate values for a gate penalty, when one is asked for
+    tasks: Any = None  # the model's ModuleDict of tasks
+    token: Any = None  # to restore the previous context at the end of the call
+
+    @property
+    def single(self) -> bool:
+        return len(self.groups) == 1 and self.groups[0].rows is None
+
+
+class RowGroup:
+    """One task's rows inside one layer run: what a module's ``apply`` sees (see modules.base.RowGroup)."""
+
+    __slots__ = ("task", "rows", "mask", "gates")
+
+    def __init__(self, task: str, rows: torch.Tensor | None, mask: torch.Tensor | None) -> None:
+        self.task, self.rows, self.mask = task, rows, mask
+        self.gates: dict[str, torch.Tensor] = {}
+
+    def mask_for(self, hidden: torch.Tensor) -> torch.Tensor | None:
+        """The padding mask aligned with ``hidden`` (B, T, d): its last T columns (a KV cache adds earlier ones)."""
+        mask = self.mask
+        if mask is None or mask.shape[0] != hidden.shape[0]:
+            return None
+        return mask[:, -hidden.shape[1] :]
+
+    def take(self, tensor: torch.Tensor) -> torch.Tensor:
+        """This group's rows of a batch-first tensor."""
+        return tensor if self.rows is None else tensor.index_select(0, self.rows)
+
+
+class LayerCall:
+    """The state of one transformer layer's run: its index, the call's context and one RowGroup per task."""
+
+    __slots__ = ("index", "context", "groups")
+
+    def __init__(self, index: int, context: ForwardContext) -> None:
+        self.index, self.context = index, context
+        mask = context.mask
+        self.groups = [
+            RowGroup(g.task, g.rows, None if mask is None or g.rows is None else mask.index_select(0, g.rows))
+            for g in context.groups
+        ]
+        if mask is not None and context.single:
+            self.groups[0].mask = mask
+
+
+def set_for_model(var: contextvars.ContextVar, model_id: int, value: Any) -> contextvars.Token:
+    """Set one model's entry of a per-model context variable (copy on write, so other threads are unaffected)."""
+    current = dict(var.get())
+    if value is None:
+        current.pop(model_id, None)
+    else:
+        current[model_id] = value
+    return var.set(current)

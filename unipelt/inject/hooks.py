@@ -1,0 +1,364 @@
+"""The injector: forward hooks that let the frozen model's own code call every task's sub-modules.
+
+Nothing in the base model is replaced or renamed. The hooks, all owned by one :class:`Injector`:
+
+- on the whole model: make a :class:`~unipelt.inject.context.ForwardContext` for the call (routing rows to
+  tasks, the ``disabled()`` switch) and, at the end, publish its gate values to the caller;
+- on the backbone: read the padding mask;
+- on each transformer layer: a :class:`~unipelt.inject.context.LayerCall` for that layer's run (under
+  gradient checkpointing, set again around the re-run in backward, see :class:`_Replaying`);
+- on each self-attention module: compute each task's layer gates from the attention input;
+- on each projection some task uses (by role: query, key, value, output, ffn_input, ffn_output): call that
+  task's modules on that task's rows, output or input side;
+- on each base head module: run each row's task head instead.
+
+The prefix enters through our attention function or seam (:mod:`unipelt.inject.attention`). Hooks are
+partials of this object's methods, so ``copy.deepcopy`` of the model re-binds them to the copy.
+"""
+
+from __future__ import annotations
+
+import inspect
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from unipelt.errors import UniPELTError
+from unipelt.inject.architectures import Architecture, layer_list, parse_projection, role_path
+from unipelt.inject.attention import LAYER_KEY, interface_name
+from unipelt.inject.context import (
+    ACTIVE,
+    COLLECT,
+    DISABLED,
+    FORWARD,
+    LAST_GATES,
+    LAYER,
+    ROUTE,
+    ForwardContext,
+    Group,
+    LayerCall,
+    set_for_model,
+)
+from unipelt.inject.seams import install_seam, remove_seam
+
+_BATCH_KEYS = ("input_ids", "inputs_embeds", "attention_mask")
+
+
+class _Replaying:
+    """Wraps a layer's gradient-checkpointing function so the re-run in backward sees the same LayerCall.
+
+    transformers checkpoints a layer's ``forward`` (its hooks, ours included, stay outside), and the re-run
+    happens during backward, after the call's context is gone. The LayerCall of the first run is captured in
+    a closure and set again around the re-run, in whatever thread runs backward.
+    """
+
+    def __init__(self, checkpoint: Any) -> None:
+        self.checkpoint = checkpoint
+
+    def __call__(self, function: Any, *args: Any, **kwargs: Any) -> Any:
+        call = LAYER.get()
+
+        def run(*inner_args: Any, **inner_kwargs: Any) -> Any:
+            token = LAYER.set(call)
+            try:
+                return function(*inner_args, **inner_kwargs)
+            finally:
+                LAYER.reset(token)
+
+        return self.checkpoint(run, *args, **kwargs)
+
+
+class Injector:
+    def __init__(
+        self, base: nn.Module, arch: Architecture, tasks: nn.ModuleDict, dims: dict[str, int]
+    ) -> None:
+        self.base, self.arch, self.tasks = base, arch, tasks
+        self.backbone = base.base_model
+        self.layers = layer_list(self.backbone, arch)
+        self.default_task: str | None = None
+        self._signature = inspect.signature(self.base.forward)
+        self._backbone_signature = inspect.signature(self.backbone.forward)
+        self._handles: list[Any] = []
+        self._site_handles: list[Any] = []
+        self._head_handles: list[Any] = []
+        self._original_attn: str | None = None
+        self._handles.append(base.register_forward_pre_hook(self._begin, with_kwargs=True))
+        self._handles.append(base.register_forward_hook(self._end, always_call=True))
+        self._handles.append(self.backbone.register_forward_pre_hook(self._read_mask, with_kwargs=True))
+        kv = (dims["num_key_value_heads"], dims["head_dim"])
+        for index, layer in enumerate(self.layers):
+            self._handles.append(
+                layer.register_forward_pre_hook(partial(self._layer_begin, index), with_kwargs=True)
+            )
+            self._handles.append(
+                layer.register_forward_hook(partial(self._layer_end, index), always_call=True)
+            )
+            attention = layer.get_submodule(arch.attention)
+            attention.__dict__[LAYER_KEY] = index
+            attention.__dict__["_unipelt_kv_shape"] = kv
+            self._handles.append(
+                attention.register_forward_pre_hook(partial(self._gates, index), with_kwargs=True)
+            )
+
+    @property
+    def key(self) -> int:
+        return id(self)
+
+    # ------------------------------------------------------------------------------------- routing
+
+    def active_task(self) -> str | None:
+        return ACTIVE.get().get(self.key) or self.default_task
+
+    def _batch_size(self, args: tuple, kwargs: dict) -> int | None:
+        for name in _BATCH_KEYS:
+            value = kwargs.get(name)
+            if isinstance(value, torch.Tensor):
+                return value.shape[0]
+        if args and isinstance(args[0], torch.Tensor):
+            return args[0].shape[0]
+        return None
+
+    def groups(self, request: Any, batch: int | None, device: torch.device) -> list[Group]:
+        """Rows per task for a call: ``task=None`` (the active task), a name, or one name per row."""
+        if not len(self.tasks):
+            return []
+        if request is None:
+            name = self.active_task()
+            if name is None:
+                if len(self.tasks) > 1:
+                    raise UniPELTError(
+                        f"this model holds several tasks ({', '.join(self.tasks)}); choose one with "
+                        "model.set_task(name), `with model.task(name):` or model(..., task=name)"
+                    )
+                name = next(iter(self.tasks))
+            request = name
+        if isinstance(request, str):
+            self._check(request)
+            return [Group(request, None)]
+        names = list(request)
+        for name in set(names):
+            self._check(name)
+        if batch is not None and len(names) != batch:
+            raise UniPELTError(f"task= names {len(names)} rows but the batch has {batch}")
+        if len(set(names)) == 1:
+            return [Group(names[0], None)]
+        order: dict[str, list[int]] = {}
+        for row, name in enumerate(names):
+            order.setdefault(name, []).append(row)
+        return [Group(name, torch.tensor(rows, device=device)) for name, rows in order.items()]
+
+    def _check(self, name: str) -> None:
+        if name not in self.tasks:
+            raise UniPELTError(
+                f"unknown task {name!r}; this model has: {', '.join(self.tasks) or 'no tasks'}"
+            )
+
+    # ---------------------------------------------------------------------------------- call hooks
+
+    def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        route = ROUTE.get()
+        request = route[1] if route is not None and route[0] == self.key else None
+        device = next((v.device for v in kwargs.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+        enabled = self.key not in DISABLED.get()
+        groups = self.groups(request, self._batch_size(args, kwargs), device) if enabled else []
+        context = ForwardContext(model_id=self.key, groups=groups, enabled=enabled and bool(groups))
+        context.tasks = self.tasks
+        context.live = COLLECT.get().get(self.key)
+        context.token = FORWARD.set(context)
+
+    def _end(self, module: nn.Module, args: tuple, output: Any) -> None:
+        context = FORWARD.get()
+        if context is None or context.model_id != self.key:
+            return
+        try:
+            FORWARD.reset(context.token)
+        except ValueError:
+            FORWARD.set(None)
+        if context.enabled:
+            set_for_model(LAST_GATES, self.key, self._assemble(context))
+
+    def _read_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        context = FORWARD.get()
+        if context is None or not context.enabled:
+            return
+        mask = kwargs.get("attention_mask")
+        if mask is None and args:
+            mask = self._backbone_signature.bind_partial(*args, **kwargs).arguments.get("attention_mask")
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or bool(mask.all()):
+            mask = None  # no padding: plain means, fewer small ops in every layer
+        context.mask = mask
+
+    def _assemble(self, context: ForwardContext) -> dict[int, dict[str, torch.Tensor]]:
+        """Gate values per layer and site in batch order; rows of tasks without a site hold NaN."""
+        if context.single:
+            task = context.groups[0].task
+            return {layer: dict(by_task.get(task, {})) for layer, by_task in sorted(context.gates.items())}
+        rows = {g.task: g.rows for g in context.groups}
+        batch = sum(len(r) for r in rows.values())
+        out: dict[int, dict[str, torch.Tensor]] = {}
+        for layer, by_task in sorted(context.gates.items()):
+            sites: dict[str, torch.Tensor] = {}
+            for task, values in by_task.items():
+                for site, value in values.items():
+                    if site not in sites:
+                        sites[site] = value.new_full((batch, *value.shape[1:]), float("nan"))
+                    target = sites[site]
+                    if target.shape[1:] == value.shape[1:]:
+                        target[rows[task]] = value
+            out[layer] = sites
+        return out
+
+    # --------------------------------------------------------------------------------- layer hooks
+
+    def _layer_begin(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        context = FORWARD.get()
+        if context is None or context.model_id != self.key or not context.enabled:
+            LAYER.set(None)
+            return
+        LAYER.set(LayerCall(index, context))
+        checkpointing = module.__dict__.get("_gradient_checkpointing_func")
+        if checkpointing is not None and not isinstance(checkpointing, _Replaying):
+            module._gradient_checkpointing_func = _Replaying(checkpointing)
+
+    def _layer_end(self, index: int, module: nn.Module, args: tuple, output: Any) -> None:
+        call = LAYER.get()
+        LAYER.set(None)
+        if call is None or call.index != index:
+            return
+        context = call.context
+        context.gates[index] = {g.task: g.gates for g in call.groups if g.gates}
+        if context.live is not None:
+            context.live.extend(value for g in call.groups for value in g.gates.values())
+
+    def _gates(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        call = LAYER.get()
+        if call is None or call.index != index:
+            return
+        x = args[0] if args else kwargs["hidden_states"]
+        for group in call.groups:
+            task = self.tasks[group.task]
+            gate = task.layers[index].gate
+            if gate is not None:
+                rows = group.take(x)
+                group.gates.update(gate(rows, group.mask_for(rows), task.pooling))
+
+    def _site_output(self, index: int, roles: tuple[str, ...], module: nn.Module, args: tuple, output: Any):
+        call = LAYER.get()
+        if call is None or call.index != index:
+            return None
+        x = args[0]
+        if len(call.groups) == 1 and call.groups[0].rows is None:
+            group = call.groups[0]
+            for role, part in self.tasks[group.task].layers[index].at(roles, "output"):
+                output = part.apply(role, x, output, group)
+            return output
+        for group in call.groups:
+            parts = self.tasks[group.task].layers[index].at(roles, "output")
+            if not parts:
+                continue
+            rows_x, rows_out = group.take(x), group.take(output)
+            for role, part in parts:
+                rows_out = part.apply(role, rows_x, rows_out, group)
+            output = output.index_copy(0, group.rows, rows_out)
+        return output
+
+    def _site_input(self, index: int, roles: tuple[str, ...], module: nn.Module, args: tuple):
+        call = LAYER.get()
+        if call is None or call.index != index:
+            return None
+        x = args[0]
+        if len(call.groups) == 1 and call.groups[0].rows is None:
+            group = call.groups[0]
+            for role, part in self.tasks[group.task].layers[index].at(roles, "input"):
+                x = part.apply(role, x, None, group)
+            return (x, *args[1:])
+        for group in call.groups:
+            parts = self.tasks[group.task].layers[index].at(roles, "input")
+            if not parts:
+                continue
+            rows_x = group.take(x)
+            for role, part in parts:
+                rows_x = part.apply(role, rows_x, None, group)
+            x = x.index_copy(0, group.rows, rows_x)
+        return (x, *args[1:])
+
+    def _head(self, path: str, module: nn.Module, args: tuple, kwargs: dict, output: Any):
+        context = FORWARD.get()
+        if context is None or context.model_id != self.key or not context.enabled:
+            return None
+        if context.single:
+            head = self.tasks[context.groups[0].task].head_module(path)
+            return None if head is None else head(*args, **kwargs)
+        pieces = []
+        for group in context.groups:
+            head = self.tasks[group.task].head_module(path)
+            piece = group.take(output) if head is None else head(group.take(args[0]), *args[1:], **kwargs)
+            pieces.append((group.rows, piece))
+        width = max(piece.shape[-1] for _, piece in pieces)
+        first = pieces[0][1]
+        # Tasks with fewer outputs leave NaN in the extra columns: slice a row's logits to its task's labels.
+        result = first.new_full((output.shape[0], *first.shape[1:-1], width), float("nan"))
+        for rows, piece in pieces:
+            if piece.shape[-1] < width:
+                piece = torch.nn.functional.pad(piece, (0, width - piece.shape[-1]), value=float("nan"))
+            result = result.index_copy(0, rows, piece)
+        return result
+
+    # ------------------------------------------------------------------------------ (re)installing
+
+    def sync(self) -> None:
+        """Hook exactly the projections and heads that some task uses; switch attention when a prefix appears."""
+        for handle in self._site_handles + self._head_handles:
+            handle.remove()
+        self._site_handles, self._head_handles = [], []
+        needed: dict[tuple[int, str, str], list[str]] = {}
+        heads: set[str] = set()
+        prefix = False
+        for task in self.tasks.values():
+            heads.update(task.head_paths)
+            prefix = prefix or task.prefix is not None
+            for index, layer_modules in enumerate(task.layers):
+                for role, when in layer_modules.by_site:
+                    path = parse_projection(role_path(self.arch, role))[0]
+                    roles = needed.setdefault((index, path, when), [])
+                    if role not in roles:
+                        roles.append(role)
+        for (index, path, when), roles in needed.items():
+            target = self.layers[index].get_submodule(path)
+            if when == "output":
+                hook = target.register_forward_hook(partial(self._site_output, index, tuple(roles)))
+            else:
+                hook = target.register_forward_pre_hook(partial(self._site_input, index, tuple(roles)))
+            self._site_handles.append(hook)
+        for path in sorted(heads):
+            target = self.base.get_submodule(path)
+            self._head_handles.append(
+                target.register_forward_hook(partial(self._head, path), with_kwargs=True)
+            )
+        if prefix:
+            self._enable_prefix()
+
+    def _enable_prefix(self) -> None:
+        if self._original_attn is not None or self.arch.seam != "interface":
+            if self.arch.seam != "interface" and self._original_attn is None:
+                for layer in self.layers:
+                    install_seam(layer.get_submodule(self.arch.attention), self.arch.seam)
+                self._original_attn = "seam"
+            return
+        self._original_attn = self.base.config._attn_implementation
+        self.base.set_attn_implementation(interface_name(self._original_attn))
+
+    def remove(self) -> None:
+        for handle in self._handles + self._site_handles + self._head_handles:
+            handle.remove()
+        self._handles, self._site_handles, self._head_handles = [], [], []
+        for layer in self.layers:
+            attention = layer.get_submodule(self.arch.attention)
+            attention.__dict__.pop(LAYER_KEY, None)
+            attention.__dict__.pop("_unipelt_kv_shape", None)
+            remove_seam(attention)
+        if self._original_attn not in (None, "seam"):
+            self.base.set_attn_implementation(self._original_attn)
+        self._original_attn = None

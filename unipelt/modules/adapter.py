@@ -1,0 +1,97 @@
+"""Bottleneck adapter (Houlsby et al. 2019) after the feed-forward block: h + g * up(act(down(h))).
+
+It sits on the output of the feed-forward block's last projection, before dropout, the residual sum and
+layer norm, which is where the UniPELT reference code places it. ``up`` starts at zero, so the adapter is
+the identity at initialisation. Its sigmoid gate, when used, reads the adapter's own input, as in the paper;
+under the softmax router it takes the router's ``adapter`` weight instead.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from unipelt.gates import SigmoidGate, broadcastable
+from unipelt.modules.base import BuildSpec, PeftModule, RowGroup, register
+from unipelt.modules.projections import projection_features
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
+
+
+@register
+class BottleneckAdapter(PeftModule):
+    kind = "adapter"
+    title = "adapter"
+    order = 30
+
+    def __init__(
+        self,
+        hidden_size: int,
+        bottleneck: int,
+        activation: str = "relu",
+        gated: bool = False,
+        pooling: str = "mean",
+    ):
+        super().__init__()
+        self.down = nn.Linear(hidden_size, bottleneck)
+        self.act = ACTIVATIONS[activation]()
+        self.up = nn.Linear(bottleneck, hidden_size)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.gate = SigmoidGate(hidden_size, ["adapter"]) if gated else None
+        self.pooling = pooling
+        self.routed = False  # True under the softmax router: the weight comes from the layer's router
+
+    @classmethod
+    def build(cls, spec: BuildSpec, index: int | None) -> BottleneckAdapter:
+        site = spec.layers[index].get_submodule(spec.arch.ffn_output)
+        _, out_features = projection_features(site)
+        config = spec.config
+        adapter = cls(
+            out_features,
+            config.adapter_bottleneck(spec.dims["hidden_size"]),
+            config.adapter_activation,
+            gated=config.gate == "sigmoid",
+            pooling=config.resolved_pooling(spec.arch),
+        )
+        adapter.routed = config.gate == "softmax"
+        return adapter
+
+    def gate_sites(self, gate: str) -> list[str]:
+        return ["adapter"] if gate == "softmax" else []
+
+    def sites(self) -> list[tuple[str, str]]:
+        return [("ffn_output", "output")]
+
+    def apply(self, role: str, x: torch.Tensor, out: torch.Tensor, group: RowGroup) -> torch.Tensor:
+        gate = None
+        if self.gate is not None:
+            gate = self.gate(out, group.mask_for(out), self.pooling)["adapter"]
+            group.gates["adapter"] = gate
+        elif self.routed:
+            gate = group.gates.get("adapter")
+        return self(out, gate)
+
+    def forward(self, h: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """h + g * up(act(down(h))), computed as one fused GEMM over the full-width tensor.
+
+        The gate is applied in the narrow bottleneck and the up bias rides along as an extra input column
+        ([g*z, g] times [W_up, b_up]), so the wide (tokens x hidden) activation is read and written once,
+        by addmm, instead of once each for the bias, the gate product and the residual sum.
+        """
+        z = self.act(self.down(h))
+        if gate is None:
+            column = z.new_ones(*z.shape[:-1], 1)
+        else:
+            g = broadcastable(gate, z).expand(*z.shape[:-1], 1)
+            z, column = z * g, g
+        z = torch.cat([z, column], dim=-1)
+        weight = torch.cat([self.up.weight, self.up.bias[:, None]], dim=1)
+        flat, z = h.reshape(-1, h.shape[-1]), z.reshape(-1, z.shape[-1])
+        if not torch.is_grad_enabled() and flat.data_ptr() == h.data_ptr():
+            return flat.addmm_(z, weight.t()).view(h.shape)  # inference: accumulate into h, no copy
+        return torch.addmm(flat, z, weight.t()).view(h.shape)  # training: down(h) saved h for backward
+
+    def parameter_counts(self) -> dict[str, int]:
+        gate = sum(p.numel() for p in self.gate.parameters()) if self.gate is not None else 0
+        return {"adapter": sum(p.numel() for p in self.parameters()) - gate, "gates": gate}

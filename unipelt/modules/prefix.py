@@ -1,0 +1,126 @@
+"""Prefix-tuning (Li & Liang 2021): P trainable key/value vectors per layer that every query attends to.
+
+Training goes through the reparameterisation the paper uses, embedding (P, d) -> Linear(d, 512) -> tanh
+-> Linear(512, 2 * layers * kv_dim), which is far more stable than learning the vectors directly. One MLP
+serves all layers of a task; each layer computes only its own slice of the last Linear, inside its own
+forward. That keeps everything a layer needs inside the layer, so gradient checkpointing (which re-runs a
+layer during backward) recomputes exactly what the first pass computed. Without gradients the full prefix is
+computed once and cached until a parameter changes. After training, :meth:`PrefixEncoder.eject` stores the
+vectors and drops the MLP's ~10 M parameters; outputs stay bit-identical.
+
+How the vectors enter attention, without touching position ids or the KV cache, is in
+:mod:`unipelt.inject.attention`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from unipelt.modules.base import BuildSpec, PeftModule, register
+
+
+@register
+class PrefixEncoder(PeftModule):
+    kind = "prefix"
+    title = "prefix vectors"
+    order = 20
+    per_layer = False
+
+    def __init__(
+        self, num_layers: int, length: int, kv_dim: int, hidden_size: int, reparam: bool, mlp_hidden: int
+    ):
+        super().__init__()
+        self.num_layers, self.length, self.kv_dim = num_layers, length, kv_dim
+        if reparam:
+            self.embedding = nn.Embedding(length, hidden_size)
+            self.mlp = nn.Sequential(
+                nn.Linear(hidden_size, mlp_hidden), nn.Tanh(), nn.Linear(mlp_hidden, 2 * num_layers * kv_dim)
+            )
+            self.prefix = None
+        else:
+            self.embedding = None
+            self.mlp = None
+            self.prefix = nn.Parameter(torch.randn(num_layers, 2, length, kv_dim) * 0.02)
+        self._cache: tuple[tuple[int, ...], torch.Tensor] | None = None
+
+    @classmethod
+    def build(cls, spec: BuildSpec, index: int | None) -> PrefixEncoder:
+        dims, config = spec.dims, spec.config
+        return cls(
+            len(spec.layers),
+            config.prefix_length,
+            dims["num_key_value_heads"] * dims["head_dim"],
+            dims["hidden_size"],
+            config.prefix_reparam,
+            config.prefix_hidden,
+        )
+
+    def gate_sites(self, gate: str) -> list[str]:
+        return [] if gate == "none" else ["prefix"]
+
+    @property
+    def reparameterised(self) -> bool:
+        return self.mlp is not None
+
+    def _compute_layer(self, layer: int) -> torch.Tensor:
+        """Layer ``layer``'s prefix from the MLP: only its columns of the last Linear, as (2, P, kv_dim)."""
+        hidden = self.mlp[1](self.mlp[0](self.embedding.weight))  # (P, mlp_hidden)
+        last = self.mlp[2]
+        width = 2 * self.kv_dim
+        rows = slice(layer * width, (layer + 1) * width)
+        out = F.linear(hidden, last.weight[rows], last.bias[rows])  # (P, 2 * kv_dim)
+        return out.view(self.length, 2, self.kv_dim).transpose(0, 1)
+
+    def _compute(self) -> torch.Tensor:
+        return torch.stack([self._compute_layer(i) for i in range(self.num_layers)])
+
+    def forward(self) -> torch.Tensor:
+        """All prefixes as (layers, 2 [key, value], P, kv_dim)."""
+        if self.prefix is not None:
+            return self.prefix
+        if torch.is_grad_enabled():
+            return self._compute()
+        return self._cached()
+
+    def _cached(self) -> torch.Tensor:
+        # Without gradients the MLP output only changes when a parameter does: reuse it until then.
+        params = list(self.parameters())
+        key = tuple(p._version for p in params) + tuple(p.data_ptr() for p in params)
+        cache = self._cache
+        if cache is None or cache[0] != key:
+            with torch.no_grad():
+                cache = (key, self._compute())
+            self._cache = cache
+        return cache[1]
+
+    def layer_prefix(self, layer: int) -> torch.Tensor:
+        """Layer ``layer``'s prefix as (2, P, kv_dim): computed here when gradients flow, else from the cache."""
+        if self.prefix is not None:
+            return self.prefix[layer]
+        if torch.is_grad_enabled():
+            return self._compute_layer(layer)
+        return self._cached()[layer]
+
+    @torch.no_grad()
+    def eject(self) -> None:
+        """Replace the reparameterisation MLP by the prefix tensor it produces (identical outputs)."""
+        if self.prefix is not None:
+            return
+        self.prefix = nn.Parameter(self._compute().detach().clone().contiguous())
+        self.embedding = None
+        self.mlp = None
+        self._cache = None
+
+    def num_prefix_values(self) -> int:
+        """Size of the prefix itself (what inference needs), whichever way it is stored."""
+        return self.num_layers * 2 * self.length * self.kv_dim
+
+    def parameter_counts(self) -> dict[str, int]:
+        mlp = 0
+        if self.reparameterised:
+            mlp = sum(p.numel() for p in self.embedding.parameters()) + sum(
+                p.numel() for p in self.mlp.parameters()
+            )
+        return {"prefix": self.num_prefix_values(), "prefix_mlp": mlp}

@@ -1,0 +1,151 @@
+"""One task's share of a UniPELT model: its config, its gated sub-modules in every layer, its head.
+
+A :class:`TaskModules` is a plain ``nn.Module`` in ``UniPELTModel.tasks[name]``; its state dict is exactly what
+a task checkpoint holds (``layers.{i}.{kind}...``, ``layers.{i}.gate...``, ``prefix...``, ``head.{path}...``).
+Building it asks each registered module kind for its per-layer (or per-task) part, then gives each layer one
+gate over the sites its modules read.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from unipelt.config import UniPELTConfig
+from unipelt.gates import GATE_TYPES, build_layer_gate
+from unipelt.heads import copy_head, head_key
+from unipelt.inject.architectures import Architecture
+from unipelt.modules import MODULES, BuildSpec, PeftModule
+
+
+class LayerModules(nn.Module):
+    """One task's modules in one transformer layer: the layer gate and one child per module kind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate: nn.Module | None = None
+        self.by_site: dict[tuple[str, str], list[tuple[str, PeftModule]]] = {}
+
+    def parts(self) -> list[PeftModule]:
+        return [m for m in self.children() if isinstance(m, PeftModule)]
+
+    def index_sites(self) -> None:
+        """Which module acts where, in registry order (additive modules before the IA3 scaling)."""
+        by_site: dict[tuple[str, str], list[tuple[str, PeftModule]]] = {}
+        for kind in MODULES:
+            module = getattr(self, kind, None)
+            if isinstance(module, PeftModule):
+                for role, when in module.sites():
+                    by_site.setdefault((role, when), []).append((role, module))
+        self.by_site = by_site
+
+    def at(self, roles: tuple[str, ...], when: str) -> list[tuple[str, PeftModule]]:
+        return [entry for role in roles for entry in self.by_site.get((role, when), ())]
+
+
+class TaskModules(nn.Module):
+    def __init__(
+        self,
+        config: UniPELTConfig,
+        spec: BuildSpec,
+        kind: str,
+        num_labels: int | None,
+        head: nn.ModuleDict,
+        head_paths: list[str],
+        labels: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.kind = kind
+        self.num_labels = num_labels
+        self.labels = labels
+        self.head_paths = list(head_paths)
+        self.pooling = config.resolved_pooling(spec.arch)
+        self.class_weights: torch.Tensor | None = None
+        self.layers = nn.ModuleList(LayerModules() for _ in spec.layers)
+        self.prefix = None
+        for kind_name in config.ordered_modules:
+            cls = MODULES[kind_name]
+            if cls.per_layer:
+                for index, layer_modules in enumerate(self.layers):
+                    part = cls.build(spec, index)
+                    if part is not None:
+                        layer_modules.add_module(kind_name, part)
+            else:
+                setattr(self, kind_name, cls.build(spec, None))
+        for layer_modules in self.layers:
+            # Sites in registry order: the softmax router's outputs are indexed by it.
+            parts = [
+                getattr(layer_modules, k, None) or getattr(self, k, None) for k in config.ordered_modules
+            ]
+            sites = [site for part in parts if part is not None for site in part.gate_sites(config.gate)]
+            layer_modules.gate = build_layer_gate(config.gate, spec.dims["hidden_size"], sites, config)
+            layer_modules.index_sites()
+        self.head = head
+
+    # --------------------------------------------------------------------------------------- queries
+
+    def head_module(self, path: str) -> nn.Module | None:
+        key = head_key(path)
+        return self.head[key] if key in self.head else None  # noqa: SIM401 (ModuleDict has no get)
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.modules() if isinstance(m, GATE_TYPES) for p in m.parameters()]
+
+    def gated(self) -> bool:
+        return bool(self.gate_parameters())
+
+    def shared_parts(self) -> list[PeftModule]:
+        return [m for m in self.children() if isinstance(m, PeftModule)]
+
+    def parameter_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for part in self.shared_parts() + [p for layer in self.layers for p in layer.parts()]:
+            for key, value in part.parameter_counts().items():
+                counts[key] = counts.get(key, 0) + value
+        layer_gates = sum(
+            p.numel() for layer in self.layers if layer.gate is not None for p in layer.gate.parameters()
+        )
+        counts["gates"] = counts.get("gates", 0) + layer_gates
+        counts["head"] = sum(p.numel() for p in self.head.parameters())
+        return counts
+
+    # ---------------------------------------------------------------------------------- checkpoints
+
+    def added_state_dict(self) -> dict[str, torch.Tensor]:
+        """The task's weights under checkpoint names (head modules by their dotted path in the base model)."""
+        keys = {head_key(path): path for path in self.head_paths}
+        state = {}
+        for key, value in self.state_dict().items():
+            if key.startswith("head."):
+                module_key, _, rest = key[len("head.") :].partition(".")
+                key = f"head.{keys.get(module_key, module_key)}.{rest}"
+            state[key] = value.detach().contiguous()
+        return state
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "num_labels": self.num_labels,
+            "labels": self.labels,
+            "class_weights": None if self.class_weights is None else self.class_weights.tolist(),
+        }
+
+
+def build_task(
+    config: UniPELTConfig,
+    base: nn.Module,
+    arch: Architecture,
+    dims: dict[str, int],
+    layers: list[nn.Module],
+    kind: str,
+    num_labels: int | None,
+    head_paths: list[str],
+    labels: list[str] | None = None,
+) -> TaskModules:
+    spec = BuildSpec(config=config, arch=arch, dims=dims, layers=list(layers))
+    head = copy_head(base, head_paths, num_labels) if config.train_head else nn.ModuleDict()
+    task = TaskModules(config, spec, kind, num_labels, head, head_paths if config.train_head else [], labels)
+    return task.to(next(iter(base.parameters())).device)
