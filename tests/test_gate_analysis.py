@@ -84,11 +84,11 @@ def test_means_and_stds_equal_direct_computation_and_mode_is_restored():
     inputs = batch("bert")
     expected = direct_gates(model, inputs)
     model.train()  # dropout on: only an eval-mode forward can match the direct (eval) values
-    model.runtime.keep_live = True  # as a trainer with a gate penalty leaves it
     # Wrong-shaped labels would make the loss fail: passing proves "labels" is dropped.
-    stats = collect_gate_stats(model, [{**inputs, "labels": torch.zeros(99, dtype=torch.long)}])
+    with model.collect_gates() as live:  # as a trainer with a gate penalty collects them
+        stats = collect_gate_stats(model, [{**inputs, "labels": torch.zeros(99, dtype=torch.long)}])
     assert model.training and model.base_model.training, "the caller's mode must be restored"
-    assert model.runtime.keep_live and not model.runtime.live, "live gate values must not pile up"
+    assert all(not value.requires_grad for value in live), "statistics run without a graph"
     assert stats.layers == [0, 1]
     assert stats.sites == ["lora_query", "lora_value", "prefix", "adapter"]
     assert stats.examples == 3

@@ -261,6 +261,11 @@ class UniPELTModel(nn.Module):
         finally:
             DISABLED.reset(token)
 
+    @property
+    def enabled(self) -> bool:
+        """False inside a ``disabled()`` block of this thread."""
+        return self.injector.key not in DISABLED.get()
+
     def gate_values(self) -> dict[int, dict[str, torch.Tensor]]:
         """Gate values of this thread's latest forward, per layer and site: (B,) per example or (B, T) per token.
 

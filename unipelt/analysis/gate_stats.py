@@ -234,8 +234,7 @@ def collect_gate_stats(
     import torch
     from tqdm.auto import tqdm
 
-    runtime = model.runtime
-    if not runtime.enabled:
+    if not model.enabled:
         raise UniPELTError(
             "the UniPELT modules are switched off (called inside model.disabled()); no gate runs, "
             "so there is nothing to collect"
@@ -247,13 +246,7 @@ def collect_gate_stats(
     running: dict[tuple[int, str], _Running] = {}
     # Restore each module's own mode afterwards: a trainer may keep parts of the model in eval on purpose.
     modes = {module: module.training for module in model.modules()}
-    was_recording = runtime.record_gates
-    # A trainer with a gate penalty keeps every forward's live gate values for its loss; here they would
-    # pile up batch after batch (memory growing with the data set), so that is off while collecting.
-    was_keeping = getattr(runtime, "keep_live", False)
     model.eval()
-    runtime.record_gates = True
-    runtime.keep_live = False
     try:
         with torch.inference_mode():
             for raw in tqdm(batches, desc="gate statistics", unit="batch", disable=not progress):
@@ -262,9 +255,7 @@ def collect_gate_stats(
                     for key, value in raw.items()
                     if key != "labels"
                 }
-                # Clear first: a forward that records nothing must not leave the previous batch's values.
-                runtime.latest_gates = {}
-                model(**inputs)
+                model(**inputs)  # every forward replaces this thread's gate values, also with none
                 mask = inputs.get("attention_mask")
                 mask = mask if isinstance(mask, torch.Tensor) else None
                 cells, values, keeps = [], [], []
@@ -282,8 +273,6 @@ def collect_gate_stats(
                 for cell, row, row_keep in zip(cells, stacked, kept):
                     running.setdefault(cell, _Running()).add(np.asarray(row[row_keep], dtype=np.float64))
     finally:
-        runtime.record_gates = was_recording
-        runtime.keep_live = was_keeping
         for module, training in modes.items():
             module.training = training
     layers = sorted({layer for layer, _ in running})

@@ -99,8 +99,8 @@ def load_splits(config: TrainConfig) -> Splits:
 def build_model(config: TrainConfig, splits: Splits) -> tuple[torch.nn.Module, Any, Any]:
     """(model, the UniPELT wrapper or None for ``ft``, tokenizer): the base model with a fresh head sized from
     the data, wrapped by UniPELT unless ``ft``."""
-    from unipelt.architectures import architecture_for
     from unipelt.backbones import load_base_model, load_tokenizer
+    from unipelt.inject.architectures import architecture_for
     from unipelt.model import UniPELTModel
     from unipelt.pretrained import resolve_model
 
@@ -239,9 +239,7 @@ def _ft_counts(model) -> dict[str, int]:
 def _write_gate_report(unipelt, trainer, dataset, run_dir: Path) -> None:
     from unipelt.analysis import collect_gate_stats, plot_gate_heatmap
 
-    if not any(
-        m.gate is not None or (m.adapter is not None and m.adapter.gate is not None) for m in unipelt.layers
-    ):
+    if not unipelt.gate_parameters():
         return  # ungated method: nothing to show
     loader = trainer.get_eval_dataloader(dataset)
     stats = collect_gate_stats(unipelt, loader)

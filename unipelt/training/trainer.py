@@ -70,10 +70,10 @@ def training_arguments(config: TrainConfig, trainer_dir: Path, metric: str) -> T
     )
 
 
-def _gate_penalty(live: list[tuple[str, torch.Tensor]], kind: str) -> torch.Tensor | None:
+def _gate_penalty(live: list[torch.Tensor], kind: str) -> torch.Tensor | None:
     if not live:
         return None
-    values = torch.cat([value.reshape(-1) for _, value in live]).clamp(1e-6, 1 - 1e-6)
+    values = torch.cat([value.reshape(-1) for value in live]).clamp(1e-6, 1 - 1e-6)
     if kind == "sparsity":
         return values.mean()
     return -(values * values.log() + (1 - values) * (1 - values).log()).mean()  # binary entropy
@@ -92,8 +92,6 @@ def make_trainer_class() -> type[Trainer]:
             super().__init__(*args, **kwargs)
             self.run_config = run_config
             self.unipelt = self.model if isinstance(self.model, UniPELTModel) else None
-            if self.unipelt is not None and run_config.gate_penalty != "none":
-                self.unipelt.runtime.keep_live = True
 
         def create_optimizer(self, model=None):
             if self.optimizer is not None:
@@ -108,7 +106,7 @@ def make_trainer_class() -> type[Trainer]:
                     {"params": groups["head"], "lr": rates["head"], "weight_decay": decay},
                 ]
             else:
-                from unipelt.architectures import architecture_for
+                from unipelt.inject.architectures import architecture_for
 
                 # the same head modules UniPELT keeps trainable
                 head_names = architecture_for(self.model).head
@@ -126,12 +124,12 @@ def make_trainer_class() -> type[Trainer]:
             return self.optimizer
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if self.unipelt is None or self.run_config.gate_penalty == "none":
-                return result
-            runtime = self.unipelt.runtime
-            penalty = _gate_penalty(runtime.live, self.run_config.gate_penalty)
-            runtime.live = []
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            # The gates of this forward, live (with their graph), collected for this call only.
+            with self.unipelt.collect_gates() as live:
+                result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            penalty = _gate_penalty(live, self.run_config.gate_penalty)
             if penalty is None:
                 return result
             extra = self.run_config.gate_penalty_weight * penalty
