@@ -45,3 +45,12 @@ def test_params_errors_are_one_line(tmp_path, capsys):
     assert main(["params", str(tmp_path / "t5")]) == 2
     err = capsys.readouterr().err
     assert err.count("unipelt: error:") == 3 and "Traceback" not in err and "not supported" in err
+
+
+def test_params_shows_ia3_and_a_mix_set_from_the_command_line(tmp_path, capsys):
+    tf.BertConfig().save_pretrained(tmp_path)
+    assert main(["params", str(tmp_path), "--method", "ia3", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ia3"] == 55_296  # 12 x (768 + 768 + 3072)
+    assert main(["params", str(tmp_path), "--set", "modules=lora,prefix,adapter,ia3"]) == 0
+    out = capsys.readouterr().out
+    assert "IA3 vectors" in out and f"{55_296:,}" in out and "adapter" in out and "BitFit" not in out

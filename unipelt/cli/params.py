@@ -13,13 +13,20 @@ from typing import Any
 from unipelt.cli.common import override
 
 
-def format_counts(counts: dict[str, int], base: int) -> str:
-    """The counts as a table with each row's share of the frozen base model."""
-    rows = [
-        ("lora", "LoRA"),
-        ("prefix", "prefix vectors"),
-        ("prefix_mlp", "prefix MLP (training only)"),
-        ("adapter", "adapter"),
+def format_counts(counts: dict[str, int], base: int, modules: list[str] | None = None) -> str:
+    """The counts as a table with each row's share of the frozen base model.
+
+    One row per module kind (those of ``modules`` when given, else every registered kind), titled by the
+    module's own file, so a new module shows up here without an edit."""
+    from unipelt.modules import MODULES
+
+    rows = []
+    for kind, cls in MODULES.items():
+        if modules is None or kind in modules:
+            rows.append((kind, cls.title))
+            if kind == "prefix":
+                rows.append(("prefix_mlp", "prefix MLP (training only)"))
+    rows += [
         ("gates", "gates"),
         ("head", "task head"),
         ("total_with_prefix_mlp", "total while training"),
@@ -50,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.method} on {args.model} ({unipelt.base_model.config.model_type}, "
             f"{unipelt.dims['num_hidden_layers']} layers, hidden {unipelt.dims['hidden_size']})"
         )
-        print(format_counts(counts, counts["base_model"]))
+        print(format_counts(counts, counts["base_model"], config.modules))
     return 0
 
 

@@ -29,6 +29,9 @@ DEFAULT_LR: dict[str, float] = {
     "unipelt": 5e-4,
     "unipelt-router": 5e-4,
     "ap-nogate": 5e-4,
+    # Not tuned here: the usual rates of the IA3 (Liu et al. 2022) and BitFit (Ben Zaken et al. 2022) papers.
+    "ia3": 3e-3,
+    "bitfit": 1e-3,
 }
 
 
