@@ -15,6 +15,9 @@ from unipelt.config import PRESETS, UniPELTConfig
 from unipelt.data import is_glue_task
 from unipelt.errors import UniPELTError
 
+TASK_TYPES: tuple[str, ...] = ("auto", "classification", "regression", "token-classification", "causal-lm")
+"""What ``--task-type`` accepts; ``auto`` infers it from the data (and ``--regression``)."""
+
 METHODS: tuple[str, ...] = ("ft", *PRESETS)
 """Every method a run can use: full fine-tuning, then the UniPELT presets in their table order."""
 
@@ -52,6 +55,13 @@ class TrainConfig:
     text_columns: list[str] = field(default_factory=lambda: ["text"])
     label_column: str = "label"
     regression: bool = False
+    # auto: regression with --regression, token-classification for CoNLL / {"tokens","tags"} files, else
+    # classification (see unipelt.data.task_types)
+    task_type: str = "auto"
+    tag_column: int = -1  # CoNLL files: which whitespace-separated column holds the tag (default the last)
+    # class imbalance: "none", "balanced" (inverse class frequency) or comma-separated weights in label order
+    class_weights: str = "none"
+    oversample: bool = False  # resample minority classes (sentences, for tokens) to the majority count
     # the paper's low-resource protocol
     k: int | None = None
     n_valid: int = 1000
@@ -86,10 +96,12 @@ class TrainConfig:
             raise UniPELTError(f"method {self.method!r} has no default learning rate yet; give one with --lr")
         if self.task is None and self.train_file is None:
             raise UniPELTError("give a GLUE task (--task rte) or your own data (--train FILE)")
-        if self.task is not None and not is_glue_task(self.task):
+        if self.task is not None and not is_glue_task(self.task) and self.task_type != "token-classification":
             raise UniPELTError(f"unknown GLUE task {self.task!r}; for your own data use --train FILE")
         if self.gate_penalty not in ("none", "sparsity", "entropy"):
             raise UniPELTError(f"gate_penalty must be none, sparsity or entropy, not {self.gate_penalty!r}")
+        if self.task_type not in TASK_TYPES:
+            raise UniPELTError(f"task_type must be one of {', '.join(TASK_TYPES)}, not {self.task_type!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UniPELTError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
         if self.method != "ft":
