@@ -22,7 +22,7 @@ from unipelt.pretrained import resolve_model
 if TYPE_CHECKING:
     import torch
 
-TaskKind = Literal["classification", "regression"]
+TaskKind = Literal["classification", "regression", "token-classification"]
 Init = Literal["pretrained", "random", "meta"]
 
 
@@ -40,8 +40,10 @@ def head_kwargs(
         if labels is not None or num_labels not in (None, 1):
             raise UniPELTError("a regression head has one output and no label names")
         return {"num_labels": 1, "problem_type": "regression"}
-    if task_kind != "classification":
-        raise UniPELTError(f"task_kind must be 'classification' or 'regression', not {task_kind!r}")
+    if task_kind not in ("classification", "token-classification"):
+        raise UniPELTError(
+            f"task_kind must be 'classification', 'regression' or 'token-classification', not {task_kind!r}"
+        )
     if labels is None:
         return {} if num_labels is None else {"num_labels": num_labels}
     names = list(labels)
@@ -63,26 +65,31 @@ def load_base_model(
     init: Init = "pretrained",
     pad_token_id: int | None = None,
 ) -> torch.nn.Module:
-    """A sequence classifier for ``task_kind`` on the model ``path_or_name`` (minilm, mpnet, a folder, a Hub name).
+    """A sequence classifier for ``task_kind`` on the model ``path_or_name`` (minilm, mpnet, a folder, a Hub name);
+    a token classifier (one output per token: ``...ForTokenClassification``) for ``"token-classification"``. A
+    decoder-only model tags each token from its causal states, i.e. from the words before it only.
 
     ``init``: ``"pretrained"`` loads the weights (a head of another size is replaced by a fresh one: that is the
     head we train); ``"random"`` builds the model from its config with random weights (costs do not depend on
     weight values); ``"meta"`` builds it on the meta device, shapes only, for counting parameters of any size.
     ``pad_token_id`` is written into the model config when the config has none.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
     from transformers.utils import logging as hf_logging
 
     if init not in ("pretrained", "random", "meta"):
         raise UniPELTError(f"init must be 'pretrained', 'random' or 'meta', not {init!r}")
     kwargs = head_kwargs(task_kind, labels, num_labels)
+    auto = (
+        AutoModelForTokenClassification
+        if task_kind == "token-classification"
+        else AutoModelForSequenceClassification
+    )
     path = resolve_model(str(path_or_name))
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected: that is the head we train
     try:
         if init == "pretrained":
-            model = AutoModelForSequenceClassification.from_pretrained(
-                path, ignore_mismatched_sizes=True, **kwargs
-            )
+            model = auto.from_pretrained(path, ignore_mismatched_sizes=True, **kwargs)
         else:
             import contextlib
 
@@ -90,7 +97,7 @@ def load_base_model(
 
             config = AutoConfig.from_pretrained(path, **kwargs)
             with torch.device("meta") if init == "meta" else contextlib.nullcontext():
-                model = AutoModelForSequenceClassification.from_config(config)
+                model = auto.from_config(config)
     except (OSError, ValueError) as error:
         raise UniPELTError(f"cannot load model {str(path_or_name)!r} from {path}: {error}") from error
     if pad_token_id is not None and model.config.pad_token_id is None:
