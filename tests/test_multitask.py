@@ -209,3 +209,16 @@ def test_a_task_of_another_head_kind_is_refused():
     model = UniPELTModel(tiny_model("llama", head="causal-lm"))
     with pytest.raises(UniPELTError, match="cannot run on this causal-lm model"):
         model.add_task("cls", "lora", kind="classification", num_labels=2)
+
+
+def test_adding_a_task_copies_the_head_not_the_model(monkeypatch):
+    from unipelt.inject.hooks import Injector
+
+    model = three_tasks()  # head hooks are installed by now
+    copied = []
+    monkeypatch.setattr(Injector, "__deepcopy__", lambda self, memo: copied.append(self), raising=False)
+    task = model.add_task("fourth", "lora")
+    assert not copied, "copying a head must not copy the injector (and through it the whole model)"
+    assert all(not sub._forward_hooks for sub in task.head.modules())
+    size = sum(p.numel() for p in task.parameters())
+    assert size < sum(p.numel() for p in model.base_model.parameters()) / 4

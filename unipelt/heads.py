@@ -17,6 +17,7 @@ Kinds of task, decided here and nowhere else:
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -81,14 +82,27 @@ def output_layer(head: nn.ModuleDict, width: int) -> tuple[nn.Module, str, nn.Li
     return found
 
 
+def _copy_without_hooks(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` whose hook tables start empty.
+
+    The base head modules carry our routing hooks, which are bound to the injector; copying them along would
+    copy the injector and through it the whole model (about 100 MB per task on MiniLM), only to drop it.
+    """
+    memo: dict[int, Any] = {}
+    for sub in module.modules():
+        for name, value in vars(sub).items():
+            if name.startswith(("_forward", "_backward", "_state_dict", "_load_state_dict")) and isinstance(
+                value, dict
+            ):
+                memo[id(value)] = type(value)()
+    return copy.deepcopy(module, memo)
+
+
 def copy_head(model: nn.Module, paths: list[str], num_labels: int | None) -> nn.ModuleDict:
     """Private, trainable copies of the base head modules, the output layer resized to ``num_labels``."""
     head = nn.ModuleDict()
     for path in paths:
-        module = copy.deepcopy(model.get_submodule(path))
-        for sub in module.modules():  # hooks of the original (ours included) must not follow the copy
-            sub._forward_hooks.clear()
-            sub._forward_pre_hooks.clear()
+        module = _copy_without_hooks(model.get_submodule(path))
         module.requires_grad_(True)
         head[head_key(path)] = module
     base_labels = int(getattr(model.config, "num_labels", 0) or 0)
