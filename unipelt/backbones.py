@@ -22,7 +22,7 @@ from unipelt.pretrained import resolve_model
 if TYPE_CHECKING:
     import torch
 
-TaskKind = Literal["classification", "regression", "token-classification"]
+TaskKind = Literal["classification", "regression", "token-classification", "causal-lm"]
 Init = Literal["pretrained", "random", "meta"]
 
 
@@ -36,6 +36,10 @@ def head_kwargs(
     Class names give ``id2label``/``label2id`` too; with neither names nor ``num_labels`` the model's own
     config decides (a folder saved with a head keeps its size).
     """
+    if task_kind == "causal-lm":
+        if labels is not None or num_labels is not None:
+            raise UniPELTError("a causal-lm task keeps the model's own LM head: it takes no labels")
+        return {}
     if task_kind == "regression":
         if labels is not None or num_labels not in (None, 1):
             raise UniPELTError("a regression head has one output and no label names")
@@ -67,24 +71,29 @@ def load_base_model(
 ) -> torch.nn.Module:
     """A sequence classifier for ``task_kind`` on the model ``path_or_name`` (minilm, mpnet, a folder, a Hub name);
     a token classifier (one output per token: ``...ForTokenClassification``) for ``"token-classification"``. A
-    decoder-only model tags each token from its causal states, i.e. from the words before it only.
+    decoder-only model tags each token from its causal states, i.e. from the words before it only. For
+    ``"causal-lm"`` the model with its own (pretrained, tied) LM head: ``...ForCausalLM``.
 
     ``init``: ``"pretrained"`` loads the weights (a head of another size is replaced by a fresh one: that is the
     head we train); ``"random"`` builds the model from its config with random weights (costs do not depend on
     weight values); ``"meta"`` builds it on the meta device, shapes only, for counting parameters of any size.
     ``pad_token_id`` is written into the model config when the config has none.
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
     from transformers.utils import logging as hf_logging
 
     if init not in ("pretrained", "random", "meta"):
         raise UniPELTError(f"init must be 'pretrained', 'random' or 'meta', not {init!r}")
     kwargs = head_kwargs(task_kind, labels, num_labels)
-    auto = (
-        AutoModelForTokenClassification
-        if task_kind == "token-classification"
-        else AutoModelForSequenceClassification
-    )
+    auto = {
+        "token-classification": AutoModelForTokenClassification,
+        "causal-lm": AutoModelForCausalLM,
+    }.get(task_kind, AutoModelForSequenceClassification)
     path = resolve_model(str(path_or_name))
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected: that is the head we train
     try:
