@@ -58,6 +58,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         "gate_penalty": args.gate_penalty,
         "gate_penalty_weight": args.gate_penalty_weight,
         "precision": args.precision,
+        "backbone_dropout": args.backbone_dropout,
+        "regression_bias": args.regression_bias,
         "max_steps": args.max_steps,
         "threads": args.threads,
     }
@@ -152,6 +154,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--gate-penalty-weight", type=float, default=0.0)
     p.add_argument("--router-temperature", type=float, help="softmax router temperature")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument(
+        "--backbone-dropout",
+        type=float,
+        metavar="P",
+        help="dropout of the frozen base model (default: the model's own); added modules keep theirs",
+    )
+    p.add_argument(
+        "--regression-bias",
+        default="label-mean",
+        choices=["label-mean", "zero"],
+        help="start a regression head's output bias at the training labels' mean (default) or at zero",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.set_defaults(func=run)
     return p

@@ -62,6 +62,13 @@ class TrainConfig:
     # class imbalance: "none", "balanced" (inverse class frequency) or comma-separated weights in label order
     class_weights: str = "none"
     oversample: bool = False  # resample minority classes (sentences, for tokens) to the majority count
+    # causal-lm (JSON-lines chats, unipelt.data.chat): short answers scored by greedy generation (comma-separated;
+    # "auto" detects them from the training answers, "none" scores loss and perplexity only); packing puts
+    # several conversations in one row
+    answer_choices: str = "auto"
+    packing: bool = False
+    max_new_tokens: int = 16
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     # the paper's low-resource protocol
     k: int | None = None
     n_valid: int = 1000
@@ -84,6 +91,11 @@ class TrainConfig:
     gate_penalty: str = "none"  # none | sparsity | entropy
     gate_penalty_weight: float = 0.0
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    # dropout of the base model (hidden, attention, its classifier); None keeps the model's own. The added
+    # modules keep theirs. See unipelt.training.model_init.
+    backbone_dropout: float | None = None
+    # where a regression head's output bias starts: the training labels' mean, or zero (the layer's default)
+    regression_bias: str = "label-mean"  # label-mean | zero
     max_steps: int = -1
     logging_steps: int = 10
     threads: int | None = None
@@ -102,6 +114,10 @@ class TrainConfig:
             raise UniPELTError(f"gate_penalty must be none, sparsity or entropy, not {self.gate_penalty!r}")
         if self.task_type not in TASK_TYPES:
             raise UniPELTError(f"task_type must be one of {', '.join(TASK_TYPES)}, not {self.task_type!r}")
+        if self.backbone_dropout is not None and not 0.0 <= self.backbone_dropout < 1.0:
+            raise UniPELTError(f"backbone_dropout must be in [0, 1), got {self.backbone_dropout}")
+        if self.regression_bias not in ("label-mean", "zero"):
+            raise UniPELTError(f"regression_bias must be label-mean or zero, not {self.regression_bias!r}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UniPELTError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
         if self.method != "ft":

@@ -37,6 +37,7 @@ from unipelt.data import TaskData, glue_task, k_shot_split, load_glue, load_tabl
 from unipelt.errors import UniPELTError
 from unipelt.metrics import compute_task_metrics, main_metric
 from unipelt.training.config import TrainConfig
+from unipelt.training.model_init import init_regression_bias, regression_output_layer, set_backbone_dropout
 from unipelt.training.trainer import make_trainer_class, padding_collator, run_callbacks, training_arguments
 
 
@@ -111,11 +112,17 @@ def build_model(config: TrainConfig, splits: Splits) -> tuple[torch.nn.Module, A
         labels=splits.label_list,
         pad_token_id=tokenizer.pad_token_id,
     )
+    if config.backbone_dropout is not None:  # before wrapping: the added modules keep their own dropout
+        set_backbone_dropout(model, config.backbone_dropout)
     if config.method == "ft":
         architecture_for(model)  # same supported set for the baseline, so comparisons are like for like
-        return model, None, tokenizer
-    unipelt = UniPELTModel(model, UniPELTConfig.from_preset(config.method, **config.unipelt))
-    return unipelt, unipelt, tokenizer
+        unipelt = None
+    else:
+        unipelt = UniPELTModel(model, UniPELTConfig.from_preset(config.method, **config.unipelt))
+    if splits.regression and config.regression_bias == "label-mean":
+        labels = [float(example.label) for example in splits.train.examples]
+        init_regression_bias(regression_output_layer(model, unipelt), labels)
+    return (model if unipelt is None else unipelt), unipelt, tokenizer
 
 
 def _write_labels(run_dir: Path, splits: Splits) -> None:
