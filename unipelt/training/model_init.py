@@ -1,0 +1,87 @@
+"""What a training run does to a freshly built model before its first step.
+
+Two things, both decided by the run's :class:`~unipelt.training.TrainConfig`:
+
+- A regression head starts where the labels are. A fresh output layer predicts ~0, while STS-B labels sit in
+  [0, 5] around 2.7: with K = 100 (7 steps an epoch) the first epochs are spent moving the offset, and the large
+  initial squared error pushes the added modules towards a constant output (the collapse seen on STS-B seed 2
+  in benchmarks/RESULTS.md). Setting the output bias to the training labels' mean removes that offset, so the
+  first gradient steps go to what depends on the input. This is done for every method, ``ft`` included.
+- ``backbone_dropout``: the dropout probability of the frozen base model (hidden, attention and its own
+  classifier dropout). The base model's dropout RNG is a quarter of a CPU training step; the added modules
+  (LoRA dropout, the prefix MLP) keep their own settings, since they are built by UniPELT after this runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from unipelt.errors import UniPELTError
+from unipelt.heads import find_head_paths, head_key, output_layer
+
+
+def regression_output_layer(model: nn.Module, unipelt: nn.Module | None) -> nn.Linear:
+    """The one-output Linear of the run's regression head: the task's private head copy under UniPELT, the
+    model's own head for full fine-tuning."""
+    if unipelt is not None:
+        head = unipelt._task().head
+    else:
+        from unipelt.inject.architectures import architecture_for
+
+        paths = find_head_paths(model, list(architecture_for(model).head), explicit=False)
+        head = nn.ModuleDict({head_key(path): model.get_submodule(path) for path in paths})
+    found = output_layer(head, 1)
+    if found is None:
+        raise UniPELTError("cannot find the one-output layer of the regression head to set its bias")
+    return found[2]
+
+
+def init_regression_bias(layer: nn.Linear, labels: Sequence[float]) -> float:
+    """Set the output bias to the mean of ``labels`` and return that mean."""
+    if layer.bias is None:
+        raise UniPELTError("the regression head's output layer has no bias to start at the label mean")
+    if not labels:
+        raise UniPELTError("no training labels to start the regression head at")
+    mean = float(sum(float(label) for label in labels) / len(labels))
+    with torch.no_grad():
+        layer.bias.fill_(mean)
+    return mean
+
+
+# Config fields that hold the base model's dropout probabilities, across the architectures we support.
+DROPOUT_CONFIG_FIELDS = (
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "classifier_dropout",
+    "attention_dropout",
+    "hidden_dropout",
+    "dropout",
+    "resid_pdrop",
+    "embd_pdrop",
+    "attn_pdrop",
+    "summary_first_dropout",
+    "seq_classif_dropout",
+)
+
+
+def set_backbone_dropout(model: nn.Module, probability: float) -> int:
+    """Set every dropout module of the (not yet wrapped) base model to ``probability``, and the config fields
+    that describe them, so a saved full model says what it trained with. Returns how many modules changed.
+
+    Attention dropout in Transformers reads ``self.dropout.p`` (or the config) at call time, so setting the
+    module covers the attention-function path too."""
+    if not 0.0 <= probability < 1.0:
+        raise UniPELTError(f"backbone dropout must be in [0, 1), got {probability}")
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = probability
+            changed += 1
+    config = getattr(model, "config", None)
+    for name in DROPOUT_CONFIG_FIELDS:
+        if config is not None and isinstance(getattr(config, name, None), float):
+            setattr(config, name, probability)
+    return changed
