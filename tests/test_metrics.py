@@ -74,18 +74,19 @@ def test_constant_predictions_give_zero_not_nan() -> None:
 @pytest.mark.parametrize(
     ("task", "main", "names"),
     [
-        ("cola", "matthews", {"matthews", "accuracy"}),
-        ("sst2", "accuracy", {"accuracy"}),
-        ("mrpc", "f1", {"f1", "accuracy"}),
+        ("cola", "matthews", {"matthews", "accuracy", "f1_macro"}),
+        ("sst2", "accuracy", {"accuracy", "f1_macro"}),
+        ("mrpc", "f1", {"f1", "accuracy", "f1_macro"}),
         ("stsb", "spearman", {"pearson", "spearman"}),
         ("STS-B", "spearman", {"pearson", "spearman"}),
-        ("qqp", "f1", {"f1", "accuracy"}),
-        ("mnli", "accuracy", {"accuracy"}),
-        ("qnli", "accuracy", {"accuracy"}),
-        ("rte", "accuracy", {"accuracy"}),
-        ("wnli", "accuracy", {"accuracy"}),
+        ("qqp", "f1", {"f1", "accuracy", "f1_macro"}),
+        ("mnli", "accuracy", {"accuracy", "f1_macro"}),
+        ("qnli", "accuracy", {"accuracy", "f1_macro"}),
+        ("rte", "accuracy", {"accuracy", "f1_macro"}),
+        ("wnli", "accuracy", {"accuracy", "f1_macro"}),
         ("classification", "accuracy", {"accuracy", "f1_macro"}),
         ("regression", "spearman", {"pearson", "spearman"}),
+        ("token-classification", "f1", {"f1", "precision", "recall", "accuracy"}),
     ],
 )
 def test_task_table(task: str, main: str, names: set[str]) -> None:
@@ -97,7 +98,7 @@ def test_task_table(task: str, main: str, names: set[str]) -> None:
 def test_compute_task_metrics_classification() -> None:
     labels = np.array([1, 0, 0, 1, 1, 1])
     result = compute_task_metrics("mrpc", [1, 0, 1, 1, 0, 1], labels)
-    assert result == pytest.approx({"f1": 0.75, "accuracy": 4 / 6})
+    assert result == pytest.approx({"f1": 0.75, "accuracy": 4 / 6, "f1_macro": (0.75 + 0.5) / 2})
     assert all(isinstance(v, float) for v in result.values())
     logits = np.array([[0.1, 0.9], [2.0, -1.0], [0.0, 3.0], [-1, 1], [5, 0], [0, 0.5]])
     assert compute_task_metrics("mrpc", logits, labels) == result  # arg-maxed logits give the same ids

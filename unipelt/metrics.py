@@ -22,11 +22,16 @@ ArrayLike = Sequence[float] | np.ndarray
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 
+TOKEN_CLASSIFICATION = "token-classification"
+
 _KIND_METRICS: dict[str, tuple[str, ...]] = {
     CLASSIFICATION: ("accuracy", "f1_macro"),
     REGRESSION: ("pearson", "spearman"),
+    # entity-level (seqeval) F1, precision and recall, then word accuracy; per-type scores are added by
+    # compute_token_metrics as f1_TYPE, precision_TYPE, recall_TYPE, support_TYPE
+    TOKEN_CLASSIFICATION: ("f1", "precision", "recall", "accuracy"),
 }
-_KIND_MAIN: dict[str, str] = {CLASSIFICATION: "accuracy", REGRESSION: "spearman"}
+_KIND_MAIN: dict[str, str] = {CLASSIFICATION: "accuracy", REGRESSION: "spearman", TOKEN_CLASSIFICATION: "f1"}
 
 
 def accuracy(predictions: ArrayLike, labels: ArrayLike) -> float:
@@ -92,7 +97,9 @@ def metric_names(task_or_kind: str) -> tuple[str, ...]:
     if kind is not None:
         return _KIND_METRICS[kind]
     if is_glue_task(task_or_kind):
-        return glue_task(task_or_kind).metrics
+        task = glue_task(task_or_kind)
+        # macro-F1 beside accuracy for every classification task: it shows what accuracy hides on skewed classes
+        return task.metrics if task.regression or "f1_macro" in task.metrics else (*task.metrics, "f1_macro")
     raise UniPELTError(
         f"Unknown task {task_or_kind!r}: give a GLUE task name or 'classification' / 'regression' for your own data."
     )
@@ -125,6 +132,10 @@ def compute_task_metrics(task_or_kind: str, predictions: ArrayLike, labels: Arra
     pass model output straight in; for regression a (n, 1) array is flattened.
     """
     names = metric_names(task_or_kind)
+    if _kind(task_or_kind) == TOKEN_CLASSIFICATION:
+        raise UniPELTError(
+            "token classification is scored by compute_token_metrics, which needs the tag names"
+        )
     preds = np.asarray(predictions)
     gold = np.asarray(labels)
     if _is_regression(task_or_kind):
@@ -141,3 +152,57 @@ def compute_task_metrics(task_or_kind: str, predictions: ArrayLike, labels: Arra
     if len(gold) == 0:
         raise UniPELTError("No predictions to score: the evaluation set is empty.")
     return {name: METRICS[name](preds, gold) for name in names}
+
+
+def entity_metrics(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict[str, float]:
+    """Entity-level precision, recall and F1 (micro over entities) and word accuracy, as seqeval scores them,
+    plus the same per entity type (``f1_PER``...; ``support_PER`` is the number of gold entities).
+
+    seqeval's default (lenient) mode is used, so IOB1, IOB2 and IOBES tags all give entities the way seqeval
+    reads them; an entity counts only when its type and both ends match.
+    """
+    from seqeval.metrics import accuracy_score as word_accuracy
+    from seqeval.metrics import classification_report
+
+    gold = [list(s) for s in gold]
+    predicted = [list(s) for s in predicted]
+    if len(gold) != len(predicted) or any(len(g) != len(p) for g, p in zip(gold, predicted)):
+        raise UniPELTError("predicted and gold tags must have the same sentences and words")
+    if not gold or not any(gold):
+        raise UniPELTError("No tagged words to score: the evaluation set is empty.")
+    report = classification_report(gold, predicted, output_dict=True, zero_division=0)
+    micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0})
+    result = {
+        "f1": float(micro["f1-score"]),
+        "precision": float(micro["precision"]),
+        "recall": float(micro["recall"]),
+        "accuracy": float(word_accuracy(gold, predicted)),
+    }
+    for name, scores in report.items():
+        if name.endswith(" avg"):
+            continue
+        result[f"f1_{name}"] = float(scores["f1-score"])
+        result[f"precision_{name}"] = float(scores["precision"])
+        result[f"recall_{name}"] = float(scores["recall"])
+        result[f"support_{name}"] = float(scores["support"])
+    return result
+
+
+def compute_token_metrics(
+    predictions: np.ndarray, labels: np.ndarray, tags: Sequence[str]
+) -> dict[str, float]:
+    """:func:`entity_metrics` from per-token logits (n, length, tags) or tag ids (n, length) and gold ids
+    (n, length) in which -100 marks positions that are not scored (special tokens, later sub-tokens, padding).
+    """
+    preds = np.asarray(predictions)
+    gold = np.asarray(labels)
+    if preds.ndim == 3:
+        preds = preds.argmax(axis=-1)
+    if preds.shape != gold.shape:
+        raise UniPELTError(f"predictions of shape {preds.shape} for labels of shape {gold.shape}")
+    gold_tags, predicted_tags = [], []
+    for pred_row, gold_row in zip(preds, gold):
+        keep = gold_row != -100
+        gold_tags.append([tags[i] for i in gold_row[keep]])
+        predicted_tags.append([tags[i] if 0 <= i < len(tags) else "O" for i in pred_row[keep]])
+    return entity_metrics(gold_tags, predicted_tags)

@@ -39,6 +39,10 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         "text_columns": args.text_columns.split(","),
         "label_column": args.label_column,
         "regression": args.regression,
+        "task_type": args.task_type,
+        "tag_column": args.tag_column,
+        "class_weights": args.class_weights,
+        "oversample": args.oversample,
         "k": args.k,
         "n_valid": args.n_valid,
         "seed": args.seed,
@@ -104,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from unipelt.training.config import METHODS
+    from unipelt.training.config import METHODS, TASK_TYPES
 
     p = subparsers.add_parser("train", help="train on a GLUE task or your own CSV/TSV/JSONL")
     p.add_argument(
@@ -126,6 +130,30 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--text-columns", default="text", help="comma-separated text column(s) of your files")
     p.add_argument("--label-column", default="label")
     p.add_argument("--regression", action="store_true", help="numeric labels: a regression head")
+    p.add_argument(
+        "--task-type",
+        default="auto",
+        choices=list(TASK_TYPES),
+        help="kind of task (default auto: token-classification for CoNLL or {tokens, tags} JSONL files, "
+        "regression with --regression, else classification); token-classification with --task NAME reads "
+        "a tagged Hub dataset such as conll2003",
+    )
+    p.add_argument(
+        "--tag-column", type=int, default=-1, help="CoNLL files: column of the tag (default -1, the last)"
+    )
+    p.add_argument(
+        "--class-weights",
+        default="none",
+        metavar="none|balanced|W1,W2,...",
+        help="weighted cross-entropy: balanced = inverse class frequency on the training data, or one weight "
+        "per class in label order",
+    )
+    p.add_argument(
+        "--oversample",
+        action="store_true",
+        help="repeat minority-class examples (seeded) up to the majority count; a tagged sentence counts for "
+        "its rarest tag",
+    )
     p.add_argument(
         "--k", type=int, help="low-resource protocol: K training examples (+ --n-valid for validation)"
     )

@@ -33,12 +33,13 @@ import torch
 
 from unipelt.checkpoint import atomic_directory, write_json
 from unipelt.config import UniPELTConfig
-from unipelt.data import TaskData, glue_task, k_shot_split, load_glue, load_table, tokenize_examples
+from unipelt.data import TaskData, glue_task, k_shot_split, load_glue, load_table
 from unipelt.errors import UniPELTError
-from unipelt.metrics import compute_task_metrics, main_metric
+from unipelt.metrics import main_metric
 from unipelt.training.config import TrainConfig
 from unipelt.training.model_init import init_regression_bias, regression_output_layer, set_backbone_dropout
-from unipelt.training.trainer import make_trainer_class, padding_collator, run_callbacks, training_arguments
+from unipelt.training.task_setup import class_weights, collator, metrics_function, tokenize_split
+from unipelt.training.trainer import make_trainer_class, run_callbacks, training_arguments
 
 
 @dataclass
@@ -56,6 +57,13 @@ class Splits:
     def regression(self) -> bool:
         return self.train.regression
 
+    @property
+    def task_kind(self) -> str:
+        """The kind of head the data needs: token-classification, regression or classification."""
+        if self.metric_kind == "token-classification":
+            return self.metric_kind
+        return "regression" if self.regression else "classification"
+
 
 def _subset(data: TaskData, examples: list) -> TaskData:
     return dataclasses.replace(data, examples=examples)
@@ -63,6 +71,11 @@ def _subset(data: TaskData, examples: list) -> TaskData:
 
 def load_splits(config: TrainConfig) -> Splits:
     """Read and check all data before anything is written, so bad data leaves no half-made run behind."""
+    from unipelt.training.task_setup import TOKEN, apply_oversampling, load_token_splits, resolve_task_type
+
+    if resolve_task_type(config) == TOKEN:
+        train, valid, test = load_token_splits(config)
+        return Splits(train=apply_oversampling(config, train), valid=valid, test=test, metric_kind=TOKEN)
     if config.task is not None:
         train = load_glue(config.task, config.data_dir, "train")
         test = load_glue(config.task, config.data_dir, "dev")
@@ -94,7 +107,7 @@ def load_splits(config: TrainConfig) -> Splits:
             order = np.random.default_rng(config.seed).permutation(len(train))
             valid = _subset(train, [train.examples[i] for i in sorted(order[:n_valid])])
             train = _subset(train, [train.examples[i] for i in sorted(order[n_valid:])])
-    return Splits(train=train, valid=valid, test=test, metric_kind=kind)
+    return Splits(train=apply_oversampling(config, train), valid=valid, test=test, metric_kind=kind)
 
 
 def build_model(config: TrainConfig, splits: Splits) -> tuple[torch.nn.Module, Any, Any]:
@@ -108,7 +121,7 @@ def build_model(config: TrainConfig, splits: Splits) -> tuple[torch.nn.Module, A
     tokenizer = load_tokenizer(resolve_model(config.model))
     model = load_base_model(
         config.model,
-        "regression" if splits.regression else "classification",
+        splits.task_kind,
         labels=splits.label_list,
         pad_token_id=tokenizer.pad_token_id,
     )
@@ -160,11 +173,16 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     splits = load_splits(config)  # bad data fails here, before the run folder exists
     set_seed(config.seed)
     model, unipelt, tokenizer = build_model(config, splits)
-    datasets = {
-        name: tokenize_examples(data.examples, tokenizer, config.max_length)
+    weights = class_weights(config, splits.train)
+    if unipelt is not None and weights is not None:  # saved with the task in its checkpoint
+        unipelt.tasks[unipelt.active_task].class_weights = torch.tensor(weights)
+    tokenized = {
+        name: tokenize_split(splits.task_kind, data, tokenizer, config.max_length)
         for name, data in (("train", splits.train), ("valid", splits.valid), ("test", splits.test))
         if data is not None
     }
+    datasets = {name: dataset for name, (dataset, _) in tokenized.items()}
+    alignment = {name: report for name, (_, report) in tokenized.items() if report}
     trainer_dir = run_dir / "trainer"
     resume_from = resume and trainer_dir.is_dir() and any(trainer_dir.glob("checkpoint-*"))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -180,19 +198,19 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
 
     metric = main_metric(splits.metric_kind)
 
-    def compute_metrics(prediction) -> dict[str, float]:
-        return compute_task_metrics(splits.metric_kind, prediction.predictions, prediction.label_ids)
+    compute_metrics = metrics_function(splits.metric_kind, splits.label_list)
 
     trainer = make_trainer_class()(
         model=model,
         args=training_arguments(config, trainer_dir, metric),
         train_dataset=datasets["train"],
         eval_dataset=datasets["valid"],
-        data_collator=padding_collator(tokenizer),
+        data_collator=collator(splits.task_kind, tokenizer),
         compute_metrics=compute_metrics,
         callbacks=[*run_callbacks(config, run_dir, unipelt), *callbacks],
         run_config=config,
     )
+    trainer.class_weights = weights  # for ft, whose loss is the base model's own (UniPELT tasks hold theirs)
     start = time.time()
     trainer.train(resume_from_checkpoint=True if resume_from else None)
     train_seconds = time.time() - start
@@ -211,6 +229,10 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         "steps": trainer.state.global_step,
         "train_seconds": round(train_seconds, 2),
         "parameters": unipelt.parameter_counts() if unipelt is not None else _ft_counts(model),
+        "task_type": splits.task_kind,
+        "train_examples": len(splits.train),  # after --oversample
+        "class_weights": weights,
+        **({"alignment": alignment} if alignment else {}),
     }
     if trainer.is_world_process_zero():
         _save_final(model, unipelt, tokenizer, run_dir, splits)

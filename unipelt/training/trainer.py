@@ -123,7 +123,11 @@ def make_trainer_class() -> type[Trainer]:
             self.optimizer = torch.optim.AdamW(param_groups, lr=rates["added"])
             return self.optimizer
 
+        class_weights: list[float] | None = None  # for ft, set by the run (a UniPELT task holds its own)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.unipelt is None and self.class_weights is not None and "labels" in inputs:
+                return self._weighted_loss(model, inputs, return_outputs)
             if self.unipelt is None or self.run_config.gate_penalty == "none":
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             # The gates of this forward, live (with their graph), collected for this call only.
@@ -136,6 +140,17 @@ def make_trainer_class() -> type[Trainer]:
             if return_outputs:
                 return result[0] + extra, result[1]
             return result + extra
+
+        def _weighted_loss(self, model, inputs, return_outputs):
+            """The class-weighted cross-entropy (``--class-weights``) of a fully fine-tuned model."""
+            from unipelt.heads import task_loss
+
+            inputs = dict(inputs)
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            weights = torch.tensor(self.class_weights)
+            loss = task_loss("classification", outputs.logits, labels, weights)
+            return (loss, outputs) if return_outputs else loss
 
         def _save(self, output_dir=None, state_dict=None):
             if self.unipelt is None:
