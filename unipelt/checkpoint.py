@@ -112,7 +112,8 @@ def fingerprint(model: Any, dims: dict[str, int]) -> dict[str, Any]:
 def save_task(task: Any, base: dict[str, Any], path: str | Path, name: str, extra: dict | None) -> Path:
     from safetensors.torch import save_file
 
-    state = task.added_state_dict()
+    planned = getattr(task, "autopelt", None)  # an autopelt plan keeps the trained weights beside it
+    state = planned["state"] if planned else task.added_state_dict()
     meta = {
         "format": CHECKPOINT_FORMAT,
         "unipelt": task.config.to_dict(),
@@ -121,6 +122,8 @@ def save_task(task: Any, base: dict[str, Any], path: str | Path, name: str, extr
         "task": {"name": name, **task.metadata()},
         **(extra or {}),
     }
+    if planned:
+        meta["autopelt"] = planned["plan"].to_dict()
 
     def write(folder: Path) -> None:
         save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})

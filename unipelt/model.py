@@ -409,8 +409,12 @@ class UniPELTModel(nn.Module):
             return self.save_task(next(iter(self.tasks)), path, extra)
         return checkpoint.save_all(self, path, extra)
 
-    def load_task(self, name: str, path: str | Path) -> TaskModules:
-        """Add task ``name`` from a task checkpoint (any unipelt version's) made on this base model."""
+    def load_task(self, name: str, path: str | Path, merge_plan: bool | None = None) -> TaskModules:
+        """Add task ``name`` from a task checkpoint (any unipelt version's) made on this base model.
+
+        A checkpoint with an autopelt plan (``unipelt optimize``, ``--method autopelt``) is pruned and folded
+        as it says; ``merge_plan`` (default: when the task is the model's only one) merges its folded LoRA
+        pairs into the base weights, see :func:`unipelt.autopelt.plan.apply_plan`."""
         meta = checkpoint.read_checkpoint_config(path)
         checkpoint.check_base(meta, self.base_model, self.dims, path)
         info = checkpoint.task_info(meta, self.base_kind)
@@ -426,6 +430,10 @@ class UniPELTModel(nn.Module):
             task.class_weights = torch.tensor(info["class_weights"])
         try:
             self.load_added_state_dict(checkpoint.read_weights(path), task=name, source=str(path))
+            if meta.get("autopelt") is not None:
+                from unipelt.autopelt.plan import apply_plan, plan_from_meta
+
+                apply_plan(self, name, plan_from_meta(meta), merge=merge_plan)
         except BaseException:
             self.remove_task(name)
             raise
@@ -439,7 +447,7 @@ class UniPELTModel(nn.Module):
         unipelt = cls(model)
         names = checkpoint.task_folders(path)
         for name, folder in names.items():
-            unipelt.load_task(name, folder)
+            unipelt.load_task(name, folder, merge_plan=len(names) == 1)
         if len(names) == 1:
             unipelt.set_task(next(iter(names)))
         return unipelt

@@ -25,3 +25,12 @@ class SigmoidGate(nn.Module):
         if pooling == "mean":
             gates = masked_mean(gates, mask)  # (B, n)
         return {site: gates[..., i] for i, site in enumerate(self.sites)}
+
+    def subset(self, sites: list[str]) -> SigmoidGate:
+        """The same gate computing only ``sites`` (independent sigmoids: the others' values are unchanged)."""
+        rows = [self.sites.index(site) for site in sites]
+        gate = SigmoidGate(self.linear.in_features, list(sites)).to(self.linear.weight.device)
+        with torch.no_grad():
+            gate.linear.weight.copy_(self.linear.weight[rows])
+            gate.linear.bias.copy_(self.linear.bias[rows])
+        return gate

@@ -91,7 +91,7 @@ def _gather_prefixes(
     found = []
     for group in call.groups:
         encoder = tasks[group.task].prefix
-        if encoder is None:
+        if encoder is None or index in encoder.pruned_layers:
             continue
         prefix = encoder.layer_prefix(index)  # (2, P, kv_dim)
         if prefix.dtype != dtype:

@@ -339,6 +339,8 @@ class Injector:
             )
         if prefix:
             self._enable_prefix()
+        else:
+            self._disable_prefix()  # e.g. the last prefix removed or pruned: the model's own attention again
 
     def _enable_prefix(self) -> None:
         if self._original_attn is not None or self.arch.seam != "interface":
@@ -349,6 +351,14 @@ class Injector:
             return
         self._original_attn = self.base.config._attn_implementation
         self.base.set_attn_implementation(interface_name(self._original_attn))
+
+    def _disable_prefix(self) -> None:
+        if self._original_attn == "seam":
+            for layer in self.layers:
+                remove_seam(layer.get_submodule(self.arch.attention))
+        elif self._original_attn is not None:
+            self.base.set_attn_implementation(self._original_attn)
+        self._original_attn = None
 
     def remove(self) -> None:
         for handle in self._handles + self._site_handles + self._head_handles:

@@ -1,0 +1,13 @@
+"""AutoPELT: keep the sub-modules that matter, prune and fold the rest, deploy near the base model's cost.
+
+- :mod:`~unipelt.autopelt.plan`: the structure plan (prune / fold per layer and unit), applied at load time;
+- :mod:`~unipelt.autopelt.measure`: gate mean, spread and contribution of every unit on a data set;
+- :mod:`~unipelt.autopelt.search`: thresholds from flags, or the most pruning under a validation budget;
+- :mod:`~unipelt.autopelt.optimize`: ``unipelt optimize RUN`` end to end (and ``--restore``);
+- :mod:`~unipelt.autopelt.latency`: forward timings, inference ratios and the latency table of training;
+- :mod:`~unipelt.autopelt.report`: the kept / folded / pruned heatmap.
+"""
+
+from unipelt.autopelt.plan import Plan, Unit, apply_plan, read_plan, task_units, write_plan
+
+__all__ = ["Plan", "Unit", "apply_plan", "read_plan", "task_units", "write_plan"]

@@ -1,0 +1,280 @@
+"""``unipelt optimize``: from a trained run to a new run folder with a pruned and folded structure.
+
+Steps: load the run (its base model and task), measure every unit on the run's validation split
+(:mod:`unipelt.autopelt.measure`), choose a plan (:mod:`unipelt.autopelt.search`), check it on validation and
+test data, time it against the base model, and write a new run folder. The new folder is a copy of the run
+whose checkpoint carries the plan, so ``eval``, ``predict`` and anything else that opens runs through
+:class:`~unipelt.inference.Run` loads the optimized structure; ``--restore`` writes a copy without the plan.
+
+    NEW_RUN/optimize.json    units (gate mean, spread, contribution, action), thresholds, metrics before and
+                             after, inference ratios, the search trace
+    NEW_RUN/optimize.png     layers x units: kept / folded / pruned, with each unit's contribution
+    NEW_RUN/metrics.json     the optimized run's metrics, in the training format (plus "before")
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unipelt.autopelt.measure import UnitStats, measure_units
+from unipelt.autopelt.plan import Plan, apply_plan, read_plan, write_plan
+from unipelt.autopelt.search import plan_from_thresholds, search
+from unipelt.checkpoint import atomic_directory, write_json
+from unipelt.errors import UniPELTError
+
+REPORT_JSON = "optimize.json"
+REPORT_PNG = "optimize.png"
+_COPIED = ("config.json", "labels.json", "tokenizer", "checkpoint", "log.jsonl", "learning_curves.png")
+
+
+def labelled_batches(data: Any, tokenizer: Any, max_length: int, batch_size: int = 64) -> list[dict]:
+    """Collated batches with labels, in order of length (less padding, faster); labels keep their rows."""
+    from transformers import DataCollatorWithPadding
+
+    from unipelt.data import tokenize_examples
+
+    dataset = tokenize_examples(data.examples, tokenizer, max_length)
+    order = np.argsort([len(ids) for ids in dataset["input_ids"]], kind="stable")
+    collate = DataCollatorWithPadding(tokenizer)
+    rows = [dataset[int(i)] for i in order]
+    return [collate(rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
+
+
+@torch.inference_mode()
+def score_batches(model: torch.nn.Module, batches: list[dict], metric_kind: str) -> dict[str, float]:
+    from unipelt.metrics import compute_task_metrics
+
+    logits, labels = [], []
+    for batch in batches:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits.append(model(**inputs).logits.float().numpy())
+        labels.append(batch["labels"].numpy())
+    return compute_task_metrics(metric_kind, np.concatenate(logits), np.concatenate(labels))
+
+
+def planned_copy(model: Any, name: str, plan: Plan) -> Any:
+    """A deep copy of ``model`` with ``plan`` applied (LoRA folds merged: the task is the copy's only one)."""
+    clone = copy.deepcopy(model)
+    apply_plan(clone, name, plan, merge=len(clone.tasks) == 1)
+    return clone.eval()
+
+
+def _router_filter(model: Any, name: str) -> Any:
+    """Under a softmax router, drop folds from layers where some unit would still be kept (see plan.py)."""
+    from unipelt.autopelt.plan import task_units
+
+    task = model.tasks[name]
+    if task.config.gate != "softmax":
+        return None
+    units = task_units(task)
+
+    def keep_legal(plan: Plan) -> Plan:
+        fold = dict(plan.fold)
+        for layer in {u.layer for u in fold}:
+            mine = [u for u in units if u.layer == layer]
+            if any(plan.action(u) == "keep" for u in mine):
+                for u in mine:
+                    fold.pop(u, None)
+        return Plan(set(plan.prune), fold)
+
+    return keep_legal
+
+
+def optimize_run(
+    run_dir: str | Path,
+    out: str | Path | None = None,
+    max_drop: float = 0.5,
+    threshold: float | None = None,
+    epsilon: float | None = None,
+    timing: bool = True,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Optimize the run at ``run_dir`` into ``out`` (default: ``RUN-optimized``) and return the report."""
+    from unipelt.inference import Run
+    from unipelt.metrics import main_metric
+    from unipelt.training.run import load_splits
+
+    run_dir = Path(run_dir)
+    run = Run(run_dir)
+    if run.config.method == "ft":
+        raise UniPELTError("a fully fine-tuned run has no sub-modules to prune; optimize a UniPELT run")
+    if read_plan(run_dir / "checkpoint") is not None:
+        raise UniPELTError(
+            f"{run_dir} is already optimized; optimize the original run, or `unipelt optimize {run_dir} --restore`"
+        )
+    out = Path(out) if out is not None else run_dir.with_name(run_dir.name + "-optimized")
+    if out.resolve() == run_dir.resolve():
+        raise UniPELTError("--out must be a new folder, not the run itself")
+    if (out / "metrics.json").exists():
+        raise UniPELTError(f"{out} already holds a run; choose another --out or delete it")
+    if (threshold is None) != (epsilon is None):
+        raise UniPELTError("give both --threshold and --epsilon, or neither (then --max-drop chooses them)")
+    started = time.time()
+    model, tokenizer = run.load()
+    if len(model.tasks) != 1:
+        raise UniPELTError("optimize works on single-task runs; this checkpoint holds several tasks")
+    name = next(iter(model.tasks))
+    splits = load_splits(run.config)
+    valid = labelled_batches(splits.valid, tokenizer, run.config.max_length)
+    test = (
+        labelled_batches(splits.test, tokenizer, run.config.max_length) if splits.test is not None else None
+    )
+    metric = main_metric(splits.metric_kind)
+    log(f"measuring {name!r} on {len(splits.valid)} validation examples")
+    stats = measure_units(model, name, valid)
+    before_valid = score_batches(model, valid, splits.metric_kind)
+    baseline = before_valid[metric]
+    gated = model.tasks[name].config.gate != "none"
+
+    def evaluate(plan: Plan) -> float:
+        value = score_batches(planned_copy(model, name, plan), valid, splits.metric_kind)[metric]
+        log(f"  prune {len(plan.prune):3d}  fold {len(plan.fold):3d}  -> valid {metric} {100 * value:.2f}")
+        return value
+
+    if threshold is not None:
+        plan = plan_from_thresholds(stats, threshold, epsilon, gated)
+        router = _router_filter(model, name)
+        plan = router(plan) if router else plan
+        chosen = {"threshold": threshold, "epsilon": epsilon, "chosen_by": "flags", "trace": []}
+    else:
+        log(f"searching thresholds: validation {metric} {100 * baseline:.2f}, budget {max_drop} points")
+        choice = search(stats, evaluate, baseline, max_drop, gated, _router_filter(model, name))
+        plan = choice.plan
+        chosen = {
+            "threshold": choice.threshold,
+            "epsilon": choice.epsilon,
+            "chosen_by": "max_drop",
+            "trace": choice.trace,
+        }
+    optimized = planned_copy(model, name, plan)
+    after_valid = score_batches(optimized, valid, splits.metric_kind)
+    before_test = score_batches(model, test, splits.metric_kind) if test else {}
+    after_test = score_batches(optimized, test, splits.metric_kind) if test else {}
+    ratios = _ratios(run, model, optimized) if timing else {}
+    report = {
+        "run": str(run_dir),
+        "task": run.config.task,
+        "method": run.config.method,
+        "metric": metric,
+        "max_drop": max_drop,
+        **chosen,
+        "plan": plan.to_dict(),
+        "counts": _counts(stats, plan),
+        "units": [{**s.to_dict(), "action": plan.action(s.unit)} for s in stats],
+        "valid": {"before": before_valid, "after": after_valid},
+        "test": {"before": before_test, "after": after_test},
+        "inference_ratio": ratios,
+        "seconds": round(time.time() - started, 1),
+    }
+    _write(run_dir, out, plan, report, stats)
+    log(_summary(report))
+    return report
+
+
+def _ratios(run: Any, model: Any, optimized: Any) -> dict[str, Any]:
+    from unipelt.autopelt.latency import inference_ratios
+    from unipelt.backbones import load_base_model
+
+    base = load_base_model(
+        run.config.model, "regression" if run.regression else "classification", labels=run.labels
+    ).eval()
+    vocab = int(base.config.vocab_size)
+    return inference_ratios(base, {"before": model, "after": optimized}, vocab)
+
+
+def _counts(stats: list[UnitStats], plan: Plan) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {}
+    for s in stats:
+        kind = "lora" if s.site.startswith("lora_") else s.site
+        row = counts.setdefault(kind, {"keep": 0, "fold": 0, "prune": 0})
+        row[plan.action(s.unit)] += 1
+    return counts
+
+
+def _write(run_dir: Path, out: Path, plan: Plan, report: dict[str, Any], stats: list[UnitStats]) -> None:
+    from unipelt.autopelt.report import plot_units
+
+    def write(folder: Path) -> None:
+        _copy_run(run_dir, folder)
+        write_plan(folder / "checkpoint", plan)
+        write_json(folder / REPORT_JSON, report)
+        plot_units(
+            stats, plan, folder / REPORT_PNG, title=f"{report['task'] or run_dir.name}: {report['method']}"
+        )
+        write_json(folder / "metrics.json", _metrics(run_dir, report))
+
+    atomic_directory(out, write)
+
+
+def _copy_run(source: Path, folder: Path) -> None:
+    for item in _COPIED:
+        path = source / item
+        if path.is_dir():
+            shutil.copytree(path, folder / item)
+        elif path.is_file():
+            shutil.copy2(path, folder / item)
+    config = json.loads((folder / "config.json").read_text())
+    config["output_dir"] = str(folder.parent / folder.name)
+    write_json(folder / "config.json", config)
+
+
+def _metrics(run_dir: Path, report: dict[str, Any]) -> dict[str, Any]:
+    original = {}
+    if (run_dir / "metrics.json").is_file():
+        original = json.loads((run_dir / "metrics.json").read_text())
+    return {
+        **original,
+        "valid": report["valid"]["after"],
+        "test": report["test"]["after"],
+        "before": {"valid": report["valid"]["before"], "test": report["test"]["before"]},
+        "optimized_from": str(run_dir),
+        "inference_ratio": report["inference_ratio"],
+    }
+
+
+def restore_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """A copy of an optimized run with every module back as trained (the plan removed from its checkpoint)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "checkpoint").is_dir():
+        raise UniPELTError(f"{run_dir} is not a finished unipelt run (no checkpoint)")
+    if read_plan(run_dir / "checkpoint") is None:
+        raise UniPELTError(f"{run_dir} has no autopelt plan: nothing to restore")
+    out = Path(out) if out is not None else run_dir.with_name(run_dir.name + "-restored")
+    if out.exists():
+        raise UniPELTError(f"{out} already exists; choose another --out or delete it")
+
+    def write(folder: Path) -> None:
+        _copy_run(run_dir, folder)
+        write_plan(folder / "checkpoint", None)
+        if (run_dir / "metrics.json").is_file():
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            before = metrics.get("before") or {}
+            metrics.update({k: v for k, v in before.items() if v})
+            for key in ("before", "optimized_from", "inference_ratio"):
+                metrics.pop(key, None)
+            metrics["restored_from"] = str(run_dir)
+            write_json(folder / "metrics.json", metrics)
+
+    return atomic_directory(out, write)
+
+
+def _summary(report: dict[str, Any]) -> str:
+    metric = report["metric"]
+    lines = []
+    for kind, row in report["counts"].items():
+        lines.append(f"  {kind:<8} kept {row['keep']:3d}  folded {row['fold']:3d}  pruned {row['prune']:3d}")
+    for split in ("valid", "test"):
+        before, after = report[split]["before"].get(metric), report[split]["after"].get(metric)
+        if before is not None:
+            lines.append(f"  {split:<6} {metric}: {100 * before:.2f} -> {100 * after:.2f}")
+    for shape, row in report["inference_ratio"].items():
+        lines.append(f"  inference at {shape}: {row['before']:.3f}x -> {row['after']:.3f}x the base model")
+    return "\n".join(lines)
