@@ -141,3 +141,22 @@ def task_loss(
         weight=weight,
         ignore_index=-100,
     )
+
+
+def with_task_loss(output: Any, labels: torch.Tensor, tasks: Any, request: Any, names: list[str]) -> Any:
+    """``output`` with the loss of each row's task: one task's loss, or the row-weighted mean over the tasks of
+    a mixed batch (``request`` is the per-row list of names). Logits are sliced to each task's labels."""
+    logits = output.logits
+    if not isinstance(request, (list, tuple)) or len(names) == 1:
+        spec = tasks[names[0]]
+        loss = task_loss(spec.kind, logits[..., : spec.num_labels], labels, spec.class_weights)
+    else:
+        loss = logits.new_zeros((), dtype=torch.float32)
+        for name in names:
+            spec = tasks[name]
+            rows = torch.tensor([i for i, n in enumerate(request) if n == name], device=logits.device)
+            part = task_loss(
+                spec.kind, logits[rows][..., : spec.num_labels], labels[rows], spec.class_weights
+            )
+            loss = loss + part * len(rows) / len(request)
+    return type(output)(**{"loss": loss, **{k: v for k, v in output.items() if k != "loss"}})

@@ -24,11 +24,10 @@ from torch import nn
 from unipelt import checkpoint
 from unipelt.config import UniPELTConfig
 from unipelt.errors import UniPELTError
-from unipelt.heads import LABELLED, base_kind, compatible, find_head_paths, task_loss
+from unipelt.heads import LABELLED, base_kind, compatible, find_head_paths, with_task_loss
 from unipelt.inject.architectures import architecture_for, layer_list
 from unipelt.inject.context import ACTIVE, COLLECT, DISABLED, LAST_GATES, ROUTE, set_for_model
 from unipelt.inject.hooks import Injector
-from unipelt.modules import MODULES
 from unipelt.tasks import TaskModules, build_task
 
 DEFAULT_TASK = "default"
@@ -47,16 +46,6 @@ def model_dims(config: Any) -> dict[str, int]:
         "num_key_value_heads": kv_heads,
         "head_dim": head_dim,
     }
-
-
-def count_keys() -> tuple[str, ...]:
-    """Rows of a parameter table: every module kind (the prefix MLP beside the prefix), gates, head."""
-    keys: list[str] = []
-    for kind in MODULES:
-        keys.append(kind)
-        if kind == "prefix":
-            keys.append("prefix_mlp")
-    return (*keys, "gates", "head")
 
 
 def _resolve_config(method: str | UniPELTConfig, overrides: dict[str, Any]) -> UniPELTConfig:
@@ -213,29 +202,13 @@ class UniPELTModel(nn.Module):
         finally:
             ROUTE.reset(token)
         if own_loss:
-            output = self._with_loss(output, labels, task, names)
+            output = with_task_loss(output, labels, self.tasks, task, names)
         return output
 
     def _names(self, task: str | list[str] | None) -> list[str]:
         if task is None:
             return [self.active_task] if self.active_task is not None else []
         return [task] if isinstance(task, str) else sorted(set(task))
-
-    def _with_loss(self, output: Any, labels: torch.Tensor, task: Any, names: list[str]) -> Any:
-        logits = output.logits
-        if isinstance(task, str) or task is None or len(names) == 1:
-            spec = self.tasks[names[0]]
-            loss = task_loss(spec.kind, logits[..., : spec.num_labels], labels, spec.class_weights)
-        else:
-            loss = logits.new_zeros((), dtype=torch.float32)
-            for name in names:
-                spec = self.tasks[name]
-                rows = torch.tensor([i for i, n in enumerate(task) if n == name], device=logits.device)
-                part = task_loss(
-                    spec.kind, logits[rows][..., : spec.num_labels], labels[rows], spec.class_weights
-                )
-                loss = loss + part * len(rows) / len(task)
-        return type(output)(**{"loss": loss, **{k: v for k, v in output.items() if k != "loss"}})
 
     def generate(self, *args: Any, task: str | list[str] | None = None, **kwargs: Any) -> Any:
         token = ROUTE.set((self.injector.key, task))
@@ -310,19 +283,7 @@ class UniPELTModel(nn.Module):
         ``prefix`` is the size of the prefix vectors (what inference keeps); ``prefix_mlp`` the
         reparameterisation MLP that exists only while training (0 once ejected or when stored flat).
         """
-        spec = self._task(task)
-        counts = dict.fromkeys(count_keys(), 0)
-        counts.update(spec.parameter_counts())
-        without_mlp = sum(v for k, v in counts.items() if k != "prefix_mlp")
-        counts["total_with_prefix_mlp"] = (
-            without_mlp - counts["prefix"] * bool(counts["prefix_mlp"]) + counts["prefix_mlp"]
-        )
-        counts["total_without_prefix_mlp"] = without_mlp
-        base_head = sum(
-            p.numel() for path in spec.head_paths for p in self.base_model.get_submodule(path).parameters()
-        )
-        counts["base_model"] = sum(p.numel() for p in self.base_model.parameters()) - base_head
-        return counts
+        return self._task(task).parameter_table(self.base_model)
 
     def freeze_gates(self, frozen: bool = True) -> None:
         """Hold gates at their current values (gate warm-up) or release them."""
@@ -348,21 +309,9 @@ class UniPELTModel(nn.Module):
             )
         spec = self._task(next(iter(self.tasks)))
         kinds = kinds or [k for k in spec.config.ordered_modules if k in ("lora", "ia3", "bitfit")]
-        layers = layer_list(self.base_model.base_model, self.arch)
-        found = False
-        for kind in kinds:
-            for layer_modules, layer in zip(spec.layers, layers):
-                part = getattr(layer_modules, kind, None)
-                if part is None:
-                    continue
-                found = True
-                part.merge(layer, self.arch)
-                delattr(layer_modules, kind)
-                layer_modules.index_sites()
-            if kind not in self.merged:
-                self.merged.append(kind)
-        if not found:
+        if not spec.merge_into(layer_list(self.base_model.base_model, self.arch), self.arch, kinds):
             raise UniPELTError(f"there is no unmerged {' / '.join(kinds)} in this model")
+        self.merged += [kind for kind in kinds if kind not in self.merged]
         self.injector.sync()
 
     def merge_lora(self) -> None:

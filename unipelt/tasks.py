@@ -20,6 +20,16 @@ from unipelt.inject.architectures import Architecture
 from unipelt.modules import MODULES, BuildSpec, PeftModule
 
 
+def count_keys() -> tuple[str, ...]:
+    """Rows of a parameter table: every module kind (the prefix MLP beside the prefix), gates, head."""
+    keys: list[str] = []
+    for kind in MODULES:
+        keys.append(kind)
+        if kind == "prefix":
+            keys.append("prefix_mlp")
+    return (*keys, "gates", "head")
+
+
 class LayerModules(nn.Module):
     """One task's modules in one transformer layer: the layer gate and one child per module kind."""
 
@@ -111,6 +121,34 @@ class TaskModules(nn.Module):
         counts["gates"] = counts.get("gates", 0) + layer_gates
         counts["head"] = sum(p.numel() for p in self.head.parameters())
         return counts
+
+    def parameter_table(self, base: nn.Module) -> dict[str, int]:
+        """Trainable parameters per module kind (the prefix MLP beside the prefix), gates and head, totals with
+        and without the prefix MLP, and the frozen base model without its own head."""
+        counts = dict.fromkeys(count_keys(), 0)
+        counts.update(self.parameter_counts())
+        without_mlp = sum(v for k, v in counts.items() if k != "prefix_mlp")
+        counts["total_with_prefix_mlp"] = (
+            without_mlp - counts["prefix"] * bool(counts["prefix_mlp"]) + counts["prefix_mlp"]
+        )
+        counts["total_without_prefix_mlp"] = without_mlp
+        base_head = sum(p.numel() for path in self.head_paths for p in base.get_submodule(path).parameters())
+        counts["base_model"] = sum(p.numel() for p in base.parameters()) - base_head
+        return counts
+
+    def merge_into(self, layers: list[nn.Module], arch: Architecture, kinds: list[str]) -> bool:
+        """Fold this task's modules of ``kinds`` into the frozen ``layers`` and drop them; False if none."""
+        found = False
+        for kind in kinds:
+            for layer_modules, layer in zip(self.layers, layers):
+                part = getattr(layer_modules, kind, None)
+                if part is None:
+                    continue
+                found = True
+                part.merge(layer, arch)
+                delattr(layer_modules, kind)
+                layer_modules.index_sites()
+        return found
 
     # ---------------------------------------------------------------------------------- checkpoints
 
