@@ -43,6 +43,10 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         "tag_column": args.tag_column,
         "class_weights": args.class_weights,
         "oversample": args.oversample,
+        "answer_choices": args.answer_choices,
+        "packing": args.packing,
+        "max_new_tokens": args.max_new_tokens,
+        "gradient_checkpointing": args.gradient_checkpointing,
         "k": args.k,
         "n_valid": args.n_valid,
         "seed": args.seed,
@@ -153,6 +157,22 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="repeat minority-class examples (seeded) up to the majority count; a tagged sentence counts for "
         "its rarest tag",
+    )
+    p.add_argument(
+        "--answer-choices",
+        default="auto",
+        metavar="auto|none|A,B,...",
+        help="causal-lm: short answers scored by greedy generation (accuracy, exact match); auto detects "
+        "them when the training answers are a few short labels",
+    )
+    p.add_argument("--packing", action="store_true", help="causal-lm: pack several chats into one row")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=16, help="causal-lm: tokens generated when scoring answers"
+    )
+    p.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass: less memory, slower steps",
     )
     p.add_argument(
         "--k", type=int, help="low-resource protocol: K training examples (+ --n-valid for validation)"

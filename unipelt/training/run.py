@@ -165,6 +165,10 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     config.validate()
     if (run_dir / "metrics.json").is_file() and not resume:
         raise UniPELTError(f"{run_dir} already holds a finished run; choose another --out or delete it")
+    if config.task_type == "causal-lm":  # instruction tuning on chats: its own data, loss and metrics
+        from unipelt.training.causal_lm import train_causal_lm
+
+        return train_causal_lm(config, resume, callbacks)
     if config.threads:
         torch.set_num_threads(config.threads)
     from unipelt.pretrained import resolve_model
@@ -173,6 +177,10 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     splits = load_splits(config)  # bad data fails here, before the run folder exists
     set_seed(config.seed)
     model, unipelt, tokenizer = build_model(config, splits)
+    if config.gradient_checkpointing:
+        from unipelt.training.causal_lm import enable_gradient_checkpointing
+
+        enable_gradient_checkpointing(model)
     weights = class_weights(config, splits.train)
     if unipelt is not None and weights is not None:  # saved with the task in its checkpoint
         unipelt.tasks[unipelt.active_task].class_weights = torch.tensor(weights)
