@@ -1,0 +1,270 @@
+"""`unipelt serve`: many runs on one backbone, dynamic batching across tasks, and answers to bad requests."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unipelt.errors import UniPELTError
+from unipelt.inference.batching import DynamicBatcher
+from unipelt.inference.served_tasks import Row, unique_names
+
+fastapi = pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+
+FAST = ["--epochs", "1", "--batch-size", "8", "--max-length", "32", "--threads", "1"]
+
+
+# ------------------------------------------------------------------------------------- batcher alone
+
+
+def _rows(task: str, n: int) -> list[Row]:
+    return [Row(task, {"input_ids": [i]}, False, 1) for i in range(n)]
+
+
+def test_batcher_gathers_concurrent_requests_and_routes_answers():
+    seen: list[list[str]] = []
+
+    def forward(rows, gates):
+        seen.append([r.task for r in rows])
+        time.sleep(0.01)
+        return [(r.task, r.ids["input_ids"][0]) for r in rows], None
+
+    batcher = DynamicBatcher(forward, max_batch=8, max_wait_ms=50)
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            futures = [
+                pool.submit(lambda i=i: batcher.submit(_rows(f"t{i % 3}", 2)).result(5)) for i in range(6)
+            ]
+            answers = [f.result() for f in futures]
+    finally:
+        batcher.close()
+    for i, (outputs, gates) in enumerate(answers):
+        assert outputs == [(f"t{i % 3}", 0), (f"t{i % 3}", 1)] and gates is None
+    assert all(len(batch) <= 8 for batch in seen)
+    assert sum(len(b) for b in seen) == 12 and len(seen) < 6  # gathered, not one forward per request
+    assert any(len(set(batch)) > 1 for batch in seen)  # mixed tasks in one forward
+
+
+def test_batcher_without_batching_chunks_and_survives_a_failing_forward():
+    sizes: list[int] = []
+
+    def forward(rows, gates):
+        sizes.append(len(rows))
+        if rows[0].task == "boom":
+            raise RuntimeError("model failed")
+        return [r.ids["input_ids"][0] for r in rows], [{"g": 1.0}] * len(rows)
+
+    batcher = DynamicBatcher(forward, max_batch=4, max_wait_ms=0, batching=False)
+    try:
+        with pytest.raises(RuntimeError, match="model failed"):
+            batcher.submit(_rows("boom", 1)).result(5)
+        outputs, gates = batcher.submit(_rows("a", 10), gates=True).result(5)  # over max_batch: chunks of 4
+        assert outputs == list(range(10)) and len(gates) == 10
+        assert batcher.submit(_rows("a", 1)).result(5) == ([0], None)  # the worker is still alive
+    finally:
+        batcher.close()
+    assert sizes == [1, 4, 4, 2, 1]
+
+
+def test_unique_names():
+    assert unique_names(["rte", "rte", "a.b", "rte"]) == ["rte", "rte-2", "a-b", "rte-3"]
+
+
+# ------------------------------------------------------------------------------------- real runs
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_model_dir, glue_dir, tmp_path_factory) -> dict[str, Path]:
+    from unipelt.cli import main
+
+    root = tmp_path_factory.mktemp("serve-runs")
+    out = {}
+    for task in ("rte", "sst2", "stsb"):
+        out[task] = root / task
+        args = ["train", "--model", tiny_model_dir, "--data-dir", glue_dir, "--task", task, "--k", "8"]
+        assert main([str(a) for a in [*args, "--n-valid", "8", "--out", out[task], *FAST]]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def engine(runs):
+    from unipelt.inference.engine import TorchEngine
+
+    return TorchEngine([runs["rte"], runs["sst2"], runs["stsb"]])
+
+
+@pytest.fixture(scope="module")
+def client(engine):
+    from fastapi.testclient import TestClient
+
+    from unipelt.inference.serve import create_app
+
+    with TestClient(create_app(engine, max_batch=16, max_wait_ms=1, max_inputs=4)) as test_client:
+        yield test_client
+
+
+@pytest.mark.slow
+def test_tasks_are_listed_with_labels_scores_and_parameters(client, runs):
+    assert client.get("/health").json() == {"status": "ok", "runtime": "torch", "tasks": 3}
+    tasks = {t["name"]: t for t in client.get("/v1/tasks").json()["tasks"]}
+    assert list(tasks) == ["rte", "sst2", "stsb"]
+    assert tasks["rte"]["labels"] == ["entailment", "not_entailment"] and tasks["rte"]["inputs"] == "pair"
+    assert tasks["sst2"]["inputs"] == "single" and tasks["stsb"]["kind"] == "regression"
+    assert tasks["stsb"]["labels"] is None and tasks["stsb"]["metric"] == "spearman"
+    metrics = json.loads((runs["rte"] / "metrics.json").read_text())
+    assert tasks["rte"]["score"] == pytest.approx(metrics["test"]["accuracy"])
+    assert tasks["rte"]["parameters"]["lora"] > 0 and tasks["rte"]["parameters"]["prefix_mlp"] == 0
+
+
+@pytest.mark.slow
+def test_predictions_match_the_run_and_flag_truncation(client, runs):
+    from unipelt.data import Example
+    from unipelt.inference import Run
+
+    pair = ["A man plays a guitar.", "A person makes music."]
+    answer = client.post("/v1/predict", json={"task": "rte", "inputs": [pair], "gates": True}).json()
+    record = answer["predictions"][0]
+    expected = next(Run(runs["rte"]).predict([Example(*pair, None)]))
+    assert record["label"] == expected["label"]
+    for name, p in expected["probabilities"].items():
+        assert record["probabilities"][name] == pytest.approx(p, abs=1e-5)
+    assert set(record["gates"]) == {"0", "1"} and all(0 <= v <= 1 for v in record["gates"]["0"].values())
+    score = client.post("/v1/predict", json={"task": "stsb", "inputs": [pair]}).json()["predictions"][0]
+    assert set(score) == {"score"}
+    long = client.post("/v1/predict", json={"task": "sst2", "inputs": ["word " * 200, "fine"]}).json()
+    assert long["predictions"][0]["truncated"] is True and long["predictions"][0]["tokens"] > 32
+    assert "truncated" not in long["predictions"][1]
+
+
+@pytest.mark.slow
+def test_bad_requests_get_clear_answers_and_are_counted(client):
+    def post(body=None, content=None):
+        if content is not None:
+            return client.post("/v1/predict", content=content, headers={"content-type": "application/json"})
+        return client.post("/v1/predict", json=body)
+
+    unknown = post({"task": "mnli", "inputs": ["x"]})
+    assert unknown.status_code == 404 and unknown.json()["tasks"] == ["rte", "sst2", "stsb"]
+    assert "rte, sst2, stsb" in unknown.json()["error"]
+    missing = post({"inputs": ["x"]})
+    assert missing.status_code == 422 and missing.json()["fields"] == ["task"]
+    assert "'task'" in missing.json()["error"]
+    broken = post(content=b'{"task": "sst2", "inputs": [')
+    assert broken.status_code == 422 and "malformed JSON" in broken.json()["error"]
+    wrong = post({"task": "sst2", "inputs": [3]})
+    assert wrong.status_code == 422 and "inputs[0]" in wrong.json()["error"]
+    assert post({"task": "sst2", "inputs": []}).status_code == 400
+    assert post({"task": "sst2", "inputs": ["x"] * 5}).status_code == 413
+    single = post({"task": "rte", "inputs": ["only one text"]})
+    assert single.status_code == 400 and "[text_a, text_b]" in single.json()["error"]
+    assert post({"task": "sst2", "inputs": [["a", "b"]]}).status_code == 400
+    assert client.get("/health").status_code == 200  # still up
+    text = client.get("/metrics").text
+    assert 'unipelt_requests_total{status="413",task="sst2"}' in text
+    assert 'unipelt_request_errors_total{status="422"} 3.0' in text
+    assert "unipelt_request_latency_seconds_bucket" in text and "unipelt_batch_rows_bucket" in text
+
+
+@pytest.mark.slow
+def test_runs_on_another_base_or_full_fine_tuning_are_refused(runs, tmp_path):
+    from unipelt.inference.engine import TorchEngine
+
+    other = tmp_path / "other"
+    shutil.copytree(runs["sst2"], other)
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "model": "minilm"}))
+    with pytest.raises(UniPELTError, match="trained on 'minilm'.*one server shares one backbone") as error:
+        TorchEngine([runs["rte"], other])
+    assert str(runs["rte"]) in str(error.value)
+    (other / "config.json").write_text(json.dumps({**config, "method": "ft"}))
+    with pytest.raises(UniPELTError, match="full fine-tuning run"):
+        TorchEngine([other])
+
+
+@pytest.mark.slow
+def test_duplicate_and_explicit_names(runs):
+    from unipelt.inference.engine import TorchEngine
+
+    engine = TorchEngine([runs["sst2"], runs["sst2"], f"sentiment={runs['sst2']}"])
+    assert list(engine.tasks) == ["sst2", "sst2-2", "sentiment"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_real_server_batches_concurrent_requests_of_three_tasks(runs):
+    port = _free_port()
+    command = [sys.executable, "-m", "unipelt.cli", "serve", *(str(runs[t]) for t in ("rte", "sst2", "stsb"))]
+    command += ["--port", str(port), "--max-wait-ms", "200", "--max-batch", "64", "--threads", "1"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert server.poll() is None, server.stdout.read().decode()
+            assert time.time() < deadline, "server did not start"
+            time.sleep(0.2)
+        bodies = [
+            {
+                "task": "rte",
+                "inputs": [["A dog runs.", "An animal moves."], ["It rains.", "The sun shines."]],
+            },
+            {"task": "sst2", "inputs": ["a wonderful film", "dull and far too long"]},
+            {"task": "stsb", "inputs": [["A man eats.", "A man is eating."]]},
+        ] * 3
+        alone = [httpx.post(f"{base}/v1/predict", json=b, timeout=30).json() for b in bodies]
+        start = threading.Barrier(len(bodies))
+
+        def call(body):
+            start.wait()
+            return httpx.post(f"{base}/v1/predict", json=body, timeout=30).json()
+
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            together = list(pool.map(call, bodies))
+        for single, batched in zip(alone, together):
+            assert single["task"] == batched["task"]
+            for a, b in zip(single["predictions"], batched["predictions"]):
+                if "score" in a:
+                    assert b["score"] == pytest.approx(a["score"], abs=1e-5)
+                else:
+                    assert a["label"] == b["label"]
+                    assert np.allclose(
+                        list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-5
+                    )
+        metrics = httpx.get(f"{base}/metrics").text
+        forwards = _sample(metrics, "unipelt_batch_rows_count")
+        rows = _sample(metrics, "unipelt_batch_rows_sum")
+        tasks = _sample(metrics, "unipelt_batch_tasks_sum")
+        assert rows == 2 * 15 and forwards < len(bodies) * 2  # the concurrent round took fewer forwards
+        assert tasks > forwards  # at least one forward held rows of several tasks
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def _sample(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")

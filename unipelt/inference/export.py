@@ -1,0 +1,261 @@
+"""Export one trained run to ONNX: the frozen model with the task's gated modules and head in one graph.
+
+The graph is traced with TorchScript (``torch.onnx.export(..., dynamo=False)``): tracing runs the model's real
+forward, so the forward hooks and per-call context variables that put the task's modules into the frozen
+model are followed like any Python code. Two consequences are handled here:
+
+- the prefix reparameterisation MLP is ejected first (its output is a constant at inference);
+- Python branches on tensor values become constants of the trace. The injector takes a faster path when a
+  batch has no padding, so the trace uses a padded batch: the padded path is correct for every batch.
+
+The export is accepted only when ONNX Runtime gives the same logits as PyTorch on the run's test inputs (max
+absolute difference at most ``tolerance``, 1e-4 by default); otherwise nothing is written. ``quantize="int8"``
+adds ``model.int8.onnx`` (ONNX Runtime dynamic quantisation) and reports its change in the run's metric and
+its speed against fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unipelt.checkpoint import atomic_directory, write_json
+from unipelt.data import Example
+from unipelt.errors import UniPELTError
+from unipelt.inference.onnx_runtime import EXPORT_INFO, encode_batches, run_session, session
+from unipelt.inference.served_tasks import default_name, pair_task, run_score
+
+OPSET = 17
+INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class _Logits(torch.nn.Module):
+    """The run's model as a function of named int64 tensors to logits, which is what the graph exposes."""
+
+    def __init__(self, model: torch.nn.Module, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.names = names
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, tensors))).logits
+
+
+def exportable(run: Any) -> None:
+    """Refuse, with the reason, what this exporter cannot turn into one graph."""
+    model, _ = run.load()
+    merged = getattr(model, "merged", None)
+    if merged:
+        raise UniPELTError(
+            f"{run.folder}: modules {merged} were merged into the base weights; export the unmerged run"
+        )
+    tasks = getattr(model, "tasks", None)
+    if tasks is not None and len(tasks) != 1:
+        raise UniPELTError(f"{run.folder} holds {len(tasks)} tasks; an ONNX export holds one task")
+    if tasks is not None:
+        kind = next(iter(tasks.values())).kind
+        if kind not in ("classification", "regression"):
+            raise UniPELTError(
+                f"{run.folder} is a {kind} task; export supports classification and regression runs "
+                "(generation loops and token tagging are not exported)"
+            )
+
+
+def _sample(tokenizer: Any, pair: bool, max_length: int) -> dict[str, torch.Tensor]:
+    """A 2-row batch whose second row is padded, so the traced graph takes the padding-aware path."""
+    first = ["a longer first example sentence for tracing the graph", "short"]
+    second = ["and its second text", "pair"] if pair else None
+    encoded = tokenizer(
+        first, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+    )
+    if bool(encoded["attention_mask"].all()):
+        raise UniPELTError("could not build a padded sample batch to trace the model with")
+    return {k: encoded[k] for k in INPUT_KEYS if k in encoded}
+
+
+def _trace(run: Any, path: Path) -> tuple[str, ...]:
+    import warnings
+
+    model, tokenizer = run.load()
+    if hasattr(model, "eject_prefix_mlp"):
+        model.eject_prefix_mlp()
+    sample = _sample(tokenizer, pair_task(run.config), run.config.max_length)
+    names = tuple(sample)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes["logits"] = {0: "batch"}
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            warnings.simplefilter(
+                "ignore"
+            )  # tracer warnings about constant branches: handled by the padded sample
+            torch.onnx.export(
+                _Logits(model, names).eval(),
+                tuple(sample.values()),
+                str(path),
+                input_names=list(names),
+                output_names=["logits"],
+                dynamic_axes=axes,
+                opset_version=OPSET,
+                dynamo=False,
+            )
+    except Exception as error:  # noqa: BLE001 - the tracer and the ONNX converter raise many types
+        arch = type(getattr(model, "base_model", model)).__name__
+        raise UniPELTError(
+            f"cannot export {run.folder} ({arch}, method {run.config.method}) to ONNX: {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}"
+        ) from error
+    return names
+
+
+def torch_logits(run: Any, examples: list[Example], batch_size: int = 32) -> np.ndarray:
+    model, tokenizer = run.load()
+    outputs = []
+    with torch.inference_mode():
+        for batch in encode_batches(examples, tokenizer, run.config.max_length, batch_size):
+            outputs.append(model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy())
+    return np.concatenate(outputs)
+
+
+def onnx_logits(sess: Any, run: Any, examples: list[Example], batch_size: int = 32) -> np.ndarray:
+    _, tokenizer = run.load()
+    batches = encode_batches(examples, tokenizer, run.config.max_length, batch_size)
+    return np.concatenate([run_session(sess, b) for b in batches])
+
+
+def single_latency(sess: Any, length: int = 128, repeats: int = 20) -> float:
+    """Median seconds of one 1 x ``length`` forward (after two warm-up calls)."""
+    names = [i.name for i in sess.get_inputs()]
+    batch = {
+        n: np.ones((1, length), dtype=np.int64) if n != "token_type_ids" else np.zeros((1, length), np.int64)
+        for n in names
+    }
+    batch["input_ids"] = np.full((1, length), 1000, dtype=np.int64)
+    for _ in range(2):
+        sess.run(None, batch)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        sess.run(None, batch)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def export_run(
+    folder: str | Path,
+    out: str | Path,
+    quantize: str | None = None,
+    data: str | None = None,
+    tolerance: float = 1e-4,
+    max_examples: int | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Write ``out`` (model.onnx, tokenizer/, labels.json, export.json) after checking parity; return the report."""
+    from unipelt.inference.runs import Run
+    from unipelt.metrics import compute_task_metrics
+
+    if quantize not in (None, "int8"):
+        raise UniPELTError(f"--quantize takes int8, not {quantize!r}")
+    run = Run(folder)
+    exportable(run)
+    test = run.data(path=data)
+    examples = test.examples[:max_examples] if max_examples else test.examples
+    labelled = all(e.label is not None for e in examples)
+    report: dict[str, Any] = {"run": str(run.folder), "opset": OPSET, "examples": len(examples)}
+
+    def write(tmp: Path) -> None:
+        start = time.perf_counter()
+        names = _trace(run, tmp / "model.onnx")
+        report["export_seconds"] = round(time.perf_counter() - start, 2)
+        fp32 = session(tmp / "model.onnx", threads)
+        reference = torch_logits(run, examples)
+        got = onnx_logits(fp32, run, examples)
+        diff = float(np.abs(got - reference).max())
+        report["inputs"] = list(names)
+        report["parity_max_abs_diff"] = diff
+        if not diff <= tolerance:
+            raise UniPELTError(
+                f"ONNX Runtime's logits differ from PyTorch's by up to {diff:.2e} on {len(examples)} test inputs "
+                f"(allowed {tolerance:.0e}); nothing was written"
+            )
+        if labelled:
+            report["metrics_torch"] = compute_task_metrics(run.metric_kind, reference, _labels(examples))
+            report["metrics_onnx"] = compute_task_metrics(run.metric_kind, got, _labels(examples))
+        if quantize == "int8":
+            report["int8"] = _quantize(tmp, run, examples, labelled, fp32, threads)
+        _, tokenizer = run.load()
+        tokenizer.save_pretrained(tmp / "tokenizer")
+        shutil.copy(run.folder / "labels.json", tmp / "labels.json")
+        metric, score = run_score(run.folder)
+        model, _ = run.load()
+        counts = model.parameter_counts() if hasattr(model, "parameter_counts") else {}
+        write_json(
+            tmp / EXPORT_INFO,
+            {
+                "task": default_name(run.config, run.folder),
+                "labels": run.labels,
+                "regression": run.regression,
+                "pair": pair_task(run.config),
+                "max_length": run.config.max_length,
+                "text_columns": run.config.text_columns,
+                "metric": metric,
+                "score": score,
+                "parameters": counts,
+                "method": run.config.method,
+                "model": run.config.model,
+                **report,
+            },
+        )
+
+    atomic_directory(out, write)
+    return report
+
+
+def _labels(examples: list[Example]) -> np.ndarray:
+    return np.array([e.label for e in examples])
+
+
+def _quantize(tmp: Path, run: Any, examples: list[Example], labelled: bool, fp32: Any, threads: int | None):
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from unipelt.metrics import compute_task_metrics, main_metric
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs a pre-processing hint on the root logger
+    try:
+        quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model.int8.onnx"), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+    int8 = session(tmp / "model.int8.onnx", threads)
+    result: dict[str, Any] = {}
+    start = time.perf_counter()
+    reference = onnx_logits(fp32, run, examples)
+    fp32_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    got = onnx_logits(int8, run, examples)
+    int8_seconds = time.perf_counter() - start
+    result["max_abs_diff_vs_fp32"] = float(np.abs(got - reference).max())
+    if labelled:
+        metric = main_metric(run.metric_kind)
+        before = compute_task_metrics(run.metric_kind, reference, _labels(examples))[metric]
+        after = compute_task_metrics(run.metric_kind, got, _labels(examples))[metric]
+        result.update({"metric": metric, "fp32": before, "int8": after, "change": after - before})
+    result["test_set_seconds"] = {"fp32": round(fp32_seconds, 3), "int8": round(int8_seconds, 3)}
+    result["test_set_latency_ratio_int8_over_fp32"] = round(int8_seconds / fp32_seconds, 3)
+    latency_fp32, latency_int8 = single_latency(fp32), single_latency(int8)
+    result["latency_1x128_ms"] = {"fp32": round(latency_fp32 * 1e3, 3), "int8": round(latency_int8 * 1e3, 3)}
+    result["latency_1x128_ratio_int8_over_fp32"] = round(latency_int8 / latency_fp32, 3)
+    result["bytes"] = {n: (tmp / n).stat().st_size for n in ("model.onnx", "model.int8.onnx")}
+    return result
+
+
+def read_report(folder: str | Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / EXPORT_INFO).read_text())
