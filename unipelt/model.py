@@ -256,9 +256,14 @@ class UniPELTModel(nn.Module):
             COLLECT.reset(token)
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Gradient checkpointing of the base model; the re-entrant kind also needs inputs that require grad."""
+        """Gradient (activation) checkpointing of the base model; the re-entrant kind also needs inputs that
+        require grad. Non-re-entrant is the default: a gate penalty needs the first run's graph."""
         kwargs = dict(gradient_checkpointing_kwargs or {"use_reentrant": False})
-        self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable = getattr(self.base_model, "activation_checkpointing_enable", None)  # transformers >= 5.2x
+        if enable is not None:
+            enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if kwargs.get("use_reentrant", True):
             self.base_model.enable_input_require_grads()
 
