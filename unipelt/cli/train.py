@@ -104,6 +104,11 @@ def run(args: argparse.Namespace) -> int:
         f"{config.method} on {config.task or config.train_file}: {split} {metric} {_score(result[split], metric)} "
         f"(valid {_score(result['valid'], metric)}, {result['train_seconds']:.0f} s)"
     )
+    majority = (result.get("majority_class") or {}).get(split)
+    if majority and metric in majority:
+        print(
+            f"majority class (always the commonest training label): {split} {metric} {_score(majority, metric)}"
+        )
     folder = Path(config.output_dir)
     print(f"run folder: {folder}")
     if (folder / "gates.png").is_file():

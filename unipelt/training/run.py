@@ -36,6 +36,7 @@ from unipelt.config import UniPELTConfig
 from unipelt.data import TaskData, glue_task, k_shot_split, load_glue, load_table
 from unipelt.errors import UniPELTError
 from unipelt.metrics import main_metric
+from unipelt.training.baseline import majority_class_scores
 from unipelt.training.config import TrainConfig
 from unipelt.training.model_init import init_regression_bias, regression_output_layer, set_backbone_dropout
 from unipelt.training.task_setup import class_weights, collator, metrics_function, tokenize_split
@@ -237,6 +238,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         "steps": trainer.state.global_step,
         "train_seconds": round(train_seconds, 2),
         "parameters": unipelt.parameter_counts() if unipelt is not None else _ft_counts(model),
+        "majority_class": majority_class_scores(splits),  # the score of always answering the commonest class
         "task_type": splits.task_kind,
         "train_examples": len(splits.train),  # after --oversample
         "class_weights": weights,
