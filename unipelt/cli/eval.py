@@ -20,7 +20,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{data.source}: {len(data)} examples")
         for name, value in metrics.items():
-            print(f"  {name:<12}{100 * value:8.2f}")
+            if name.startswith("support_") or name == "words_cut":  # counts, not rates
+                print(f"  {name:<12}{int(value):8d}")
+            else:
+                print(f"  {name:<12}{100 * value:8.2f}")
     return 0
 
 

@@ -15,6 +15,10 @@ def run(args: argparse.Namespace) -> int:
     from unipelt.inference import Run, read_inputs
 
     trained = Run(args.run)
+    if trained.is_tagger:  # token classification: sentences in, tags and entity spans out
+        from unipelt.inference.tagging import print_tagged
+
+        return print_tagged(trained, args.input, args.format)
     examples = read_inputs(args.input, trained.config.text_columns)
     for record in trained.predict(examples, progress=args.input != "-" and len(examples) > 256):
         if args.format == "jsonl":

@@ -38,12 +38,13 @@ class Run:
         self.labels: list[str] | None = labels["labels"]
         self.regression: bool = labels["regression"]
         self.metric_kind: str = labels["metric_kind"]
+        self.is_tagger = self.metric_kind == "token-classification"  # a token-classification run
         self._model = None
         self._tokenizer = None
 
     def load(self) -> tuple[torch.nn.Module, Any]:
         """(model in eval mode, tokenizer), loaded on first use."""
-        from transformers import AutoModelForSequenceClassification
+        from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
         from transformers.utils import logging as hf_logging
 
         from unipelt.backbones import load_base_model, load_tokenizer
@@ -54,11 +55,14 @@ class Run:
             self._tokenizer = load_tokenizer(self.folder / "tokenizer")
             checkpoint = self.folder / "checkpoint"
             if self.config.method == "ft":  # the whole fine-tuned model was saved: nothing to rebuild
-                self._model = AutoModelForSequenceClassification.from_pretrained(checkpoint)
+                auto = (
+                    AutoModelForTokenClassification if self.is_tagger else AutoModelForSequenceClassification
+                )
+                self._model = auto.from_pretrained(checkpoint)
             else:
                 base = load_base_model(
                     self.config.model,
-                    "regression" if self.regression else "classification",
+                    self.task_kind,
                     labels=self.labels,
                     pad_token_id=self._tokenizer.pad_token_id,
                 )
@@ -66,8 +70,21 @@ class Run:
             self._model.eval()
         return self._model, self._tokenizer
 
+    @property
+    def task_kind(self) -> str:
+        if self.is_tagger:
+            return "token-classification"
+        return "regression" if self.regression else "classification"
+
     def data(self, task: str | None = None, data_dir: str | None = None, path: str | None = None) -> TaskData:
-        """The run's test split by default; another GLUE task split or a file with the run's columns otherwise."""
+        """The run's test split by default; another GLUE task split or a file with the run's columns otherwise
+        (for a tagging run: a CoNLL / JSON-lines file, or the test split of a tagged Hub dataset)."""
+        if self.is_tagger and (path is not None or task is not None or self.config.task is not None):
+            from unipelt.data.conll import load_hub_tokens, load_tokens
+
+            if path is not None:
+                return load_tokens(path, self.config.tag_column, self.labels)
+            return load_hub_tokens(task or self.config.task, "test", self.labels)
         if path is not None:
             return load_table(
                 path,
@@ -102,11 +119,25 @@ class Run:
         return np.concatenate(outputs)
 
     def evaluate(self, data: TaskData, progress: bool = True) -> dict[str, float]:
+        if self.is_tagger:
+            from unipelt.inference.tagging import evaluate_tagged
+
+            model, tokenizer = self.load()
+            return evaluate_tagged(model, tokenizer, data.examples, self.labels, self.config.max_length)
         if any(e.label is None for e in data.examples):
             raise UniPELTError(f"{data.source} has unlabelled examples; `eval` needs labels (use `predict`)")
         logits = self.logits(data.examples, progress=progress)
         labels = np.array([e.label for e in data.examples])
         return compute_task_metrics(self.metric_kind, logits, labels)
+
+    def tag(self, sentences: list[Any]) -> Iterator[dict[str, Any]]:
+        """Tags, word scores and entity spans of a tagging run for each sentence (a TokenExample)."""
+        from unipelt.inference.tagging import tag_sentences
+
+        if not self.is_tagger:
+            raise UniPELTError(f"{self.folder} is not a token-classification run")
+        model, tokenizer = self.load()
+        return tag_sentences(model, tokenizer, sentences, self.labels, self.config.max_length)
 
     def predict(self, examples: list[Example], progress: bool = False) -> Iterator[dict[str, Any]]:
         logits = self.logits(examples, progress=progress)
