@@ -4,6 +4,7 @@ with checkpoints, the trained weights stay in them, and restoring brings the mod
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -218,3 +219,67 @@ def test_optimize_command_writes_a_run_that_loads_evaluates_and_restores(
     assert folded["test"]["after"]["accuracy"] == pytest.approx(
         folded["test"]["before"]["accuracy"], abs=0.07
     )
+
+
+def test_hard_concrete_gate_samples_exact_zeros_and_ones_and_is_deterministic_in_eval():
+    from unipelt.gates import HardConcreteGate
+
+    gate = HardConcreteGate(["a", "b"], init_log_alpha=0.0)
+    with torch.no_grad():
+        gate.log_alpha.copy_(torch.tensor([-4.0, 4.0]))
+    x = torch.zeros(4000, 3, 8)
+    values = gate(x, None, "mean")
+    assert values["a"].shape == (4000,)
+    assert ((values["a"] == 0).float().mean() > 0.5) and ((values["b"] == 1).float().mean() > 0.5)
+    assert 0 < ((values["a"] > 0) & (values["a"] < 1)).float().mean() < 0.5  # the relaxed part in between
+    gate.eval()
+    assert gate(x, None, "mean")["a"].unique().tolist() == [0.0]
+    assert gate(x, None, "token")["b"].shape == (4000, 3) and bool((gate(x, None, "mean")["b"] == 1).all())
+    p = gate.probability_open()
+    p.sum().backward()
+    assert p[0] < 0.1 < 0.9 < p[1] and bool((gate.log_alpha.grad > 0).all())
+    assert gate.subset(["b"]).log_alpha.tolist() == [4.0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sparsity, pruned", [(-300.0, 0), (300.0, 8)])  # pushed open / closed
+def test_autopelt_training_prunes_closed_units_and_writes_its_tables(
+    tiny_model_dir, glue_dir, tmp_path, sparsity, pruned
+):
+    import json
+
+    from unipelt.inference import Run
+    from unipelt.training import TrainConfig, train
+
+    config = TrainConfig(
+        output_dir=str(tmp_path / "run"),
+        model=str(tiny_model_dir),
+        method="autopelt",
+        task="rte",
+        data_dir=str(glue_dir),
+        k=16,
+        n_valid=16,
+        epochs=3,
+        batch_size=8,
+        max_length=64,
+        threads=1,
+        lr_gates=20.0,  # with 2 steps an epoch, the gates must close within the first (best) epoch
+        patience=10,
+        sparsity_weight=sparsity,
+        latency_weight=0.0,
+    )
+    result = train(config)
+    run = Path(config.output_dir)
+    table = json.loads((run / "latency.json").read_text())
+    assert table["deployed"]["lora"] == 0.0 and set(table["measured"]) == {"lora", "prefix", "adapter"}
+    track = [json.loads(line) for line in (run / "autopelt.jsonl").read_text().splitlines()]
+    assert len(track) == 3 and len(track[-1]["units"]) == 8 and set(track[-1]["entropy"]) == {"0", "1"}
+    assert (run / "autopelt_curves.png").stat().st_size > 0 and (run / "autopelt.png").stat().st_size > 0
+    plan = read_plan(run / "checkpoint")
+    assert len(plan.prune) == pruned and len(plan.prune) + len(plan.fold) == 8
+    assert result["autopelt"]["counts"]["adapter"]["prune"] == pruned // 4
+    model, _ = Run(run).load()
+    assert all(layer.gate is None for layer in model.tasks["default"].layers)  # nothing input-dependent left
+    assert (model.tasks["default"].prefix is None) == (pruned == 8)
+    data = Run(run).data()
+    assert Run(run).evaluate(data, progress=False)["accuracy"] == pytest.approx(result["test"]["accuracy"])

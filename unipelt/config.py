@@ -22,7 +22,7 @@ from typing import Any
 
 from unipelt.errors import UniPELTError
 
-GATES = ("sigmoid", "softmax", "none")
+GATES = ("sigmoid", "softmax", "concrete", "none")
 POOLINGS = ("auto", "mean", "token")
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 
@@ -38,6 +38,7 @@ class UniPELTConfig:
     modules: list[str] = field(default_factory=lambda: ["lora", "prefix", "adapter"])
 
     # Gates. "sigmoid" is the paper's gate; "softmax" a per-layer router over the enabled sub-modules;
+    # "concrete" a learnt input-independent hard-concrete switch per site (AutoPELT's module selection);
     # "none" is the ungated ablation. Pooling "auto" means "mean" (mask-aware, one gate per example) for
     # encoders and "token" (one gate per token, which keeps decoders causal and KV-cache exact) for decoders.
     gate: str = "sigmoid"
@@ -256,4 +257,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "ap-nogate": {"modules": ["prefix", "adapter"], "gate": "none"},
     "ia3": {"modules": ["ia3"], "gate": "none"},
     "bitfit": {"modules": ["bitfit"], "gate": "none"},
+    # AutoPELT: the paper's three modules, each switched on or off per layer by a learnt hard-concrete gate
+    # under a latency and sparsity cost (unipelt.autopelt); closed ones are pruned after training.
+    "autopelt": {"modules": ["lora", "prefix", "adapter"], "gate": "concrete"},
 }

@@ -65,6 +65,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         "gate_warmup_steps": args.gate_warmup_steps,
         "gate_penalty": args.gate_penalty,
         "gate_penalty_weight": args.gate_penalty_weight,
+        "latency_weight": args.latency_weight,
+        "sparsity_weight": args.sparsity_weight,
         "precision": args.precision,
         "backbone_dropout": args.backbone_dropout,
         "regression_bias": args.regression_bias,
@@ -205,6 +207,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--gate-penalty", default="none", choices=["none", "sparsity", "entropy"])
     p.add_argument("--gate-penalty-weight", type=float, default=0.0)
+    p.add_argument(
+        "--latency-weight",
+        type=float,
+        default=1.0,
+        help="--method autopelt: weight of the expected latency (fraction of the base forward) in the loss",
+    )
+    p.add_argument(
+        "--sparsity-weight",
+        type=float,
+        default=0.01,
+        help="--method autopelt: weight of the mean open probability of the gates (L1/L0) in the loss",
+    )
     p.add_argument("--router-temperature", type=float, help="softmax router temperature")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument(

@@ -2,6 +2,7 @@
 
 - :class:`SigmoidGate`: the paper's independent sigmoid gates, one per site.
 - :class:`SoftmaxRouter`: a softmax over the enabled sub-modules of a layer.
+- :class:`HardConcreteGate`: a learnt relaxed binary switch per site, input-independent (AutoPELT).
 
 Both return ``{site: tensor}`` with shape (B,) for pooled gates or (B, T) for per-token gates.
 """
@@ -10,11 +11,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from unipelt.gates.concrete import HardConcreteGate
 from unipelt.gates.pooling import broadcastable, masked_mean
 from unipelt.gates.router import SoftmaxRouter
 from unipelt.gates.sigmoid import SigmoidGate
 
-GATE_TYPES = (SigmoidGate, SoftmaxRouter)
+GATE_TYPES = (SigmoidGate, SoftmaxRouter, HardConcreteGate)
 
 
 def build_layer_gate(kind: str, hidden_size: int, sites: list[str], config) -> nn.Module | None:
@@ -23,7 +25,17 @@ def build_layer_gate(kind: str, hidden_size: int, sites: list[str], config) -> n
         return None
     if kind == "softmax":
         return SoftmaxRouter(hidden_size, sites, config.router_hidden, config.router_temperature)
+    if kind == "concrete":
+        return HardConcreteGate(sites)
     return SigmoidGate(hidden_size, sites)
 
 
-__all__ = ["GATE_TYPES", "SigmoidGate", "SoftmaxRouter", "broadcastable", "build_layer_gate", "masked_mean"]
+__all__ = [
+    "GATE_TYPES",
+    "HardConcreteGate",
+    "SigmoidGate",
+    "SoftmaxRouter",
+    "broadcastable",
+    "build_layer_gate",
+    "masked_mean",
+]

@@ -54,11 +54,11 @@ class BottleneckAdapter(PeftModule):
             gated=config.gate == "sigmoid",
             pooling=config.resolved_pooling(spec.arch),
         )
-        adapter.routed = config.gate == "softmax"
+        adapter.routed = config.gate in ("softmax", "concrete")  # its weight comes from the layer's gate
         return adapter
 
     def gate_sites(self, gate: str) -> list[str]:
-        return ["adapter"] if gate == "softmax" else []
+        return ["adapter"] if gate in ("softmax", "concrete") else []
 
     def sites(self) -> list[tuple[str, str]]:
         return [("ffn_output", "output")]

@@ -88,7 +88,7 @@ class LoRALayer(PeftModule):
     def gate_sites(self, gate: str) -> list[str]:
         if gate == "softmax":
             return ["lora"]
-        return [f"lora_{target}" for target in self.slots] if gate == "sigmoid" else []
+        return [f"lora_{target}" for target in self.slots] if gate in ("sigmoid", "concrete") else []
 
     def sites(self) -> list[tuple[str, str]]:
         return [(target, "output") for target in self.slots]

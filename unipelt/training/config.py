@@ -32,10 +32,14 @@ DEFAULT_LR: dict[str, float] = {
     "unipelt": 5e-4,
     "unipelt-router": 5e-4,
     "ap-nogate": 5e-4,
+    "autopelt": 5e-4,
     # Not tuned here: the usual rates of the IA3 (Liu et al. 2022) and BitFit (Ben Zaken et al. 2022) papers.
     "ia3": 3e-3,
     "bitfit": 1e-3,
 }
+
+
+AUTOPELT_GATE_LR = 0.05
 
 
 @dataclass
@@ -90,6 +94,9 @@ class TrainConfig:
     gate_warmup_steps: int = 0
     gate_penalty: str = "none"  # none | sparsity | entropy
     gate_penalty_weight: float = 0.0
+    # --method autopelt: loss = task + latency_weight * expected latency + sparsity_weight * mean open gate
+    latency_weight: float = 1.0
+    sparsity_weight: float = 0.01
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     # dropout of the base model (hidden, attention, its classifier); None keeps the model's own. The added
     # modules keep theirs. See unipelt.training.model_init.
@@ -123,11 +130,16 @@ class TrainConfig:
         if self.method != "ft":
             UniPELTConfig.from_preset(self.method, **self.unipelt)  # raises on unknown fields
 
+    def _default_gate_lr(self, base: float) -> float:
+        # A hard-concrete gate's log_alpha must travel several units to close within a run: a rate of 5e-4
+        # moves it by ~0.3 over 600 steps, so autopelt's gates learn at a fixed, much higher rate.
+        return AUTOPELT_GATE_LR if self.method == "autopelt" else base
+
     def learning_rates(self) -> dict[str, float]:
         base = self.lr if self.lr is not None else DEFAULT_LR[self.method]
         return {
             "added": base,
-            "gates": self.lr_gates if self.lr_gates is not None else base,
+            "gates": self.lr_gates if self.lr_gates is not None else self._default_gate_lr(base),
             "head": self.lr_head if self.lr_head is not None else base,
             "backbone": self.lr_backbone if self.lr_backbone is not None else base,
         }

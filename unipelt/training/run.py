@@ -209,6 +209,13 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
 
     compute_metrics = metrics_function(splits.metric_kind, splits.label_list)
 
+    autopelt = None
+    if config.method == "autopelt":  # module selection: latency table, loss, tracking
+        from unipelt.autopelt.training import Session
+
+        autopelt = Session(
+            config, unipelt, run_dir, datasets, collator(splits.task_kind, tokenizer), compute_metrics
+        )
     trainer = make_trainer_class()(
         model=model,
         args=training_arguments(config, trainer_dir, metric),
@@ -216,7 +223,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
         eval_dataset=datasets["valid"],
         data_collator=collator(splits.task_kind, tokenizer),
         compute_metrics=compute_metrics,
-        callbacks=[*run_callbacks(config, run_dir, unipelt), *callbacks],
+        callbacks=[*run_callbacks(config, run_dir, unipelt), *(autopelt.callbacks if autopelt else []), *callbacks],
         run_config=config,
     )
     trainer.class_weights = weights  # for ft, whose loss is the base model's own (UniPELT tasks hold theirs)
@@ -246,6 +253,8 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     }
     if trainer.is_world_process_zero():
         _save_final(model, unipelt, tokenizer, run_dir, splits)
+        if autopelt is not None:  # gates made hard: the plan goes into the checkpoint, metrics are the deployed
+            result = autopelt.finish(result)
         if unipelt is not None:
             _write_gate_report(unipelt, trainer, datasets.get("test") or datasets["valid"], run_dir)
         _write_learning_curves(run_dir)
