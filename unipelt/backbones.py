@@ -97,6 +97,7 @@ def load_base_model(
     path = resolve_model(str(path_or_name))
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected: that is the head we train
     try:
+        check_model_kind(AutoConfig.from_pretrained(path), auto, path_or_name, task_kind)
         if init == "pretrained":
             model = auto.from_pretrained(path, ignore_mismatched_sizes=True, **kwargs)
         else:
@@ -112,6 +113,31 @@ def load_base_model(
     if pad_token_id is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     return model
+
+
+def check_model_kind(config: Any, auto: Any, name: str | Path, task_kind: str) -> None:
+    """Refuse, in one line that says what is supported, a model the task's Auto class cannot build (a vision,
+    audio or sequence-to-sequence model), instead of Transformers' list of 150 configuration classes."""
+    from transformers.models.auto import modeling_auto as names
+
+    if type(config) in auto._model_mapping:
+        return
+    from unipelt.errors import UnsupportedModelError
+    from unipelt.inject.architectures import ARCHITECTURES
+
+    model_type = getattr(config, "model_type", "?")
+    kinds = (
+        ("an image model", "MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES"),
+        ("a vision model", "MODEL_FOR_VISION_2_SEQ_MAPPING_NAMES"),
+        ("an audio model", "MODEL_FOR_AUDIO_CLASSIFICATION_MAPPING_NAMES"),
+        ("a speech model", "MODEL_FOR_SPEECH_SEQ_2_SEQ_MAPPING_NAMES"),
+        ("a sequence-to-sequence model", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"),
+    )
+    kind = next((text for text, table in kinds if model_type in getattr(names, table, {})), "a model")
+    raise UnsupportedModelError(
+        f"{str(name)!r} is {kind} ({model_type}), which unipelt cannot use for {task_kind}: it trains text "
+        f"encoders and decoder-only language models of these types: {', '.join(sorted(ARCHITECTURES))}"
+    )
 
 
 def load_tokenizer(path: str | Path) -> Any:

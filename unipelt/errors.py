@@ -15,3 +15,7 @@ class CheckpointMismatchError(UniPELTError):
 
 class DataError(UniPELTError):
     """A data file is missing, empty, badly encoded, or lacks a column or label."""
+
+
+class TrainingDivergedError(UniPELTError):
+    """The training loss became non-finite or exploded, and the run was stopped (``--on-divergence stop``)."""

@@ -13,7 +13,7 @@ def run(args: argparse.Namespace) -> int:
     from unipelt.inference import Run
 
     trained = Run(args.run)
-    data = trained.data(task=args.task, data_dir=args.data_dir, path=args.data)
+    data = trained.data(task=args.task, data_dir=args.data_dir, path=args.data, encoding=args.encoding)
     metrics = trained.evaluate(data)
     if args.json:
         print(json.dumps({"data": data.source, "examples": len(data), **metrics}, indent=2))
@@ -33,6 +33,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--task", help=GLUE_HELP)
     p.add_argument("--data-dir")
     p.add_argument("--data", help="a labelled file with the run's columns")
+    p.add_argument("--encoding", help="text encoding of --data (default: the run's --encoding, else utf-8)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
     return p

@@ -72,6 +72,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         "regression_bias": args.regression_bias,
         "max_steps": args.max_steps,
         "threads": args.threads,
+        "encoding": args.encoding,
+        "on_divergence": args.on_divergence,
     }
     if args.router_temperature is not None:
         fields["unipelt"]["router_temperature"] = args.router_temperature
@@ -234,5 +236,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="start a regression head's output bias at the training labels' mean (default) or at zero",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument(
+        "--encoding",
+        default="utf-8",
+        help="text encoding of your --train/--valid/--test files, e.g. cp1252 for an Excel CSV (default utf-8)",
+    )
+    p.add_argument(
+        "--on-divergence",
+        default="stop",
+        choices=["stop", "continue"],
+        help="a non-finite or exploding training loss stops the run (default), or is only recorded",
+    )
     p.set_defaults(func=run)
     return p

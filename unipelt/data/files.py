@@ -7,6 +7,7 @@ wrong number of fields, a missing column.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 from collections.abc import Iterator, Sequence
@@ -15,8 +16,20 @@ from pathlib import Path
 from unipelt.errors import DataError
 
 
-def _read_text(path: Path) -> str:
-    """Read a whole file as UTF-8 (a BOM is dropped), turning decode errors into a DataError with a line number.
+def check_encoding(name: str) -> str:
+    """The canonical name of a text encoding (``--encoding``), or a DataError for one Python does not know."""
+    try:
+        return codecs.lookup(name).name
+    except (LookupError, TypeError):
+        raise DataError(
+            f"unknown text encoding {name!r}; use a name such as utf-8, cp1252 (Excel on Windows), latin-1 or "
+            "utf-16"
+        ) from None
+
+
+def _read_text(path: Path, encoding: str = "utf-8") -> str:
+    """Read a whole file in ``encoding`` (UTF-8: a BOM is dropped), turning decode errors into a DataError with a
+    line number.
 
     Decoding the bytes ourselves, instead of iterating a text file, lets the message say on which line the
     bad byte sits: that is what a user needs to find a stray Latin-1 or Windows-1252 character.
@@ -26,14 +39,20 @@ def _read_text(path: Path) -> str:
     if path.is_dir():
         raise DataError(f"{path} is a folder, not a data file. Pass the path of a .csv, .tsv or .jsonl file.")
     raw = path.read_bytes()
+    codec = check_encoding(encoding)
     try:
-        return raw.decode("utf-8-sig")
+        return raw.decode("utf-8-sig" if codec == "utf-8" else codec)
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
+        if codec != "utf-8":
+            raise DataError(
+                f"{path}, line {line}: byte 0x{raw[err.start]:02x} is not valid {codec} (--encoding {encoding}). "
+                f"Give the encoding the file was saved in."
+            ) from None
         raise DataError(
             f"{path}, line {line}: byte 0x{raw[err.start]:02x} is not valid UTF-8 (the file was read as UTF-8, "
             f"with or without a BOM). The file is probably in another encoding such as Latin-1 or Windows-1252: "
-            f"re-save it as UTF-8 (e.g. 'CSV UTF-8' in Excel, or `iconv -f cp1252 -t utf-8 in > out`)."
+            f"pass --encoding cp1252 (or the file's encoding), or re-save it as UTF-8 (e.g. 'CSV UTF-8' in Excel)."
         ) from None
 
 

@@ -40,14 +40,16 @@ def _jsonl_records(text: str, path: Path) -> Iterator[tuple[int, dict[str, Any]]
         yield line, record
 
 
-def _table_records(path: Path, wanted: Sequence[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+def _table_records(
+    path: Path, wanted: Sequence[str], encoding: str = "utf-8"
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line, {column: value}) for the wanted columns of a CSV, TSV or JSONL file."""
     kind = _TABLE_FORMATS.get(path.suffix.lower())
     if kind is None:
         raise DataError(
             f"{path}: unknown file type {path.suffix or '(no extension)'!r}. Use a .csv, .tsv or .jsonl file."
         )
-    text = _read_text(path)
+    text = _read_text(path, encoding)
     if not text.strip():
         raise DataError(f"{path} is empty. Give a file with a header line and at least one row.")
 
@@ -96,6 +98,7 @@ def load_table(
     label_column: str | None,
     label_list: Sequence[str] | None = None,
     regression: bool = False,
+    encoding: str = "utf-8",
 ) -> TaskData:
     """Load the user's own CSV, TSV or JSONL file (chosen by extension) as :class:`TaskData`.
 
@@ -103,6 +106,7 @@ def load_table(
     become ids in ``label_list`` order, or in sorted order of the labels found when no list is given; pass the
     list when scoring a file that may lack some classes, so ids match the ones used in training. With
     ``regression`` the labels must be numbers and stay floats. ``label_column=None`` loads unlabelled text.
+    ``encoding`` is the file's text encoding (UTF-8 by default, e.g. ``cp1252`` for an Excel CSV).
     """
     file = Path(path).expanduser()
     if not 1 <= len(text_columns) <= 2:
@@ -113,7 +117,7 @@ def load_table(
 
     texts: list[tuple[str, str | None]] = []
     raw_labels: list[tuple[int, Any]] = []
-    for line, record in _table_records(file, wanted):
+    for line, record in _table_records(file, wanted, encoding):
         pair = []
         for column in text_columns:
             value = record[column]

@@ -94,6 +94,8 @@ class TrainConfig:
     gate_warmup_steps: int = 0
     gate_penalty: str = "none"  # none | sparsity | entropy
     gate_penalty_weight: float = 0.0
+    # std of a normal initialisation of the gate weights (biases zero); None keeps PyTorch's default init
+    gate_init_std: float | None = None
     # --method autopelt: loss = task + latency_weight * expected latency + sparsity_weight * mean open gate
     latency_weight: float = 1.0
     sparsity_weight: float = 0.01
@@ -125,6 +127,8 @@ class TrainConfig:
             raise UniPELTError(f"backbone_dropout must be in [0, 1), got {self.backbone_dropout}")
         if self.regression_bias not in ("label-mean", "zero"):
             raise UniPELTError(f"regression_bias must be label-mean or zero, not {self.regression_bias!r}")
+        if self.gate_init_std is not None and self.gate_init_std < 0:
+            raise UniPELTError(f"gate_init_std must be >= 0, got {self.gate_init_std}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UniPELTError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
         if self.method != "ft":

@@ -155,8 +155,14 @@ def _save_final(model, unipelt, tokenizer, run_dir: Path, splits: Splits) -> Non
     atomic_directory(run_dir / "tokenizer", lambda folder: tokenizer.save_pretrained(folder))
 
 
-def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
-    """Train one run into ``config.output_dir`` and return its metrics (also written to metrics.json)."""
+def train(
+    config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = (), evaluate_test: bool = True
+) -> dict[str, Any]:
+    """Train one run into ``config.output_dir`` and return its metrics (also written to metrics.json).
+
+    ``evaluate_test=False`` neither tokenises nor evaluates the test split (hyper-parameter search chooses on
+    validation data only); the gate report then uses the validation split.
+    """
     from transformers import set_seed
 
     run_dir = Path(config.output_dir)
@@ -178,6 +184,10 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     splits = load_splits(config)  # bad data fails here, before the run folder exists
     set_seed(config.seed)
     model, unipelt, tokenizer = build_model(config, splits)
+    if unipelt is not None and config.gate_init_std is not None:
+        from unipelt.gates.init import init_gate_weights
+
+        init_gate_weights(unipelt, config.gate_init_std)
     if config.gradient_checkpointing:
         from unipelt.training.causal_lm import enable_gradient_checkpointing
 
@@ -188,7 +198,7 @@ def train(config: TrainConfig, resume: bool = False, callbacks: Sequence[Any] = 
     tokenized = {
         name: tokenize_split(splits.task_kind, data, tokenizer, config.max_length)
         for name, data in (("train", splits.train), ("valid", splits.valid), ("test", splits.test))
-        if data is not None
+        if data is not None and (name != "test" or evaluate_test)
     }
     datasets = {name: dataset for name, (dataset, _) in tokenized.items()}
     alignment = {name: report for name, (_, report) in tokenized.items() if report}

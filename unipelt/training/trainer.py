@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from unipelt.training.config import TrainConfig
+from unipelt.training.faults import kill_point
+from unipelt.training.resume import mark_complete
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainingArguments
@@ -51,6 +53,7 @@ def training_arguments(config: TrainConfig, trainer_dir: Path, metric: str) -> T
         eval_strategy="epoch",
         save_strategy="epoch",
         save_total_limit=2,
+        restore_callback_states_from_checkpoint=True,  # early stopping's patience count survives a resume
         load_best_model_at_end=True,
         metric_for_best_model=metric,
         greater_is_better=True,
@@ -88,9 +91,12 @@ def make_trainer_class() -> type[Trainer]:
     class UniPELTTrainer(Trainer):
         """Trainer with per-group learning rates, gate penalties and added-weights-only checkpoints."""
 
-        def __init__(self, *args: Any, run_config: TrainConfig, **kwargs: Any) -> None:
+        def __init__(
+            self, *args: Any, run_config: TrainConfig, divergence_guard: Any = None, **kwargs: Any
+        ) -> None:
             super().__init__(*args, **kwargs)
             self.run_config = run_config
+            self.divergence_guard = divergence_guard  # a guards.DivergenceGuard that sees every step's loss
             self.unipelt = self.model if isinstance(self.model, UniPELTModel) else None
 
         def create_optimizer(self, model=None):
@@ -160,6 +166,23 @@ def make_trainer_class() -> type[Trainer]:
             output_dir = output_dir or self.args.output_dir
             os.makedirs(output_dir, exist_ok=True)
             self.unipelt.save_pretrained(Path(output_dir) / "unipelt")
+            kill_point(f"checkpoint-save:{self.state.global_step}")
+
+        def _save_checkpoint(self, model, trial):
+            # The Trainer writes the checkpoint's files one after another; the mark written last says that
+            # all of them are there (see unipelt.training.resume).
+            super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                step = self.state.global_step
+                folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
+                kill_point(f"checkpoint-complete:{step}")
+                mark_complete(folder)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            if self.divergence_guard is not None:
+                self.divergence_guard.observe(loss)
+            return loss
 
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
             if self.unipelt is None:
@@ -172,11 +195,9 @@ def make_trainer_class() -> type[Trainer]:
             self._load_added(Path(self.state.best_model_checkpoint) / "unipelt")
 
         def _load_added(self, folder: Path) -> None:
-            from safetensors.torch import load_file
+            from unipelt.checkpoint import read_weights
 
-            from unipelt.checkpoint import WEIGHTS_NAME
-
-            self.unipelt.load_added_state_dict(load_file(str(folder / WEIGHTS_NAME)), source=str(folder))
+            self.unipelt.load_added_state_dict(read_weights(folder), source=str(folder))
 
     return UniPELTTrainer
 
