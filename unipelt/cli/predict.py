@@ -19,7 +19,9 @@ def run(args: argparse.Namespace) -> int:
         from unipelt.inference.tagging import print_tagged
 
         return print_tagged(trained, args.input, args.format)
-    examples = read_inputs(args.input, trained.config.text_columns)
+    task = trained.config.task.upper() if trained.config.task else None
+    encoding = args.encoding or trained.config.encoding
+    examples = read_inputs(args.input, trained.input_columns, encoding, task)
     for record in trained.predict(examples, progress=args.input != "-" and len(examples) > 256):
         if args.format == "jsonl":
             print(json.dumps(record))
@@ -40,5 +42,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--input", required=True, help="file (.csv/.tsv/.jsonl with the run's text columns, or lines) or -"
     )
     p.add_argument("--format", default="jsonl", choices=["jsonl", "table"])
+    p.add_argument("--encoding", help="text encoding of --input (default: the run's --encoding, else utf-8)")
     p.set_defaults(func=run)
     return p

@@ -8,7 +8,6 @@ the shape and label map it was trained with.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,9 +17,11 @@ import numpy as np
 import torch
 
 from unipelt.data import Example, TaskData, load_glue, load_table, tokenize_examples
+from unipelt.data.files import _read_text
+from unipelt.data.glue import glue_task, is_glue_task
 from unipelt.errors import UniPELTError
 from unipelt.metrics import compute_task_metrics
-from unipelt.training import TrainConfig
+from unipelt.training.run_files import read_labels, read_run_config
 
 
 class Run:
@@ -33,8 +34,8 @@ class Run:
                 raise UniPELTError(
                     f"{self.folder} is not a finished unipelt run (no {name}); give the --out folder of `unipelt train`"
                 )
-        self.config = TrainConfig.from_dict(json.loads((self.folder / "config.json").read_text()))
-        labels = json.loads((self.folder / "labels.json").read_text())
+        self.config = read_run_config(self.folder)
+        labels = read_labels(self.folder)
         self.labels: list[str] | None = labels["labels"]
         self.regression: bool = labels["regression"]
         self.metric_kind: str = labels["metric_kind"]
@@ -58,7 +59,7 @@ class Run:
                 auto = (
                     AutoModelForTokenClassification if self.is_tagger else AutoModelForSequenceClassification
                 )
-                self._model = auto.from_pretrained(checkpoint)
+                self._model = _load_full_model(auto, checkpoint)
             else:
                 base = load_base_model(
                     self.config.model,
@@ -71,12 +72,28 @@ class Run:
         return self._model, self._tokenizer
 
     @property
+    def input_columns(self) -> list[str]:
+        """The text fields of a prediction input: a GLUE pair task's two field names (e.g. sentence1 and
+        sentence2 for RTE), else the run's text columns."""
+        if self.config.task is not None and is_glue_task(self.config.task):
+            columns = glue_task(self.config.task).hf_text_columns
+            if len(columns) == 2:
+                return list(columns)
+        return list(self.config.text_columns)
+
+    @property
     def task_kind(self) -> str:
         if self.is_tagger:
             return "token-classification"
         return "regression" if self.regression else "classification"
 
-    def data(self, task: str | None = None, data_dir: str | None = None, path: str | None = None) -> TaskData:
+    def data(
+        self,
+        task: str | None = None,
+        data_dir: str | None = None,
+        path: str | None = None,
+        encoding: str | None = None,
+    ) -> TaskData:
         """The run's test split by default; another GLUE task split or a file with the run's columns otherwise
         (for a tagging run: a CoNLL / JSON-lines file, or the test split of a tagged Hub dataset)."""
         if self.is_tagger and (path is not None or task is not None or self.config.task is not None):
@@ -92,6 +109,7 @@ class Run:
                 self.config.label_column,
                 self.labels,
                 regression=self.regression,
+                encoding=encoding or self.config.encoding,
             )
         task = task or self.config.task
         if task is None:
@@ -160,26 +178,55 @@ class Run:
             yield record
 
 
-def read_inputs(source: str, text_columns: list[str]) -> list[Example]:
-    """Texts to predict: a CSV/TSV/JSONL file with the run's text columns, or plain lines from a file or '-'.
+def _load_full_model(auto: Any, checkpoint: Path) -> torch.nn.Module:
+    """A fully fine-tuned run's model, with one clear error when its files are damaged."""
+    from safetensors import SafetensorError
 
-    Plain lines may hold two texts separated by a tab, for pair tasks.
+    try:
+        return auto.from_pretrained(checkpoint)
+    except (OSError, ValueError, SafetensorError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UniPELTError(
+            f"{checkpoint} cannot be loaded ({first}); the run's model files are truncated or damaged"
+        ) from None
+
+
+def read_inputs(
+    source: str, text_columns: list[str], encoding: str = "utf-8", task: str | None = None
+) -> list[Example]:
+    """Texts to predict: a CSV/TSV/JSONL file with ``text_columns``, or plain lines from a file or '-'.
+
+    With two text columns (a sentence-pair task such as RTE) each plain line must hold the two texts separated
+    by a tab: a line with one text is refused, since the model would silently score it against an empty second
+    text. With one column a whole line is one text. ``task`` names the task in that message.
     """
     if source != "-" and Path(source).suffix.lower() in (".csv", ".tsv", ".jsonl"):
-        return load_table(source, text_columns, None).examples
+        return load_table(source, text_columns, None, encoding=encoding).examples
     if source == "-":
         lines: Iterable[str] = sys.stdin.read().splitlines()
     else:
         path = Path(source)
         if not path.is_file():
             raise UniPELTError(f"input file not found: {path}")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = _read_text(path, encoding).splitlines()
+    pair = len(text_columns) == 2
     examples = []
-    for line in lines:
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        if not pair:
+            examples.append(Example(line, None, None))
+            continue
         parts = line.split("\t")
-        examples.append(Example(parts[0], parts[1] if len(parts) > 1 else None, None))
+        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
+            a, b = text_columns
+            raise UniPELTError(
+                f"{'standard input' if source == '-' else source}, line {number}: {task or 'this run'} is a "
+                f"sentence-pair task, so each line needs two texts separated by a tab (found "
+                f"{len(parts)} field{'s' if len(parts) != 1 else ''}), e.g. 'A man is sleeping.<TAB>A person "
+                f'rests.\'; or give a .jsonl file with both fields per line: {{"{a}": "...", "{b}": "..."}}'
+            )
+        examples.append(Example(parts[0], parts[1], None))
     if not examples:
         raise UniPELTError(f"no texts to predict in {source!r}")
     return examples
