@@ -80,10 +80,29 @@ def kshot_config(
     return dataclasses.replace(config, **overrides)
 
 
+def read_hyper(paths: list[str]) -> dict[str, dict]:
+    """Overrides per ``method`` or ``task/method`` from hyper.json files and ``unipelt tune``'s best.json files.
+
+    A best.json (it has a ``tuning`` entry) gives the TrainConfig fields its search chose, under the key
+    ``task/method`` of its own run; later files win over earlier ones.
+    """
+    hyper: dict[str, dict] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        if "tuning" in data:
+            task = data.get("task") or Path(data["train_file"]).stem
+            key = f"{task}/{data['method']}"
+            hyper[key] = {**hyper.get(key, {}), **data["tuning"]["overrides"]}
+        else:
+            for key, overrides in data.items():
+                hyper[key] = {**hyper.get(key, {}), **overrides}
+    return hyper
+
+
 def run_grid(args: argparse.Namespace) -> None:
     from unipelt.training import train
 
-    hyper = json.loads(Path(args.hyper).read_text()) if args.hyper else {}
+    hyper = read_hyper(args.hyper or [])
     todo = list(cells(args.tasks, args.k, args.methods, args.seeds))
     index, count = args.shard
     mine = [cell for i, cell in enumerate(todo) if i % count == index]
@@ -230,7 +249,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int)
-    parser.add_argument("--hyper", help="JSON file of per-method (or 'task/method') TrainConfig overrides")
+    parser.add_argument(
+        "--hyper",
+        nargs="+",
+        help="JSON files of per-method (or 'task/method') TrainConfig overrides, or best.json files of "
+        "unipelt tune (each applies to its own task and method)",
+    )
     parser.add_argument(
         "--shard",
         type=lambda s: tuple(int(x) for x in s.split("/")),

@@ -19,15 +19,74 @@ if TYPE_CHECKING:
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
-    """The run configuration the flags describe (the run folder defaults to runs/TASK-METHOD[-kK])."""
+    """The run configuration the flags describe, on top of ``--config FILE`` when given.
+
+    A field of the file is kept unless a flag sets it to something other than the flag's default (so a flag
+    given with its default value does not override the file). The run folder defaults to
+    runs/TASK-METHOD[-kK].
+    """
     from unipelt.training import TrainConfig
 
+    flags = _flag_fields(args)
+    if not getattr(args, "config", None):
+        return TrainConfig(**flags)
+    defaults = _flag_fields(_default_args())
+    fields = {**read_config_file(args.config)}
+    for key, value in flags.items():
+        if key == "unipelt":
+            fields["unipelt"] = {**fields.get("unipelt", {}), **value}
+        elif key != "output_dir" and (value != defaults[key] or key not in fields):
+            fields[key] = value
+    if getattr(args, "out", None) or "output_dir" not in fields:
+        fields["output_dir"] = args.out or _default_out(fields.get("task"), fields)
+    return TrainConfig(**fields)
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """TrainConfig fields from a JSON file (a run's config.json or ``unipelt tune``'s best.json)."""
+    import dataclasses
+    import json
+
+    from unipelt.errors import UniPELTError
+    from unipelt.training import TrainConfig
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise UniPELTError(f"cannot read --config {path}: {error.strerror or error}") from None
+    except json.JSONDecodeError as error:
+        raise UniPELTError(f"--config {path} is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise UniPELTError(f"--config {path} must hold a JSON object of TrainConfig fields")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    ignored = {"tuning", "resolved_unipelt"}  # what best.json and a run's config.json add around the fields
+    unknown = sorted(set(data) - known - ignored)
+    if unknown:
+        raise UniPELTError(f"--config {path}: unknown field(s) {', '.join(unknown)}")
+    return {k: v for k, v in data.items() if k in known}
+
+
+def _default_out(task: str | None, fields: dict[str, Any]) -> str:
+    name = task or Path(fields["train_file"]).stem
+    k = fields.get("k")
+    return str(Path("runs") / (f"{name}-{fields['method']}" + (f"-k{k}" if k else "")))
+
+
+def _default_args() -> argparse.Namespace:
+    """The namespace of a command line that gives no run flag at all (to tell which flags were given)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_run_arguments(parser)
+    return parser.parse_args([])
+
+
+def _flag_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainConfig fields from the run flags alone."""
     data_dir = args.data_dir or os.environ.get(DATA_DIR_ENV)
     task = None if args.train else args.task
-    name = task or Path(args.train).stem
-    out = args.out or str(Path("runs") / f"{name}-{args.method}" + (f"-k{args.k}" if args.k else ""))
+    out = getattr(args, "out", None)
     fields = {
-        "output_dir": out,
+        "output_dir": out
+        or _default_out(task, {"train_file": args.train, "method": args.method, "k": args.k}),
         "model": args.model,
         "method": args.method,
         "unipelt": dict(args.set or []),
@@ -67,6 +126,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         "gate_penalty_weight": args.gate_penalty_weight,
         "latency_weight": args.latency_weight,
         "sparsity_weight": args.sparsity_weight,
+        "gate_init_std": args.gate_init_std,
         "precision": args.precision,
         "backbone_dropout": args.backbone_dropout,
         "regression_bias": args.regression_bias,
@@ -77,7 +137,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     }
     if args.router_temperature is not None:
         fields["unipelt"]["router_temperature"] = args.router_temperature
-    return TrainConfig(**fields)
+    return fields
 
 
 def _score(metrics: dict[str, float], metric: str) -> str:
@@ -121,9 +181,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help="train on a GLUE task or your own CSV/TSV/JSONL")
+    add_run_arguments(p)
+    p.add_argument("--seeds", type=int_list, help="several seeds, e.g. 1,2,3: mean and std are reported")
+    p.add_argument("--out", help="run folder (default runs/TASK-METHOD[-kK])")
+    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
+    p.set_defaults(func=run)
+    return p
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The data, model, method and optimisation flags of one run, shared by ``train`` and ``tune``."""
     from unipelt.training.config import METHODS, TASK_TYPES
 
-    p = subparsers.add_parser("train", help="train on a GLUE task or your own CSV/TSV/JSONL")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON of TrainConfig fields (a run's config.json, tune's best.json); flags override it",
+    )
     p.add_argument(
         "--model", default="minilm", help="minilm (packaged, default), mpnet, a folder or a Hub name"
     )
@@ -188,9 +263,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--n-valid", type=int, default=1000)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--seeds", type=int_list, help="several seeds, e.g. 1,2,3: mean and std are reported")
-    p.add_argument("--out", help="run folder (default runs/TASK-METHOD[-kK])")
-    p.add_argument("--resume", action="store_true", help="continue a killed run from its last checkpoint")
     p.add_argument("--epochs", type=float, default=20.0)
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--batch-size", type=int, default=16)
@@ -222,6 +294,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="--method autopelt: weight of the mean open probability of the gates (L1/L0) in the loss",
     )
     p.add_argument("--router-temperature", type=float, help="softmax router temperature")
+    p.add_argument("--gate-init-std", type=float, help="gate weights from N(0, STD), biases zero")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument(
         "--backbone-dropout",
@@ -247,5 +320,3 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=["stop", "continue"],
         help="a non-finite or exploding training loss stops the run (default), or is only recorded",
     )
-    p.set_defaults(func=run)
-    return p
