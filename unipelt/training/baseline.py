@@ -15,7 +15,7 @@ def majority_class_scores(splits: Any) -> dict[str, dict[str, float]] | None:
     None for regression (a constant has no correlation) and for splits without labels."""
     if splits.regression:
         return None
-    labels = [example.label for example in splits.train.examples]
+    labels = [getattr(example, "label", None) for example in splits.train.examples]  # tagged sentences: none
     if not labels or not all(isinstance(label, int) for label in labels):
         return None  # one class id per sequence only (token tags are scored per token)
     counts = Counter(labels)
