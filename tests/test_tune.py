@@ -305,3 +305,20 @@ def test_a_killed_workers_trial_is_requeued(tiny_model_dir, reviews, tmp_path):
     assert len(retried) == 1 and retried[0].state.name == "COMPLETE"
     assert retried[0].params["lr"] == pytest.approx(lr)
     assert sum(1 for t in study.trials if t.state.name == "COMPLETE") == 2
+
+
+def test_grid_reads_best_json_next_to_hyper_json(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import grid
+
+    (tmp_path / "hyper.json").write_text(json.dumps({"unipelt": {"lr": 1e-3}, "stsb/unipelt": {"lr": 2e-3}}))
+    best = {
+        "task": "stsb",
+        "method": "unipelt",
+        "lr": 7e-4,
+        "tuning": {"overrides": {"lr": 7e-4, "gate_init_std": 0.01, "unipelt": {"lora_rank": 4}}},
+    }
+    (tmp_path / "best.json").write_text(json.dumps(best))
+    hyper = grid.read_hyper([str(tmp_path / "hyper.json"), str(tmp_path / "best.json")])
+    assert hyper["unipelt"] == {"lr": 1e-3}  # other tasks keep the per-method rate
+    assert hyper["stsb/unipelt"] == {"lr": 7e-4, "gate_init_std": 0.01, "unipelt": {"lora_rank": 4}}
