@@ -15,7 +15,7 @@ import importlib
 
 from unipelt.cli.common import run_verb
 
-VERBS = ("params", "train", "eval", "predict", "gates", "optimize", "serve", "export", "tune")
+VERBS = ("params", "train", "eval", "predict", "generate", "gates", "optimize", "serve", "export", "tune")
 """The verb modules, in the order ``unipelt --help`` lists them."""
 
 

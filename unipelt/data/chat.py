@@ -96,13 +96,15 @@ def parse_conversation(record: Any, where: str, need_response: bool) -> Conversa
 def read_chat_file(path: str | Path, need_response: bool = True) -> list[Conversation]:
     """All conversations of a JSON-lines file (blank lines skipped); ``need_response`` for training data."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"chat file {path} does not exist")
     conversations = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text ({error})") from error
+    except OSError as error:
+        raise DataError(f"cannot read chat file {path}: {error.strerror or error}") from error
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -303,9 +305,11 @@ def detect_answer_choices(conversations: Sequence[Conversation], most: int = 20)
 
 
 def choice_of(generated: str, choices: Sequence[str]) -> str | None:
-    """The choice a generated answer names: the one it starts with (longest first), else None."""
+    """The choice a generated answer names: the one it starts with (longest first), else the one that occurs
+    first as a whole word ("The sentiment is positive." names positive), else None."""
     text = normalise_answer(generated)
     for choice in sorted(choices, key=len, reverse=True):
         if text.startswith(choice):
             return choice
-    return None
+    found = [(m.start(), c) for c in choices if (m := re.search(rf"\b{re.escape(c)}\b", text))]
+    return min(found)[1] if found else None
