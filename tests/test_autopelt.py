@@ -283,3 +283,23 @@ def test_autopelt_training_prunes_closed_units_and_writes_its_tables(
     assert (model.tasks["default"].prefix is None) == (pruned == 8)
     data = Run(run).data()
     assert Run(run).evaluate(data, progress=False)["accuracy"] == pytest.approx(result["test"]["accuracy"])
+
+
+def test_folded_lora_is_merged_when_loaded_alone_and_kept_beside_other_tasks(tmp_path):
+    from unipelt.model import UniPELTModel
+
+    model = apl()
+    inputs = batch("bert")
+    set_gate(model, 0, "lora_query", 0.9)
+    apply_plan(model, "default", Plan(set(), {Unit(0, "lora_query"): 1 / (1 + math.exp(-0.9))}), merge=False)
+    expected = logits(model, inputs)
+    model.save_pretrained(tmp_path / "ckpt")
+    alone = load_unipelt(tiny_model("bert"), tmp_path / "ckpt").eval()
+    assert alone.merged == ["lora"] and "query" not in alone.tasks["default"].layers[0].lora.slots
+    torch.testing.assert_close(logits(alone, inputs), expected, atol=1e-5, rtol=0)
+    shared = UniPELTModel(tiny_model("bert"))
+    shared.load_task("sst2", tmp_path / "ckpt")  # e.g. `unipelt serve`: other tasks may follow
+    shared.add_task("rte", "lora")
+    assert not shared.merged and "query" in shared.tasks["sst2"].layers[0].lora.slots
+    with shared.task("sst2"):
+        torch.testing.assert_close(logits(shared.eval(), inputs), expected, atol=1e-5, rtol=0)

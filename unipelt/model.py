@@ -363,12 +363,13 @@ class UniPELTModel(nn.Module):
             return self.save_task(next(iter(self.tasks)), path, extra)
         return checkpoint.save_all(self, path, extra)
 
-    def load_task(self, name: str, path: str | Path, merge_plan: bool | None = None) -> TaskModules:
+    def load_task(self, name: str, path: str | Path, merge_plan: bool = False) -> TaskModules:
         """Add task ``name`` from a task checkpoint (any unipelt version's) made on this base model.
 
         A checkpoint with an autopelt plan (``unipelt optimize``, ``--method autopelt``) is pruned and folded
-        as it says; ``merge_plan`` (default: when the task is the model's only one) merges its folded LoRA
-        pairs into the base weights, see :func:`unipelt.autopelt.plan.apply_plan`."""
+        as it says; with ``merge_plan`` its folded LoRA pairs are merged into the base weights (the model then
+        takes no other task; ``from_pretrained`` of a single-task checkpoint does this), otherwise they stay
+        as ungated LoRA pairs so that other tasks can share the backbone. See :mod:`unipelt.autopelt.plan`."""
         meta = checkpoint.read_checkpoint_config(path)
         checkpoint.check_base(meta, self.base_model, self.dims, path)
         info = checkpoint.task_info(meta, self.base_kind)
@@ -387,7 +388,7 @@ class UniPELTModel(nn.Module):
             if meta.get("autopelt") is not None:
                 from unipelt.autopelt.plan import apply_plan, plan_from_meta
 
-                apply_plan(self, name, plan_from_meta(meta), merge=merge_plan)
+                apply_plan(self, name, plan_from_meta(meta), merge=bool(merge_plan))
         except BaseException:
             self.remove_task(name)
             raise

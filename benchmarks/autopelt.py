@@ -1,0 +1,200 @@
+"""AutoPELT numbers (issue 11): APL, APL + optimize, autopelt at several latency weights, single methods, base.
+
+Trainings come from benchmarks/autopelt_queue.sh (OUT/TASK/k1000/METHOD/seed-S). This script
+
+1. optimizes every APL run (``unipelt optimize`` with ``--max-drop``) into OUT/TASK/k1000/unipelt-optimized/,
+2. times every model against the base model at 1 x 128 and 32 x 128 (interleaved medians; run it under
+   ``flock /tmp/unipelt-bench.lock`` so no other timing overlaps), single methods built with their preset
+   (cost does not depend on weight values; LoRA merged, the prefix MLP ejected, as deployed),
+3. writes OUT/autopelt_results.json, OUT/autopelt_table.md and the Pareto plot (test metric vs inference ratio).
+
+Every stage skips what is done, so the script can be rerun after more trainings finish.
+
+    flock /tmp/unipelt-bench.lock nice -n 10 .venv/bin/python benchmarks/autopelt.py --tasks sst2 --seeds 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+SINGLES = ("lora", "adapter", "prefix")
+
+
+def runs_of(out: Path, task: str, seeds: list[int]) -> dict[str, list[Path]]:
+    """Finished run folders per method folder name (unipelt, unipelt-optimized, autopelt-lw*, singles)."""
+    found: dict[str, list[Path]] = {}
+    for folder in sorted((out / task / "k1000").glob("*/seed-*")):
+        if int(folder.name.split("-")[1]) in seeds and (folder / "metrics.json").is_file():
+            found.setdefault(folder.parent.name, []).append(folder)
+    return found
+
+
+def optimize(out: Path, task: str, seeds: list[int], max_drop: float) -> None:
+    from unipelt.autopelt.optimize import optimize_run
+
+    for run in runs_of(out, task, seeds).get("unipelt", []):
+        target = out / task / "k1000" / "unipelt-optimized" / run.name
+        if (target / "metrics.json").is_file():
+            continue
+        start = time.time()
+        optimize_run(run, target, max_drop=max_drop, timing=False)
+        print(f"optimized {run} in {time.time() - start:.0f} s")
+
+
+def _deployed(run: Path):
+    """The run's model as deployed: plans applied (Run.load), an ungated LoRA merged."""
+    from unipelt.inference import Run
+
+    model, _ = Run(run).load()
+    if all(t.config.gate == "none" and t.config.modules == ["lora"] for t in model.tasks.values()):
+        model.merge()
+    return model
+
+
+def _preset(base_name: str, method: str):
+    from unipelt import add_unipelt
+    from unipelt.backbones import load_base_model
+
+    model = add_unipelt(load_base_model(base_name, "classification", num_labels=2), method).eval()
+    if method == "lora":
+        model.merge()
+    model.eject_prefix_mlp()
+    return model
+
+
+def timing(out: Path, task: str, seeds: list[int], threads: int) -> dict:
+    from unipelt.autopelt.latency import inference_ratios
+    from unipelt.backbones import load_base_model
+
+    torch.set_num_threads(threads)
+    cache = out / f"autopelt_timing_{task}.json"
+    done = json.loads(cache.read_text()) if cache.is_file() else {}
+    runs = runs_of(out, task, seeds)
+    models = {}
+    for method in SINGLES:
+        if method not in done:
+            models[method] = _preset("minilm", method)
+    for method, folders in runs.items():
+        for run in folders:
+            key = f"{method}/{run.name}"
+            if key not in done:
+                models[key] = _deployed(run)
+    if models:
+        base = load_base_model("minilm", "classification", num_labels=2).eval()
+        ratios = inference_ratios(base, models, int(base.config.vocab_size))
+        for key in models:
+            done[key] = {shape: row[key] for shape, row in ratios.items()}
+            done[key]["base_ms"] = {shape: row["base_ms"] for shape, row in ratios.items()}
+        cache.write_text(json.dumps(done, indent=2) + "\n")
+    return done
+
+
+def report(out: Path, tasks: list[str], seeds: list[int], figure: Path) -> None:
+    rows = []
+    for task in tasks:
+        times = json.loads((out / f"autopelt_timing_{task}.json").read_text())
+        for method, folders in runs_of(out, task, seeds).items():
+            metrics = [json.loads((f / "metrics.json").read_text()) for f in folders]
+            name = metrics[0]["metric"]
+            test = [100 * m["test"][name] for m in metrics]
+            ratio = {s: [times[f"{method}/{f.name}"][s] for f in folders] for s in ("1x128", "32x128")}
+            row = {
+                "task": task,
+                "method": method,
+                "seeds": len(folders),
+                "metric": name,
+                "test": statistics.mean(test),
+                "test_std": statistics.pstdev(test) if len(test) > 1 else 0.0,
+                "ratio_1x128": statistics.mean(ratio["1x128"]),
+                "ratio_32x128": statistics.mean(ratio["32x128"]),
+            }
+            if "autopelt" in metrics[0]:
+                row["kept"] = metrics[0]["autopelt"]["counts"]
+            if "before" in metrics[0]:
+                row["gated_test"] = statistics.mean(100 * m["before"]["test"][name] for m in metrics)
+            rows.append(row)
+        for method in SINGLES:
+            if method in times and not any(r["method"] == method and r["task"] == task for r in rows):
+                rows.append(
+                    {
+                        "task": task,
+                        "method": f"{method} (cost only)",
+                        "seeds": 0,
+                        "metric": "",
+                        "test": None,
+                        "ratio_1x128": times[method]["1x128"],
+                        "ratio_32x128": times[method]["32x128"],
+                    }
+                )
+    (out / "autopelt_results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    lines = [
+        "| task | method | seeds | test | inference 1x128 | inference 32x128 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        test = (
+            "n/a"
+            if r["test"] is None
+            else f"{r['test']:.2f}" + (f" ± {r['test_std']:.2f}" if r["seeds"] > 1 else "")
+        )
+        lines.append(
+            f"| {r['task']} | {r['method']} | {r['seeds']} | {test} | {r['ratio_1x128']:.3f}x | {r['ratio_32x128']:.3f}x |"
+        )
+    (out / "autopelt_table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    _pareto(rows, tasks, figure)
+
+
+def _pareto(rows: list[dict], tasks: list[str], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5.5 * len(tasks), 4.2))
+    for i, task in enumerate(tasks):
+        axes = figure.add_subplot(1, len(tasks), i + 1)
+        for r in (r for r in rows if r["task"] == task and r["test"] is not None):
+            colour = "tab:red" if r["method"].startswith("autopelt") else "tab:blue"
+            if r["method"] in SINGLES:
+                colour = "tab:grey"
+            axes.scatter(r["ratio_32x128"], r["test"], color=colour)
+            axes.annotate(
+                r["method"],
+                (r["ratio_32x128"], r["test"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+        axes.axvline(1.0, color="black", lw=0.8, ls=":")
+        axes.set(xlabel="inference time / base model (32 x 128)", ylabel="test metric", title=task)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/autopelt"))
+    parser.add_argument("--tasks", default="sst2")
+    parser.add_argument("--seeds", default="1")
+    parser.add_argument("--max-drop", type=float, default=0.5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--figure", type=Path, default=Path("benchmarks/figures/autopelt_pareto.png"))
+    parser.add_argument("--skip-optimize", action="store_true")
+    args = parser.parse_args()
+    tasks = args.tasks.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    torch.set_num_threads(args.threads)
+    for task in tasks:
+        if not args.skip_optimize:
+            optimize(args.out, task, seeds, args.max_drop)
+        timing(args.out, task, seeds, args.threads)
+    report(args.out, tasks, seeds, args.figure)
+
+
+if __name__ == "__main__":
+    main()
