@@ -11,17 +11,51 @@ import json
 from typing import Any
 
 
+def _onnx_model(folder: str) -> Any:
+    """The export in ``folder``, or a run folder exported on the fly into a temporary folder."""
+    import atexit
+    import shutil
+    import sys
+    import tempfile
+
+    from unipelt.inference.onnx_runtime import OnnxModel, is_export
+
+    if is_export(folder):
+        return OnnxModel(folder)
+    from unipelt.inference.export import export_run
+
+    tmp = tempfile.mkdtemp(prefix="unipelt-onnx-")
+    atexit.register(shutil.rmtree, tmp, True)
+    print(
+        f"unipelt: exporting {folder} to ONNX for this call (save it with `unipelt export`)", file=sys.stderr
+    )
+    export_run(folder, f"{tmp}/export", max_examples=64)
+    return OnnxModel(f"{tmp}/export")
+
+
 def run(args: argparse.Namespace) -> int:
+    from unipelt.errors import UniPELTError
     from unipelt.inference import Run, read_inputs
+    from unipelt.inference.onnx_runtime import is_export
 
-    trained = Run(args.run)
-    if trained.is_tagger:  # token classification: sentences in, tags and entity spans out
-        from unipelt.inference.tagging import print_tagged
+    if args.runtime == "onnx":
+        trained = _onnx_model(args.run)
+        text_columns = trained.info.get("text_columns") or (
+            ["text_a", "text_b"] if trained.pair else ["text"]
+        )
+        encoding, task = args.encoding or "utf-8", str(trained.info.get("task") or "").upper() or None
+    elif is_export(args.run):
+        raise UniPELTError(f"{args.run} is an ONNX export; predict from it with --runtime onnx")
+    else:
+        trained = Run(args.run)
+        if trained.is_tagger:  # token classification: sentences in, tags and entity spans out
+            from unipelt.inference.tagging import print_tagged
 
-        return print_tagged(trained, args.input, args.format)
-    task = trained.config.task.upper() if trained.config.task else None
-    encoding = args.encoding or trained.config.encoding
-    examples = read_inputs(args.input, trained.input_columns, encoding, task)
+            return print_tagged(trained, args.input, args.format)
+        text_columns = trained.input_columns
+        encoding, task = args.encoding or trained.config.encoding, trained.config.task
+        task = task.upper() if task else None
+    examples = read_inputs(args.input, text_columns, encoding, task)
     for record in trained.predict(examples, progress=args.input != "-" and len(examples) > 256):
         if args.format == "jsonl":
             print(json.dumps(record))
@@ -37,11 +71,17 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("predict", help="labels and probabilities (or scores) for new texts")
-    p.add_argument("run")
+    p.add_argument("run", help="run folder (or export folder with --runtime onnx)")
     p.add_argument(
         "--input", required=True, help="file (.csv/.tsv/.jsonl with the run's text columns, or lines) or -"
     )
     p.add_argument("--format", default="jsonl", choices=["jsonl", "table"])
     p.add_argument("--encoding", help="text encoding of --input (default: the run's --encoding, else utf-8)")
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnx"],
+        help="onnx: onnxruntime on an export folder (a run folder is exported first)",
+    )
     p.set_defaults(func=run)
     return p

@@ -202,7 +202,7 @@ def export_run(
                 "regression": run.regression,
                 "pair": pair_task(run.config),
                 "max_length": run.config.max_length,
-                "text_columns": run.config.text_columns,
+                "text_columns": run.input_columns,
                 "metric": metric,
                 "score": score,
                 "parameters": counts,
