@@ -55,7 +55,7 @@ def _kind(site: str) -> str:
 
 
 def latency_table(
-    unipelt: Any, name: str, vocab_size: int, batch: int = 8, length: int = 128
+    unipelt: Any, name: str, vocab_size: int, batch: int = 4, length: int = 128, reps: int = 9
 ) -> dict[str, Any]:
     """Each kind's cost per unit as a fraction of the base forward at ``batch x length``, measured here.
 
@@ -88,7 +88,7 @@ def latency_table(
     unipelt.eval()
     try:
         with unipelt.task(name):
-            times = median_times(calls, random_batch(vocab_size, batch, length))
+            times = median_times(calls, random_batch(vocab_size, batch, length), reps)
     finally:
         unipelt.train(was_training)
     per_unit = {
