@@ -109,6 +109,8 @@ def test_serve_with_the_onnx_runtime(exported, rte_run):
     for a, b in zip(*answers):
         assert a["label"] == b["label"]
         assert np.allclose(list(a["probabilities"].values()), list(b["probabilities"].values()), atol=1e-5)
+    on_the_fly = OnnxEngine([f"nli={rte_run}"], threads=1)  # a run folder is exported first
+    assert list(on_the_fly.tasks) == ["nli"] and on_the_fly.tasks["nli"].pair
 
 
 def test_refusals_name_the_reason(rte_run, tmp_path, capsys):

@@ -11,35 +11,15 @@ import json
 from typing import Any
 
 
-def _onnx_model(folder: str) -> Any:
-    """The export in ``folder``, or a run folder exported on the fly into a temporary folder."""
-    import atexit
-    import shutil
-    import sys
-    import tempfile
-
-    from unipelt.inference.onnx_runtime import OnnxModel, is_export
-
-    if is_export(folder):
-        return OnnxModel(folder)
-    from unipelt.inference.export import export_run
-
-    tmp = tempfile.mkdtemp(prefix="unipelt-onnx-")
-    atexit.register(shutil.rmtree, tmp, True)
-    print(
-        f"unipelt: exporting {folder} to ONNX for this call (save it with `unipelt export`)", file=sys.stderr
-    )
-    export_run(folder, f"{tmp}/export", max_examples=64)
-    return OnnxModel(f"{tmp}/export")
-
-
 def run(args: argparse.Namespace) -> int:
     from unipelt.errors import UniPELTError
     from unipelt.inference import Run, read_inputs
     from unipelt.inference.onnx_runtime import is_export
 
     if args.runtime == "onnx":
-        trained = _onnx_model(args.run)
+        from unipelt.inference.onnx_runtime import open_export
+
+        trained = open_export(args.run)
         text_columns = trained.info.get("text_columns") or (
             ["text_a", "text_b"] if trained.pair else ["text"]
         )

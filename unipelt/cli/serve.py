@@ -2,8 +2,8 @@
 
 Each run becomes a task named after its GLUE task (``rte``, ``sst2``, ...), or after its folder when it was
 trained on your own files; ``NAME=RUN`` names it yourself, and repeated names get ``-2``, ``-3``. All runs must
-share one base model. With ``--runtime onnx`` each argument is a folder written by ``unipelt export`` and every
-task runs its own ONNX Runtime session (no shared backbone, no gate values).
+share one base model. With ``--runtime onnx`` each argument is a folder written by ``unipelt export`` (a run folder is
+exported first) and every task runs its own ONNX Runtime session (no shared backbone, no gate values).
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from typing import Any
 from unipelt.errors import UniPELTError
 
 
-def build_engine(specs: list[str], runtime: str) -> Any:
+def build_engine(specs: list[str], runtime: str, threads: int | None = None, int8: bool = False) -> Any:
     if runtime == "onnx":
         from unipelt.inference.onnx_runtime import OnnxEngine
 
-        return OnnxEngine(specs)
+        return OnnxEngine(specs, quantized=int8, threads=threads)
     from unipelt.inference.engine import TorchEngine
 
     return TorchEngine(specs)
@@ -37,7 +37,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    engine = build_engine(args.runs, args.runtime)
+    if args.int8 and args.runtime != "onnx":
+        raise UniPELTError("--int8 serves quantised ONNX models: add --runtime onnx")
+    engine = build_engine(args.runs, args.runtime, args.threads, args.int8)
     app = create_app(
         engine,
         max_batch=args.max_batch,
@@ -68,7 +70,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--max-inputs", type=int, default=64, help="most inputs in one request (more: 413)")
     p.add_argument("--no-batching", action="store_true", help="run every request alone (for comparison)")
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--int8", action="store_true", help="with --runtime onnx: serve the int8 models")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads of torch (or of each ONNX session)")
     p.add_argument(
         "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
     )

@@ -108,6 +108,29 @@ class OnnxModel:
         )
 
 
+def open_export(folder: str | Path, quantized: bool = False, threads: int | None = None) -> OnnxModel:
+    """The export in ``folder``; a run folder is exported first into a temporary folder (removed at exit)."""
+    import atexit
+    import shutil
+    import sys
+    import tempfile
+
+    if is_export(folder) or not (Path(folder) / "checkpoint").exists():
+        return OnnxModel(folder, quantized, threads)
+    from unipelt.inference.export import export_run
+
+    tmp = tempfile.mkdtemp(prefix="unipelt-onnx-")
+    atexit.register(shutil.rmtree, tmp, True)
+    print(
+        f"unipelt: exporting {folder} to ONNX for this process (keep it with `unipelt export`)",
+        file=sys.stderr,
+    )
+    export_run(
+        folder, f"{tmp}/export", quantize="int8" if quantized else None, max_examples=64, threads=threads
+    )
+    return OnnxModel(f"{tmp}/export", quantized, threads)
+
+
 def encode_batches(
     examples: Sequence[Example], tokenizer: Any, max_length: int, batch_size: int
 ) -> Iterator[dict[str, np.ndarray]]:
@@ -140,7 +163,7 @@ class OnnxEngine:
         if not specs:
             raise UniPELTError("give at least one export folder to serve")
         named = [split_name(str(s)) for s in specs]
-        models = [OnnxModel(folder, quantized, threads) for _, folder in named]
+        models = [open_export(folder, quantized, threads) for _, folder in named]
         names = unique_names(
             [name or m.info.get("task") or m.folder.resolve().name for (name, _), m in zip(named, models)]
         )
