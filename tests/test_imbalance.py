@@ -111,3 +111,29 @@ def test_hub_tagged_dataset_through_datasets(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(UniPELTError, match="cannot load the test split of 'conll2003'"):
         load_hub_tokens("conll2003", "test")
+
+
+def test_hub_dataset_gives_the_three_splits_of_a_run(monkeypatch):
+    import datasets
+
+    from unipelt.training.run import load_splits
+
+    features = datasets.Features(
+        {
+            "tokens": datasets.Sequence(datasets.Value("string")),
+            "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER"])),
+        }
+    )
+    sizes = {"train": 6, "validation": 3, "test": 2}
+
+    def fake_load(name, split):
+        n = sizes[split]
+        return datasets.Dataset.from_dict(
+            {"tokens": [["Ann", "Lee", "ran"]] * n, "ner_tags": [[1, 2, 0]] * n}, features=features
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    splits = load_splits(TrainConfig(task="conll2003", task_type="token-classification"))
+    assert splits.metric_kind == "token-classification" and splits.task_kind == "token-classification"
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (6, 3, 2)
+    assert splits.label_list == ["O", "B-PER", "I-PER"]
