@@ -46,6 +46,16 @@ def read_sentences(source: str, tag_column: int = -1) -> list[TokenExample]:
     return sentences
 
 
+def as_sentence(sentence: TokenExample | Sequence[str] | str) -> TokenExample:
+    """A sentence to tag from a TokenExample, a list of words or a whitespace-separated string."""
+    if isinstance(sentence, TokenExample):
+        return sentence
+    words = sentence.split() if isinstance(sentence, str) else [str(w) for w in sentence]
+    if not words:
+        raise UniPELTError("an empty sentence cannot be tagged")
+    return TokenExample(tuple(words), None)
+
+
 def word_probabilities(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -115,11 +125,15 @@ def entity_spans(tokens: Sequence[str], tags: Sequence[str], scores: Sequence[fl
 def tag_sentences(
     model: torch.nn.Module,
     tokenizer: Any,
-    sentences: Sequence[TokenExample],
+    sentences: Sequence[Any],
     labels: Sequence[str],
     max_length: int,
 ) -> Iterator[dict[str, Any]]:
-    """One record per sentence: tokens, tags, per-word scores, entity spans, and words_cut when any."""
+    """One record per sentence: tokens, tags, per-word scores, entity spans, and words_cut when any.
+
+    A sentence is a :class:`TokenExample`, a list of words, or a string (split on whitespace).
+    """
+    sentences = [as_sentence(s) for s in sentences]
     for sentence, probabilities in zip(
         sentences, word_probabilities(model, tokenizer, sentences, max_length)
     ):
