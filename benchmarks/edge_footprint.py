@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)  # a shared machine: the export and parity pass stay on one core
 
-    apl = OUT / "edge" / "sst2-onnx"
+    apl = OUT / "edge" / f"{args.run.name}-onnx"
     report = None
     if not (apl / "model.int8.onnx").is_file():
         report = export_run(args.run, apl, quantize="int8", threads=1)

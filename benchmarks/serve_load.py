@@ -235,6 +235,41 @@ def plot(path: Path, figure: Path) -> None:
     fig.savefig(figure, dpi=110)
 
 
+def table(path: Path) -> str:
+    """The JSON lines as a markdown table, and the two targets (memory ratio, p95 ratio at equal load)."""
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [
+        "| configuration | offered QPS | achieved QPS | p50 ms | p95 ms | p99 ms | errors | peak RSS MB (per server) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for config in CONFIGS:
+        for r in sorted((r for r in records if r["config"] == config), key=lambda r: r["offered_qps"]):
+            rss = " + ".join(f"{m:.0f}" for m in r["peak_rss_mb"])
+            lines.append(
+                f"| {config} | {r['offered_qps']:g} | {r['achieved_qps']} | {r['p50_ms']} | {r['p95_ms']} | "
+                f"{r['p99_ms']} | {r['errors']} | {rss} |"
+            )
+    peak = {
+        c: max((r["peak_rss_total_mb"] for r in records if r["config"] == c), default=None) for c in CONFIGS
+    }
+    if peak["multi"] and peak["single"]:
+        lines.append(
+            f"\nmemory, 3 tasks on one backbone / one single-task server: {peak['multi'] / peak['single']:.3f}x"
+        )
+    if peak["single-x3"] and peak["multi"]:
+        lines.append(
+            f"memory, three single-task servers / one 3-task server: {peak['single-x3'] / peak['multi']:.2f}x"
+        )
+    single = {r["offered_qps"]: r for r in records if r["config"] == "single"}
+    for r in sorted((r for r in records if r["config"] == "multi"), key=lambda r: r["offered_qps"]):
+        base = single.get(r["offered_qps"])
+        if base and base["completed"] == base["requests"]:
+            lines.append(
+                f"p95 at {r['offered_qps']:g} QPS, multi / single: {r['p95_ms'] / base['p95_ms']:.2f}x"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "glue")
@@ -247,7 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-wait-ms", type=float, default=5.0)
     p.add_argument("--out", type=Path, default=OUT / "load.jsonl")
     p.add_argument("--figure", type=Path, default=ROOT / "benchmarks" / "figures" / "serve_latency.png")
+    p.add_argument("--table", action="store_true", help="only print the results so far as a markdown table")
     args = p.parse_args(argv)
+    if args.table:
+        print(table(args.out))
+        return 0
     runs = train_runs(args.runs_dir, args.data_dir)
     inputs = {t: texts(args.data_dir, t) for t in TASKS}
     done = load_done(args.out)
