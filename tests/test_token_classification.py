@@ -257,3 +257,21 @@ def test_class_weights_change_the_token_loss_and_are_saved(tmp_path):
     base2 = tf.AutoModelForTokenClassification.from_config(tiny_config("bert", 3))
     loaded = UniPELTModel.from_pretrained(base2, tmp_path / "ckpt")
     assert loaded.tasks[loaded.active_task].class_weights.tolist() == pytest.approx([0.1, 1.0, 5.0])
+
+
+def test_byte_level_tokenizer_takes_words_for_a_decoder(tmp_path):
+    """GPT-2-style tokenizers need add_prefix_space for split words; alignment turns it on by itself."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    from unipelt.backbones import load_tokenizer
+    from unipelt.data.conll import TokenExample
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(
+        ["John Smith visited Paris today"] * 20, vocab_size=270, special_tokens=["<|eos|>"]
+    )
+    tf.GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|eos|>").save_pretrained(tmp_path)
+    tokenizer = load_tokenizer(tmp_path)
+    dataset, report = tokenize_tagged([TokenExample(("John", "Smith", "visited"), (1, 2, 0))], tokenizer, 16)
+    labels = dataset[0]["labels"]
+    assert [label for label in labels if label != IGNORE] == [1, 2, 0] and report.words_cut == 0
