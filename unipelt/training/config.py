@@ -60,7 +60,7 @@ class TrainConfig:
     label_column: str = "label"
     regression: bool = False
     # auto: regression with --regression, token-classification for CoNLL / {"tokens","tags"} files, else
-    # classification (see unipelt.data.task_types)
+    # classification (unipelt.training.task_setup.resolve_task_type)
     task_type: str = "auto"
     tag_column: int = -1  # CoNLL files: which whitespace-separated column holds the tag (default the last)
     # class imbalance: "none", "balanced" (inverse class frequency) or comma-separated weights in label order
