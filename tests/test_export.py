@@ -121,3 +121,15 @@ def test_refusals_name_the_reason(rte_run, tmp_path, capsys):
     assert not (tmp_path / "strict").exists()
     assert cli("export", tmp_path, "--out", tmp_path / "x") == 2
     assert "not a finished unipelt run" in capsys.readouterr().err
+    from unipelt.inference import Run
+    from unipelt.inference.export import exportable
+
+    run = Run(rte_run)
+    model, _ = run.load()
+    model.add_task("other", "lora", num_labels=2)
+    with pytest.raises(UniPELTError, match="holds 2 tasks; an ONNX export holds one task"):
+        exportable(run)
+    model.remove_task("other")
+    model.merged.append("lora")
+    with pytest.raises(UniPELTError, match=r"merged into the base weights"):
+        exportable(run)
