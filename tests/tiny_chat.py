@@ -13,11 +13,56 @@ import torch
 import transformers as tf
 
 SPECIAL = ["<pad>", "<s>", "</s>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"]
-WORDS = (
-    "is the review positive or negative good bad great awful film movie plot acting a an it this was very not "
-    "what capital of france paris hello hi how are you fine thanks say yes no one two three four five and "
-    "question answer please tell me about"
-).split()
+WORDS = [
+    "is",
+    "the",
+    "review",
+    "positive",
+    "or",
+    "negative",
+    "good",
+    "bad",
+    "great",
+    "awful",
+    "film",
+    "movie",
+    "plot",
+    "acting",
+    "a",
+    "an",
+    "it",
+    "this",
+    "was",
+    "very",
+    "not",
+    "what",
+    "capital",
+    "of",
+    "france",
+    "paris",
+    "hello",
+    "hi",
+    "how",
+    "are",
+    "you",
+    "fine",
+    "thanks",
+    "say",
+    "yes",
+    "no",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "and",
+    "question",
+    "answer",
+    "please",
+    "tell",
+    "me",
+    "about",
+]
 TEMPLATE = (
     "{% for m in messages %}"
     "{% if m['role'] not in ['system', 'user', 'assistant'] %}"
