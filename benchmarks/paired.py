@@ -1,0 +1,113 @@
+"""Paired comparison of a grid's cells: does UniPELT (APL) beat the best single method and fine-tuning, seed by seed?
+
+Reads the finished cells of one or more ``grid.py`` output folders (their metrics.json, through ``grid.gather``)
+and prints, per task and K: every method's test mean and std over seeds, then for APL against each rival the
+per-seed differences on the seeds both have (same seed = same K-shot sample, so the difference removes the
+sample's luck), their mean and std, and how many seeds APL won. "Best single method" is, per task, the one of
+adapter / prefix / LoRA with the best mean over the seeds APL also has (chosen with hindsight, which favours
+the rival). Output is Markdown tables.
+
+    python benchmarks/paired.py benchmarks/out/grid_k1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from grid import LABELS, TASK_TITLES, TASKS, gather  # noqa: E402
+
+SINGLE = ("adapter", "prefix", "lora")
+APL = "unipelt"
+
+
+def _std(xs: list[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def scores(rows: list[dict]) -> dict[tuple[str, int, str], dict[int, float]]:
+    """(task, K, method) -> {seed: test score x 100}."""
+    table: dict[tuple[str, int, str], dict[int, float]] = {}
+    for row in rows:
+        if row["test"] is not None:
+            table.setdefault((row["task"], row["k"], row["method"]), {})[row["seed"]] = 100 * row["test"]
+    return table
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> tuple[list[int], list[float]]:
+    seeds = sorted(set(a) & set(b))
+    return seeds, [a[s] - b[s] for s in seeds]
+
+
+def best_single(table, task: str, k: int, seeds: set[int]) -> str | None:
+    means = {}
+    for method in SINGLE:
+        cell = table.get((task, k, method), {})
+        common = [cell[s] for s in sorted(seeds) if s in cell]
+        if common and len(common) == len(seeds):
+            means[method] = statistics.fmean(common)
+    return max(means, key=means.get) if means else None
+
+
+def report(rows: list[dict]) -> str:
+    table = scores(rows)
+    lines = []
+    for k in sorted({key[1] for key in table}):
+        lines += [
+            f"### K = {k}",
+            "",
+            "| task | method | test, per seed | mean | std |",
+            "|---|---|---|---|---|",
+        ]
+        for task in TASKS:
+            for method in LABELS:
+                cell = table.get((task, k, method))
+                if not cell:
+                    continue
+                per_seed = " / ".join(f"{cell[s]:.2f}" for s in sorted(cell))
+                values = list(cell.values())
+                lines.append(
+                    f"| {TASK_TITLES[task]} | {LABELS[method]} | {per_seed} (seeds {sorted(cell)}) | "
+                    f"{statistics.fmean(values):.2f} | {_std(values):.2f} |"
+                )
+        lines += [
+            "",
+            "| task | APL vs | seeds | APL - rival, per seed | mean diff | std diff | APL wins |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for task in TASKS:
+            apl = table.get((task, k, APL))
+            if not apl:
+                continue
+            rivals = [("best single: " + m, m) for m in [best_single(table, task, k, set(apl))] if m]
+            rivals.append(("fine-tune", "ft"))
+            for title, method in rivals:
+                seeds, diffs = paired(apl, table.get((task, k, method), {}))
+                if not diffs:
+                    continue
+                lines.append(
+                    f"| {TASK_TITLES[task]} | {title} | {seeds} | {' / '.join(f'{d:+.2f}' for d in diffs)} | "
+                    f"{statistics.fmean(diffs):+.2f} | {_std(diffs):.2f} | {sum(d > 0 for d in diffs)}/{len(diffs)} |"
+                )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folders", nargs="+", type=Path)
+    args = parser.parse_args()
+    rows = [row for folder in args.folders for row in gather(folder)]
+    if not rows:
+        print("no finished cells")
+        return 1
+    print(report(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
