@@ -23,11 +23,13 @@ for start in ("label-mean", "zero"):
     json.dump({key: {**value, "regression_bias": start} for key, value in rates.items()},
               open(f"{sys.argv[1]}/hyper-{start}.json", "w"), indent=1)
 PYEOF
-METHODS=unipelt,adapter,lora,ft
-for seed in 1 2 3; do
-    for start in label-mean zero; do
-        $PY "$CODE/benchmarks/grid.py" --out "$OUT/$start" --tasks stsb --methods $METHODS --k 100 --seeds $seed \
-            --n-valid 200 --epochs 10 --patience 3 --threads 1 --hyper "$OUT/hyper-$start.json" --data-dir "$DATA"
+# APL and the adapter (the K = 100 grid's best single method) on every seed first, then LoRA and fine-tuning
+for methods in unipelt,adapter lora,ft; do
+    for seed in 1 2 3; do
+        for start in label-mean zero; do
+            $PY "$CODE/benchmarks/grid.py" --out "$OUT/$start" --tasks stsb --methods $methods --k 100 --seeds $seed \
+                --n-valid 200 --epochs 10 --patience 3 --threads 1 --hyper "$OUT/hyper-$start.json" --data-dir "$DATA"
+        done
     done
 done
 for seed in 1 2 3; do
