@@ -1,0 +1,67 @@
+"""Cell-by-cell comparison of two grid folders run with one setting changed (e.g. the regression head's start, or
+the backbone's dropout): for every (task, K, method, seed) finished in both, the test scores, their difference
+and the training wall time; then per (task, K, method) the mean difference over the seeds both have.
+
+Same seed = same K-shot sample and same initialisation, so the difference is the setting's effect on that cell.
+
+    python benchmarks/compare_runs.py benchmarks/out/stsb_bias/zero benchmarks/out/stsb_bias/label-mean \
+        --names "zero start,label-mean start"
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from grid import LABELS, TASK_TITLES, gather  # noqa: E402
+
+
+def index(folder: Path) -> dict[tuple, dict]:
+    return {(r["task"], r["k"], r["method"], r["seed"]): r for r in gather(folder) if r["test"] is not None}
+
+
+def compare(a: dict[tuple, dict], b: dict[tuple, dict], names: tuple[str, str]) -> str:
+    common = sorted(set(a) & set(b))
+    lines = [
+        f"| task | K | method | seed | {names[0]} | {names[1]} | difference | wall s ({names[0]} / {names[1]}) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    groups: dict[tuple, list[float]] = {}
+    for key in common:
+        task, k, method, seed = key
+        x, y = 100 * a[key]["test"], 100 * b[key]["test"]
+        groups.setdefault((task, k, method), []).append(y - x)
+        lines.append(
+            f"| {TASK_TITLES.get(task, task)} | {k} | {LABELS.get(method, method)} | {seed} | {x:.2f} | {y:.2f} | "
+            f"{y - x:+.2f} | {a[key]['train_seconds']:.0f} / {b[key]['train_seconds']:.0f} |"
+        )
+    lines += ["", f"| task | K | method | seeds | mean of {names[1]} - {names[0]} |", "|---|---|---|---|---|"]
+    for (task, k, method), diffs in groups.items():
+        lines.append(
+            f"| {TASK_TITLES.get(task, task)} | {k} | {LABELS.get(method, method)} | {len(diffs)} | "
+            f"{statistics.fmean(diffs):+.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("first", type=Path)
+    parser.add_argument("second", type=Path)
+    parser.add_argument("--names", default="first,second", help="two column titles, comma-separated")
+    args = parser.parse_args()
+    names = tuple(args.names.split(",", 1))
+    a, b = index(args.first), index(args.second)
+    if not set(a) & set(b):
+        print("no cell finished in both folders")
+        return 1
+    print(compare(a, b, names))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
