@@ -2,7 +2,7 @@
 
 Trainings come from benchmarks/autopelt_queue.sh (OUT/TASK/k1000/METHOD/seed-S). This script
 
-1. optimizes every APL run (``unipelt optimize`` with ``--max-drop``) into OUT/TASK/k1000/unipelt-optimized/,
+1. optimizes every APL run (``unipelt optimize`` at each ``--max-drop``) into OUT/TASK/k1000/unipelt-optimized-dD/,
 2. times every model against the base model at 1 x 128 and 32 x 128 (interleaved medians; run it under
    ``flock /tmp/unipelt-bench.lock`` so no other timing overlaps), single methods built with their preset
    (cost does not depend on weight values; LoRA merged, the prefix MLP ejected, as deployed),
@@ -30,21 +30,26 @@ def runs_of(out: Path, task: str, seeds: list[int]) -> dict[str, list[Path]]:
     """Finished run folders per method folder name (unipelt, unipelt-optimized, autopelt-lw*, singles)."""
     found: dict[str, list[Path]] = {}
     for folder in sorted((out / task / "k1000").glob("*/seed-*")):
-        if int(folder.name.split("-")[1]) in seeds and (folder / "metrics.json").is_file():
+        if (
+            folder.is_dir()
+            and int(folder.name.split("-")[1]) in seeds
+            and (folder / "metrics.json").is_file()
+        ):
             found.setdefault(folder.parent.name, []).append(folder)
     return found
 
 
-def optimize(out: Path, task: str, seeds: list[int], max_drop: float) -> None:
+def optimize(out: Path, task: str, seeds: list[int], max_drops: list[float]) -> None:
     from unipelt.autopelt.optimize import optimize_run
 
     for run in runs_of(out, task, seeds).get("unipelt", []):
-        target = out / task / "k1000" / "unipelt-optimized" / run.name
-        if (target / "metrics.json").is_file():
-            continue
-        start = time.time()
-        optimize_run(run, target, max_drop=max_drop, timing=False)
-        print(f"optimized {run} in {time.time() - start:.0f} s")
+        for drop in max_drops:
+            target = out / task / "k1000" / f"unipelt-optimized-d{drop:g}" / run.name
+            if (target / "metrics.json").is_file():
+                continue
+            start = time.time()
+            optimize_run(run, target, max_drop=drop, timing=False)
+            print(f"optimized {run} (max drop {drop:g}) in {time.time() - start:.0f} s", flush=True)
 
 
 def _deployed(run: Path):
@@ -68,7 +73,7 @@ def _preset(base_name: str, method: str):
     return model
 
 
-def timing(out: Path, task: str, seeds: list[int], threads: int) -> dict:
+def timing(out: Path, task: str, seeds: list[int], threads: int, reps: dict | None = None) -> dict:
     from unipelt.autopelt.latency import inference_ratios
     from unipelt.backbones import load_base_model
 
@@ -78,7 +83,7 @@ def timing(out: Path, task: str, seeds: list[int], threads: int) -> dict:
     runs = runs_of(out, task, seeds)
     models = {}
     for method in SINGLES:
-        if method not in done:
+        if method not in done and method not in runs:  # cost only, when the method has no trained run here
             models[method] = _preset("minilm", method)
     for method, folders in runs.items():
         for run in folders:
@@ -87,7 +92,8 @@ def timing(out: Path, task: str, seeds: list[int], threads: int) -> dict:
                 models[key] = _deployed(run)
     if models:
         base = load_base_model("minilm", "classification", num_labels=2).eval()
-        ratios = inference_ratios(base, models, int(base.config.vocab_size))
+        print(f"timing {len(models)} models against the base model: {', '.join(models)}", flush=True)
+        ratios = inference_ratios(base, models, int(base.config.vocab_size), reps=reps)
         for key in models:
             done[key] = {shape: row[key] for shape, row in ratios.items()}
             done[key]["base_ms"] = {shape: row["base_ms"] for shape, row in ratios.items()}
@@ -169,6 +175,13 @@ def _pareto(rows: list[dict], tasks: list[str], path: Path) -> None:
                 xytext=(3, 3),
                 textcoords="offset points",
             )
+        singles = sorted(
+            (r["ratio_32x128"], r["test"])
+            for r in rows
+            if r["task"] == task and r["method"] in SINGLES and r["test"] is not None
+        )
+        if len(singles) > 1:  # the line between the single methods that autopelt should reach
+            axes.plot(*zip(*singles), color="tab:grey", ls="--", lw=1)
         axes.axvline(1.0, color="black", lw=0.8, ls=":")
         axes.set(xlabel="inference time / base model (32 x 128)", ylabel="test metric", title=task)
     figure.tight_layout()
@@ -181,18 +194,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/autopelt"))
     parser.add_argument("--tasks", default="sst2")
     parser.add_argument("--seeds", default="1")
-    parser.add_argument("--max-drop", type=float, default=0.5)
+    parser.add_argument("--max-drop", default="0.5", help="comma-separated budgets, one optimized run each")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--figure", type=Path, default=Path("benchmarks/figures/autopelt_pareto.png"))
     parser.add_argument("--skip-optimize", action="store_true")
+    parser.add_argument("--reps-32", type=int, default=5, help="timed repetitions at 32 x 128 (1 warm-up)")
     args = parser.parse_args()
     tasks = args.tasks.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(args.threads)
     for task in tasks:
         if not args.skip_optimize:
-            optimize(args.out, task, seeds, args.max_drop)
-        timing(args.out, task, seeds, args.threads)
+            optimize(args.out, task, seeds, [float(d) for d in args.max_drop.split(",")])
+        reps = {"32x128": (1, args.reps_32), "1x128": (3, 15)}
+        timing(args.out, task, seeds, args.threads, reps)
     report(args.out, tasks, seeds, args.figure)
 
 

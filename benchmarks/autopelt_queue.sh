@@ -12,7 +12,7 @@ DATA=${UNIPELT_DATA_DIR:-$(realpath ../shared/data/glue)}
 OUT=${OUT:-benchmarks/out/autopelt}
 EPOCHS=${EPOCHS:-3}
 NVALID=${NVALID:-200}
-WEIGHTS=${WEIGHTS:-"0.3 3 30"}
+WEIGHTS=${WEIGHTS-"0.3 3 30"}  # WEIGHTS="" trains no autopelt run
 cell() {  # method folder extra-args...
     local folder="$OUT/$TASK/k1000/$2/seed-$SEED"
     [ -f "$folder/metrics.json" ] && { echo "done: $folder"; return; }
@@ -26,6 +26,14 @@ for w in $WEIGHTS; do
     mkdir -p "$OUT/$TASK/k1000/autopelt-lw$w"
     cell autopelt "autopelt-lw$w" --latency-weight "$w" &
 done
-mkdir -p "$OUT/$TASK/k1000/unipelt"
-cell unipelt unipelt &
+# single methods for the Pareto line, at the validation-tuned K = 100 rates (benchmarks/rates/k100_tuned.json)
+for m in ${SINGLES:-}; do
+    case $m in lora|adapter) lr=3e-3 ;; *) lr=1e-3 ;; esac
+    mkdir -p "$OUT/$TASK/k1000/$m"
+    cell "$m" "$m" --lr "$lr" &
+done
+if [ "${APL:-1}" = 1 ]; then
+    mkdir -p "$OUT/$TASK/k1000/unipelt"
+    cell unipelt unipelt &
+fi
 wait

@@ -38,10 +38,12 @@ def median_times(
     models: dict[str, Callable[[dict[str, torch.Tensor]], Any]],
     inputs: dict[str, torch.Tensor],
     reps: int | None = None,
+    warmup: int | None = None,
 ) -> dict[str, float]:
     """Median seconds of one forward per model, measured interleaved."""
-    warmup, timed = _reps(*inputs["input_ids"].shape)
+    default_warmup, timed = _reps(*inputs["input_ids"].shape)
     timed = reps or timed
+    warmup = default_warmup if warmup is None else warmup
     for _ in range(warmup):
         for call in models.values():
             call(inputs)
@@ -59,14 +61,18 @@ def inference_ratios(
     models: dict[str, torch.nn.Module],
     vocab_size: int,
     shapes: tuple[tuple[int, int], ...] = SHAPES,
+    reps: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Per shape ``"BxT"``: base milliseconds and each model's time as a ratio to the base model's."""
+    """Per shape ``"BxT"``: base milliseconds and each model's time as a ratio to the base model's.
+
+    ``reps`` may set (warm-up, timed) repetitions per shape, e.g. ``{"32x128": (1, 3)}`` on a slow machine."""
     calls = {"base": lambda batch: base(**batch)}
     for name, model in models.items():
         calls[name] = lambda batch, _model=model: _model(**batch)
     result = {}
     for batch, length in shapes:
-        times = median_times(calls, random_batch(vocab_size, batch, length))
+        warmup, timed = (reps or {}).get(f"{batch}x{length}", (None, None))
+        times = median_times(calls, random_batch(vocab_size, batch, length), timed, warmup)
         result[f"{batch}x{length}"] = {
             "base_ms": round(1000 * times["base"], 3),
             **{name: round(times[name] / times["base"], 4) for name in models},
