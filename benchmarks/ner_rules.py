@@ -202,6 +202,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=4)
     parser.add_argument("--max-length", type=int, default=96)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--lr", type=float, default=None, help="added modules (default: the method's)")
+    parser.add_argument("--lr-head", type=float, default=None, help="the fresh tagging head")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
 
@@ -236,6 +238,8 @@ def main() -> None:
             test_file=str(data / "test.conll"),
             task_type="token-classification",
             seed=args.seed,
+            lr=args.lr,
+            lr_head=args.lr_head,
             epochs=args.epochs,
             max_length=args.max_length,
             threads=args.threads,
