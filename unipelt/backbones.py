@@ -147,8 +147,16 @@ def load_tokenizer(path: str | Path) -> Any:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as error:
-        raise UniPELTError(f"cannot load a tokenizer from {path}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways, deep inside tokenizers
+        lines = str(error).strip().splitlines()
+        detail = lines[0] if lines else type(error).__name__
+        damaged = "; its files are damaged or not a tokenizer's" if Path(path).is_dir() else ""
+        raise UniPELTError(f"cannot load a tokenizer from {path} ({detail}){damaged}") from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token is None:
+        raise UniPELTError(
+            f"the tokenizer in {path} has neither a padding nor an end-of-sequence token; its "
+            "tokenizer_config.json is damaged or it is not the model's tokenizer"
+        )
     return tokenizer

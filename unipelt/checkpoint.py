@@ -216,6 +216,45 @@ def task_info(meta: dict[str, Any], base_kind: str) -> dict[str, Any]:
     return {"kind": kind, "num_labels": num_labels, "labels": meta.get("labels"), "class_weights": None}
 
 
+def task_settings(meta: dict[str, Any], path: str | Path, base_kind: str) -> tuple[Any, dict[str, Any], Any]:
+    """(UniPELT config, task info, head module paths) of a checkpoint's JSON, each checked: a value edited to
+    nonsense is one error naming the file, not a TypeError from deep inside building the task."""
+    from unipelt.config import UniPELTConfig
+    from unipelt.errors import UniPELTError
+
+    config_file = Path(path) / CONFIG_NAME
+    try:
+        config = UniPELTConfig.from_dict(meta["unipelt"])
+        config.validate()
+        info = task_info(meta, base_kind)
+    except UniPELTError as error:
+        raise UniPELTError(f"{config_file}: {error}") from None
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise UniPELTError(
+            f"{config_file} holds a value of the wrong kind ({error}); the file was edited"
+        ) from None
+    checks = {
+        "task kind": info["kind"] is None or isinstance(info["kind"], str),
+        "number of labels": info["num_labels"] is None
+        or (isinstance(info["num_labels"], int) and not isinstance(info["num_labels"], bool)),
+        "label names": info["labels"] is None
+        or (isinstance(info["labels"], list) and all(isinstance(x, str) for x in info["labels"])),
+        "class weights": info["class_weights"] is None
+        or (
+            isinstance(info["class_weights"], list)
+            and all(isinstance(x, (int, float)) for x in info["class_weights"])
+        ),
+        "head module paths": meta.get("head_modules") is None
+        or (isinstance(meta["head_modules"], list) and all(isinstance(x, str) for x in meta["head_modules"])),
+    }
+    wrong = [name for name, ok in checks.items() if not ok]
+    if wrong:
+        raise UniPELTError(
+            f"{config_file}: the {', '.join(wrong)} are not of the right kind; the file was edited"
+        )
+    return config, info, meta.get("head_modules") or None
+
+
 def task_folders(path: str | Path) -> dict[str, Path]:
     """Task name -> checkpoint folder: one folder (task ``default`` or its saved name) or a multi-task index."""
     from unipelt.errors import UniPELTError
@@ -227,6 +266,10 @@ def task_folders(path: str | Path) -> dict[str, Path]:
             names = json.loads(index.read_text(encoding="utf-8"))["tasks"]
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
             raise UniPELTError(f"{index} is not a valid task index ({error})") from error
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            raise UniPELTError(
+                f'{index} is not a valid task index: "tasks" must be a list of task names, not {names!r}'
+            )
         return {str(name): path / str(name) for name in names}
     meta = read_checkpoint_config(path)
     name = (meta.get("task") or {}).get("name") if isinstance(meta.get("task"), dict) else None

@@ -372,15 +372,21 @@ class UniPELTModel(nn.Module):
         as ungated LoRA pairs so that other tasks can share the backbone. See :mod:`unipelt.autopelt.plan`."""
         meta = checkpoint.read_checkpoint_config(path)
         checkpoint.check_base(meta, self.base_model, self.dims, path)
-        info = checkpoint.task_info(meta, self.base_kind)
-        task = self.add_task(
-            name,
-            UniPELTConfig.from_dict(meta["unipelt"]),
-            num_labels=info["num_labels"],
-            kind=info["kind"],
-            labels=info["labels"],
-            head_modules=meta.get("head_modules") or None,
-        )
+        config, info, head_modules = checkpoint.task_settings(meta, path, self.base_kind)
+        try:
+            task = self.add_task(
+                name,
+                config,
+                num_labels=info["num_labels"],
+                kind=info["kind"],
+                labels=info["labels"],
+                head_modules=head_modules,
+            )
+        except (TypeError, ValueError, KeyError, AttributeError) as error:
+            raise UniPELTError(
+                f"{Path(path) / checkpoint.CONFIG_NAME} describes a task that cannot be built ({error}); the "
+                "file was edited"
+            ) from None
         if info.get("class_weights") is not None:
             task.class_weights = torch.tensor(info["class_weights"])
         try:

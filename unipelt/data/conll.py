@@ -67,7 +67,7 @@ def tag_order(tags: set[str]) -> list[str]:
     return sorted(tags, key=key)
 
 
-def is_token_file(path: str | os.PathLike[str]) -> bool:
+def is_token_file(path: str | os.PathLike[str], encoding: str = "utf-8") -> bool:
     """Whether a data file holds tagged words rather than one labelled text per row (for ``task_type=auto``).
 
     CoNLL extensions and JSON lines whose first record has a ``tokens`` key are; so is a .tsv/.csv whose first
@@ -80,7 +80,7 @@ def is_token_file(path: str | os.PathLike[str]) -> bool:
     if not file.is_file():
         return False
     if suffix in JSONL_SUFFIXES:
-        for raw in _lines(_read_text(file)):
+        for raw in _lines(_read_text(file, encoding)):
             if raw.strip():
                 try:
                     record = json.loads(raw)
@@ -89,7 +89,7 @@ def is_token_file(path: str | os.PathLike[str]) -> bool:
                 return isinstance(record, dict) and "tokens" in record
         return False
     if suffix in (".tsv", ".csv", ".tab"):
-        for raw in _lines(_read_text(file)):
+        for raw in _lines(_read_text(file, encoding)):
             if raw.strip():
                 fields = raw.split("," if suffix == ".csv" else None)
                 return len(fields) >= 2 and bool(TAG_PATTERN.match(fields[-1].strip()))

@@ -34,7 +34,7 @@ def resolve_task_type(config: TrainConfig) -> str:
         return config.task_type
     if config.regression:
         return "regression"
-    if config.task is None and config.train_file and is_token_file(config.train_file):
+    if config.task is None and config.train_file and is_token_file(config.train_file, config.encoding):
         return TOKEN
     return "classification"
 
