@@ -2,9 +2,11 @@
 
 The graph is traced with TorchScript (``torch.onnx.export(..., dynamo=False)``): tracing runs the model's real
 forward, so the forward hooks and per-call context variables that put the task's modules into the frozen
-model are followed like any Python code. Two consequences are handled here:
+model are followed like any Python code. Three things need care:
 
 - the prefix reparameterisation MLP is ejected first (its output is a constant at inference);
+- the modules' in-place inference shortcuts (``addmm_`` into a projection's output) are not converted
+  faithfully, so tracing runs with grad mode on, where the modules take their out-of-place path;
 - Python branches on tensor values become constants of the trace. The injector takes a faster path when a
   batch has no padding, so the trace uses a padded batch: the padded path is correct for every batch.
 
@@ -90,7 +92,9 @@ def _trace(run: Any, path: Path) -> tuple[str, ...]:
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
     try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        # Grad mode ON while tracing: under no_grad the modules add into the frozen projections' outputs in
+        # place (addmm_), which the tracer records but the ONNX converter does not carry through the view.
+        with warnings.catch_warnings(), torch.inference_mode(False), torch.enable_grad():
             warnings.simplefilter(
                 "ignore"
             )  # tracer warnings about constant branches: handled by the padded sample
