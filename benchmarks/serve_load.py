@@ -260,13 +260,13 @@ def table(path: Path) -> str:
         lines.append(
             f"memory, three single-task servers / one 3-task server: {peak['single-x3'] / peak['multi']:.2f}x"
         )
-    single = {r["offered_qps"]: r for r in records if r["config"] == "single"}
-    for r in sorted((r for r in records if r["config"] == "multi"), key=lambda r: r["offered_qps"]):
-        base = single.get(r["offered_qps"])
-        if base and base["completed"] == base["requests"]:
-            lines.append(
-                f"p95 at {r['offered_qps']:g} QPS, multi / single: {r['p95_ms'] / base['p95_ms']:.2f}x"
-            )
+    for reference in ("single", "single-x3"):
+        by_qps = {r["offered_qps"]: r for r in records if r["config"] == reference}
+        for r in sorted((r for r in records if r["config"] == "multi"), key=lambda r: r["offered_qps"]):
+            base = by_qps.get(r["offered_qps"])
+            if base and base["completed"] == base["requests"]:
+                ratio = r["p95_ms"] / base["p95_ms"]
+                lines.append(f"p95 at {r['offered_qps']:g} QPS, multi / {reference}: {ratio:.2f}x")
     return "\n".join(lines)
 
 
