@@ -70,6 +70,16 @@ class _Replaying:
         return self.checkpoint(run, *args, **kwargs)
 
 
+def _through(parts: list, group: Any, x: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """Apply one task's modules in order: on the output when there is one, else on the input."""
+    for role, part in parts:
+        if out is None:
+            x = part.apply(role, x, None, group)
+        else:
+            out = part.apply(role, x, out, group)
+    return x if out is None else out
+
+
 class Injector:
     def __init__(
         self, base: nn.Module, arch: Architecture, tasks: nn.ModuleDict, dims: dict[str, int]
@@ -245,44 +255,30 @@ class Injector:
                 group.gates.update(gate(rows, group.mask_for(rows), task.pooling))
 
     def _site_output(self, index: int, roles: tuple[str, ...], module: nn.Module, args: tuple, output: Any):
-        call = LAYER.get()
-        if call is None or call.index != index:
-            return None
-        x = args[0]
-        if len(call.groups) == 1 and call.groups[0].rows is None:
-            group = call.groups[0]
-            for role, part in self.tasks[group.task].layers[index].at(roles, "output"):
-                output = part.apply(role, x, output, group)
-            return output
-        for group in call.groups:
-            parts = self.tasks[group.task].layers[index].at(roles, "output")
-            if not parts:
-                continue
-            rows_x, rows_out = group.take(x), group.take(output)
-            for role, part in parts:
-                rows_out = part.apply(role, rows_x, rows_out, group)
-            output = output.index_copy(0, group.rows, rows_out)
-        return output
+        return self._route(index, roles, "output", args[0], output)
 
     def _site_input(self, index: int, roles: tuple[str, ...], module: nn.Module, args: tuple):
+        x = self._route(index, roles, "input", args[0], None)
+        return None if x is None else (x, *args[1:])
+
+    def _route(
+        self, index: int, roles: tuple[str, ...], when: str, x: torch.Tensor, out: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """Each task's modules at this site on that task's rows: the new output (or input), None if unchanged."""
         call = LAYER.get()
         if call is None or call.index != index:
             return None
-        x = args[0]
-        if len(call.groups) == 1 and call.groups[0].rows is None:
-            group = call.groups[0]
-            for role, part in self.tasks[group.task].layers[index].at(roles, "input"):
-                x = part.apply(role, x, None, group)
-            return (x, *args[1:])
+        result = out if when == "output" else x
+        changed = False
         for group in call.groups:
-            parts = self.tasks[group.task].layers[index].at(roles, "input")
+            parts = self.tasks[group.task].layers[index].at(roles, when)
             if not parts:
                 continue
-            rows_x = group.take(x)
-            for role, part in parts:
-                rows_x = part.apply(role, rows_x, None, group)
-            x = x.index_copy(0, group.rows, rows_x)
-        return (x, *args[1:])
+            if group.rows is None:  # one task for the whole batch: no gathering, in place where allowed
+                return _through(parts, group, x, out)
+            rows = _through(parts, group, group.take(x), None if out is None else group.take(out))
+            result, changed = result.index_copy(0, group.rows, rows), True
+        return result if changed else None
 
     def _head(self, path: str, module: nn.Module, args: tuple, kwargs: dict, output: Any):
         context = FORWARD.get()
