@@ -128,21 +128,24 @@ def train_causal_lm(
 ) -> dict[str, Any]:
     """Train one causal-LM run into ``config.output_dir`` and return its metrics (also in metrics.json)."""
     import dataclasses
-    import json
 
     from transformers import set_seed
 
     from unipelt.data.chat import ChatCollator
     from unipelt.pretrained import resolve_model
+    from unipelt.training.guards import make_divergence_guard, stop_diverged
+    from unipelt.training.resume import finished_run, prepare_resume
+    from unipelt.training.run_files import read_run_config
     from unipelt.training.trainer import make_trainer_class, run_callbacks, training_arguments
 
     run_dir = Path(config.output_dir)
     if resume and (run_dir / "config.json").is_file():
-        saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-        config = dataclasses.replace(saved, output_dir=config.output_dir)
+        config = dataclasses.replace(read_run_config(run_dir), output_dir=config.output_dir)
     config.validate()
-    if (run_dir / "metrics.json").is_file() and not resume:
-        raise UniPELTError(f"{run_dir} already holds a finished run; choose another --out or delete it")
+    if (run_dir / "metrics.json").is_file():
+        if not resume:
+            raise UniPELTError(f"{run_dir} already holds a finished run; choose another --out or delete it")
+        return finished_run(run_dir, config)
     if config.threads:
         torch.set_num_threads(config.threads)
     resolve_model(config.model)  # a bad model fails here, before any data is read
@@ -157,9 +160,9 @@ def train_causal_lm(
         if data is not None
     }
     trainer_dir = run_dir / "trainer"
-    resume_from = resume and trainer_dir.is_dir() and any(trainer_dir.glob("checkpoint-*"))
     run_dir.mkdir(parents=True, exist_ok=True)
     main_process = int(os.environ.get("RANK", "0")) == 0
+    resume_from = prepare_resume(run_dir, trainer_dir, main_process) if resume else None
     if main_process and not resume_from:
         (run_dir / "log.jsonl").unlink(missing_ok=True)
     info = {
@@ -179,18 +182,22 @@ def train_causal_lm(
     args.metric_for_best_model = "loss"  # lowest validation loss is best
     args.greater_is_better = False
     args.prediction_loss_only = True  # the logits (tokens x vocabulary) are not needed, only the loss
+    guard = make_divergence_guard(run_dir, config.on_divergence)
     trainer = make_trainer_class()(
         model=model,
         args=args,
         train_dataset=datasets["train"],
         eval_dataset=datasets["valid"],
         data_collator=ChatCollator(tokenizer.pad_token_id),
-        callbacks=[*run_callbacks(config, run_dir, unipelt), *callbacks],
+        callbacks=[*run_callbacks(config, run_dir, unipelt), guard, *callbacks],
         run_config=config,
+        divergence_guard=guard,
     )
     start = time.time()
-    trainer.train(resume_from_checkpoint=True if resume_from else None)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_seconds = time.time() - start
+    if guard.event is not None and guard.action == "stop":
+        stop_diverged(guard, trainer, run_dir, lambda: _save_final(model, unipelt, tokenizer, run_dir, info))
 
     model.eval()
     base = unipelt.base_model if unipelt is not None else model
@@ -223,16 +230,20 @@ def train_causal_lm(
         "parameters": unipelt.parameter_counts() if unipelt is not None else _ft_counts(model),
     }
     if trainer.is_world_process_zero():
-        if unipelt is not None:
-            unipelt.save_pretrained(run_dir / "checkpoint", extra=info)
-        else:
-            atomic_directory(run_dir / "checkpoint", lambda folder: model.save_pretrained(folder))
-        atomic_directory(run_dir / "tokenizer", lambda folder: tokenizer.save_pretrained(folder))
+        _save_final(model, unipelt, tokenizer, run_dir, info)
         _write_learning_curves(run_dir)
         write_json(run_dir / "metrics.json", result)
         if not config.keep_trainer_checkpoints:
             shutil.rmtree(trainer_dir, ignore_errors=True)
     return result
+
+
+def _save_final(model: Any, unipelt: Any, tokenizer: Any, run_dir: Path, info: dict[str, Any]) -> None:
+    if unipelt is not None:
+        unipelt.save_pretrained(run_dir / "checkpoint", extra=info)
+    else:
+        atomic_directory(run_dir / "checkpoint", lambda folder: model.save_pretrained(folder))
+    atomic_directory(run_dir / "tokenizer", lambda folder: tokenizer.save_pretrained(folder))
 
 
 def _generation_scores(
