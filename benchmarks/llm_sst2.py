@@ -184,6 +184,55 @@ def _cost_child(method: str, checkpointing: bool, steps: int, threads: int) -> N
     )
 
 
+def phase_saved(args: argparse.Namespace) -> None:
+    """Bytes the forward pass keeps for the backward pass (activations), per method, with and without gradient
+    checkpointing: counted with saved-tensor hooks, so it does not depend on the allocator or the machine's load.
+    Tensors kept inside checkpointed layers go through the checkpoint's own hooks and are not kept, so they are
+    (correctly) not counted."""
+    import torch
+
+    from unipelt.data.chat import ChatCollator, read_chat_file, tokenize_conversations
+    from unipelt.training import TrainConfig
+    from unipelt.training.causal_lm import build_causal_model
+
+    target = OUT / "saved.json"
+    results = _load_json(target) or {}
+    torch.set_num_threads(args.threads)
+    for method in ("ft", *args.methods):
+        for checkpointing in (False, True):
+            key = f"{method}{'-gc' if checkpointing else ''}"
+            if key in results:
+                continue
+            config = TrainConfig(model="smollm2", method=method, task=None, task_type="causal-lm")
+            config.gradient_checkpointing = checkpointing
+            model, unipelt, tokenizer = build_causal_model(config)
+            if unipelt is None:
+                model.requires_grad_(True)
+            model.train()
+            chats = read_chat_file(OUT / "train.jsonl")[:8]
+            batch = ChatCollator(tokenizer.pad_token_id)(list(tokenize_conversations(chats, tokenizer, 128)))
+            seen: dict[int, int] = {}
+
+            def pack(tensor: torch.Tensor, seen: dict[int, int] = seen) -> torch.Tensor:
+                storage = tensor.untyped_storage()
+                seen[storage.data_ptr()] = storage.nbytes()  # a storage shared by several saves counts once
+                return tensor
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = model(**batch).loss
+            weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+            saved = sum(n for ptr, n in seen.items() if ptr not in weights)
+            del loss
+            results[key] = {
+                "method": method,
+                "gradient_checkpointing": checkpointing,
+                "saved_for_backward_mb": round(saved / 2**20, 1),
+                "batch_tokens": int(batch["input_ids"].numel()),
+            }
+            _save_json(target, results)
+            print(key, results[key], flush=True)
+
+
 def phase_cost(args: argparse.Namespace) -> None:
     from machine import run_json_child
 
@@ -309,7 +358,8 @@ def phase_report(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "phase", choices=["data", "zeroshot", "train", "cost", "gen", "report", "all", "cost-child"]
+        "phase",
+        choices=["data", "zeroshot", "train", "cost", "saved", "gen", "report", "all", "cost-child"],
     )
     parser.add_argument("child", nargs="*", help=argparse.SUPPRESS)
     parser.add_argument("--k", type=int, default=1000)
@@ -335,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
         ("zeroshot", phase_zeroshot),
         ("train", phase_train),
         ("cost", phase_cost),
+        ("saved", phase_saved),
         ("gen", phase_gen),
     ):
         if args.phase in (name, "all"):
