@@ -10,7 +10,6 @@ token); prompts of a batch are padded on the left so that every row continues ri
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,7 +150,7 @@ class ChatRun:
     """A finished causal-LM run folder: its config, tokenizer (with chat template) and model."""
 
     def __init__(self, folder: str | Path) -> None:
-        from unipelt.training import TrainConfig
+        from unipelt.training.run_files import read_labels, read_run_config
 
         self.folder = Path(folder)
         for name in ("config.json", "labels.json", "checkpoint", "tokenizer"):
@@ -160,8 +159,8 @@ class ChatRun:
                     f"{self.folder} is not a finished unipelt run (no {name}); give the --out folder of "
                     "`unipelt train --task-type causal-lm`"
                 )
-        self.config = TrainConfig.from_dict(json.loads((self.folder / "config.json").read_text()))
-        info = json.loads((self.folder / "labels.json").read_text())
+        self.config = read_run_config(self.folder)
+        info = read_labels(self.folder)
         if info.get("metric_kind") != "causal-lm":
             raise UniPELTError(
                 f"{self.folder} is a {info.get('metric_kind')} run, not a causal-lm one: use `unipelt predict`"
