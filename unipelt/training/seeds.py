@@ -6,7 +6,6 @@ Finished seeds are skipped, so an interrupted multi-seed run is continued by run
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import statistics
@@ -17,6 +16,7 @@ from typing import Any
 from unipelt.checkpoint import write_json
 from unipelt.training.config import TrainConfig
 from unipelt.training.run import train
+from unipelt.training.run_files import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def train_seeds(config: TrainConfig, seeds: Sequence[int], resume: bool = False)
         run_dir = root / f"seed-{seed}"
         if (run_dir / "metrics.json").is_file():
             logger.info("seed %s already finished in %s, skipped", seed, run_dir)
-            runs.append(json.loads((run_dir / "metrics.json").read_text()))
+            runs.append(read_json(run_dir / "metrics.json", "metrics of a finished seed"))
             continue
         runs.append(train(dataclasses.replace(config, seed=seed, output_dir=str(run_dir)), resume=resume))
     summary = summarise(runs)
