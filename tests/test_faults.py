@@ -133,3 +133,21 @@ def test_a_changed_checkpoint_file_is_not_resumed_from(tiny_model_dir, glue_dir,
         f"skipping {trainer / 'checkpoint-4'}" in err and f"resuming from {trainer / 'checkpoint-2'}" in err
     )
     assert resumed["steps"] == 4
+
+
+def test_resume_of_an_early_stopped_run_does_not_train_on(tiny_model_dir, glue_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    class CrashAtEnd(TrainerCallback):  # dies after the loop, before the final writes
+        def on_train_end(self, args, state, control, **kwargs):
+            raise RuntimeError("simulated crash")
+
+    fields = dict(epochs=8, patience=1)
+    straight = train(_config(tiny_model_dir, glue_dir, tmp_path / "straight", **fields))
+    assert straight["steps"] < 16  # early stopping ended it
+    config = _config(tiny_model_dir, glue_dir, tmp_path / "crashed", **fields)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, callbacks=[CrashAtEnd()])
+    resumed = train(config, resume=True)
+    assert resumed["steps"] == straight["steps"]
+    assert resumed["valid"] == straight["valid"] and resumed["test"] == straight["test"]

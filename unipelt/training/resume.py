@@ -151,6 +151,18 @@ def finished_run(run_dir: Path, config: Any) -> dict[str, Any]:
     return metrics
 
 
+def stopped_early(checkpoint: str | Path) -> bool:
+    """Whether training had already been told to stop at this checkpoint (early stopping, or the divergence
+    guard): a resume from it must not train on. The Trainer restores that flag only after its loop has begun,
+    so an early-stopped run killed during its final writes would otherwise train one more epoch."""
+    try:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+        control = state["stateful_callbacks"]["TrainerControl"]["args"]
+        return bool(control.get("should_training_stop"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def step_of(checkpoint: str | Path | None) -> int | None:
     match = _CHECKPOINT.match(Path(checkpoint).name) if checkpoint else None
     return int(match.group(1)) if match else None

@@ -17,7 +17,7 @@ import torch
 
 from unipelt.training.config import TrainConfig
 from unipelt.training.faults import kill_point
-from unipelt.training.resume import mark_complete
+from unipelt.training.resume import mark_complete, step_of, stopped_early
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainingArguments
@@ -177,6 +177,13 @@ def make_trainer_class() -> type[Trainer]:
                 folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
                 kill_point(f"checkpoint-complete:{step}")
                 mark_complete(folder)
+
+        def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
+            if isinstance(resume_from_checkpoint, (str, os.PathLike)) and stopped_early(
+                resume_from_checkpoint
+            ):
+                self.args.max_steps = step_of(resume_from_checkpoint)  # finished there: no step more
+            return super().train(resume_from_checkpoint, *args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
