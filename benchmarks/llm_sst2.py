@@ -279,9 +279,19 @@ def phase_gen(args: argparse.Namespace) -> None:
     conversation = read_chat_file(OUT / "test.jsonl")[0]
     for method in args.methods:
         run_dir = OUT / "runs" / f"k{args.k}" / method / f"seed-{args.seeds[0]}"
-        if method in results or not (run_dir / "metrics.json").is_file():
+        if method in results:
             continue
-        model, tokenizer = ChatRun(run_dir).load()
+        if (run_dir / "metrics.json").is_file():
+            model, tokenizer = ChatRun(run_dir).load()
+            modules = "trained run"
+        else:  # the same operations run whatever the weights' values: freshly initialised modules time the same
+            from unipelt.training import TrainConfig
+            from unipelt.training.causal_lm import build_causal_model
+
+            config = TrainConfig(model="smollm2", method=method, task=None, task_type="causal-lm")
+            model, _, tokenizer = build_causal_model(config)
+            model.eval()
+            modules = "freshly initialised (no finished run)"
         model.base_model.config.use_cache = True
         prompt = encode_prompt(tokenizer, conversation)
         # base and trained interleaved, so load changes on the shared machine hit both alike
@@ -296,6 +306,7 @@ def phase_gen(args: argparse.Namespace) -> None:
             "base_all": [round(r, 2) for r in base_rates],
             "tuned_all": [round(r, 2) for r in tuned_rates],
             "prompt_tokens": len(prompt),
+            "modules": modules,
             "new_tokens": args.new_tokens,
         }
         entry["slowdown_pct"] = 100 * (1 - entry["tuned_tok_s"] / entry["base_tok_s"])
