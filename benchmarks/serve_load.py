@@ -270,6 +270,37 @@ def table(path: Path) -> str:
     return "\n".join(lines)
 
 
+def memory_only(runs: dict[str, Path], inputs: dict[str, list], out: Path, requests: int = 30) -> None:
+    """Peak RSS of each configuration's servers after ``requests`` sequential requests per task: no timing, so
+    it may run while the benchmark lock is held by someone else."""
+    import httpx
+
+    for config in ("multi", "single"):
+        servers, routes = start_servers(config, runs, 32, 5.0)
+        try:
+            for task, url in routes.items():
+                for text in inputs[task][:requests]:
+                    httpx.post(
+                        f"{url}/v1/predict", json={"task": task, "inputs": [text]}, timeout=60
+                    ).raise_for_status()
+            memory = [s.memory() for s in servers]
+            record = {
+                "config": config,
+                "memory_only": True,
+                "tasks": list(routes),
+                "requests_per_task": requests,
+                "idle_rss_mb": [s.idle_rss_mb for s in servers],
+                "peak_rss_mb": [m["peak_rss_mb"] for m in memory],
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            }
+        finally:
+            for server in servers:
+                server.close()
+        print(json.dumps(record), flush=True)
+        with open(out, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "glue")
@@ -283,12 +314,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=OUT / "load.jsonl")
     p.add_argument("--figure", type=Path, default=ROOT / "benchmarks" / "figures" / "serve_latency.png")
     p.add_argument("--table", action="store_true", help="only print the results so far as a markdown table")
+    p.add_argument(
+        "--memory-only", action="store_true", help="peak RSS of the multi and single servers, no timing"
+    )
     args = p.parse_args(argv)
     if args.table:
         print(table(args.out))
         return 0
     runs = train_runs(args.runs_dir, args.data_dir)
     inputs = {t: texts(args.data_dir, t) for t in TASKS}
+    if args.memory_only:
+        memory_only(runs, inputs, args.out.with_name("memory.jsonl"))
+        return 0
     done = load_done(args.out)
     levels = [float(q) for q in args.qps.split(",")]
     for config in args.configs.split(","):
