@@ -120,7 +120,8 @@ def check_model_kind(config: Any, auto: Any, name: str | Path, task_kind: str) -
     audio or sequence-to-sequence model), instead of Transformers' list of 150 configuration classes."""
     from transformers.models.auto import modeling_auto as names
 
-    if type(config) in auto._model_mapping:
+    mapping = getattr(auto, "_model_mapping", None)  # config class -> model class, as from_config uses it
+    if mapping is None or type(config) in mapping:
         return
     from unipelt.errors import UnsupportedModelError
     from unipelt.inject.architectures import ARCHITECTURES
