@@ -213,3 +213,104 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def estimated_ratios(out: Path, task: str, seeds: list[int]) -> dict[str, float]:
+    """Inference ratio at 4 x 128 estimated from the autopelt runs' latency tables (mean per-unit costs):
+    1 + the costs of every unit a run computes (a LoRA counts unless merged, i.e. folded or ungated-merged).
+
+    A fallback when the timing stage cannot run; gate computations are not in the tables, so gated models
+    are estimated slightly low."""
+    from unipelt.autopelt.plan import Plan
+
+    runs = runs_of(out, task, seeds)
+    tables = [
+        json.loads((r / "latency.json").read_text())["measured"]
+        for m, rs in runs.items()
+        for r in rs
+        if m.startswith("autopelt") and (r / "latency.json").is_file()
+    ]
+    cost = {k: statistics.mean(t[k] for t in tables) for k in ("lora", "prefix", "adapter")}
+    layers, targets = 6, 2  # MiniLM-L6; LoRA on query and value
+    full = {"lora": layers * targets, "prefix": layers, "adapter": layers}
+    result = {
+        "lora": 1.0,
+        "adapter": 1 + full["adapter"] * cost["adapter"],
+        "prefix": 1 + full["prefix"] * cost["prefix"],
+    }
+    for method, folders in runs.items():
+        for run in folders:
+            if method in SINGLES:
+                continue
+            meta = json.loads((run / "checkpoint" / "unipelt_config.json").read_text())
+            plan = Plan.from_dict(meta.get("autopelt") or {})
+            counted = dict(full)
+            for unit in plan.prune:
+                counted[unit.kind] -= 1
+            for unit in plan.fold:
+                if unit.kind == "lora":  # merged when the run is loaded alone
+                    counted["lora"] -= 1
+            result[f"{method}/{run.name}"] = 1 + sum(counted[k] * cost[k] for k in counted)
+    result["per_unit_cost"] = cost
+    return result
+
+
+def report_estimated(out: Path, task: str, seeds: list[int], figure: Path) -> list[dict]:
+    """The table and Pareto plot with the estimated ratios (see :func:`estimated_ratios`)."""
+    ratios = estimated_ratios(out, task, seeds)
+    rows = []
+    for method, folders in runs_of(out, task, seeds).items():
+        metrics = [json.loads((f / "metrics.json").read_text()) for f in folders]
+        name = metrics[0]["metric"]
+        rows.append(
+            {
+                "task": task,
+                "method": method,
+                "seeds": len(folders),
+                "test": statistics.mean(100 * m["test"][name] for m in metrics),
+                "valid": statistics.mean(100 * m["valid"][name] for m in metrics),
+                "ratio_est_4x128": statistics.mean(
+                    ratios[method if method in SINGLES else f"{method}/{f.name}"] for f in folders
+                ),
+            }
+        )
+    rows.sort(key=lambda r: r["ratio_est_4x128"])
+    (out / f"autopelt_estimated_{task}.json").write_text(
+        json.dumps({"rows": rows, "ratios": ratios}, indent=2) + "\n"
+    )
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.5))
+    axes = fig.add_subplot()
+    singles = sorted((r["ratio_est_4x128"], r["test"]) for r in rows if r["method"] in SINGLES)
+    if len(singles) > 1:
+        axes.plot(*zip(*singles), color="tab:grey", ls="--", lw=1, label="line between single methods")
+    for r in rows:
+        colour = (
+            "tab:red"
+            if r["method"].startswith("autopelt")
+            else "tab:grey"
+            if r["method"] in SINGLES
+            else "tab:blue"
+        )
+        axes.scatter(r["ratio_est_4x128"], r["test"], color=colour)
+        axes.annotate(
+            r["method"],
+            (r["ratio_est_4x128"], r["test"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    axes.axvline(1.0, color="black", lw=0.8, ls=":")
+    axes.set(
+        xlabel="inference time / base model (estimated, 4 x 128)",
+        ylabel="test accuracy",
+        title=f"{task}, K = 1000, seed 1",
+    )
+    axes.legend(fontsize=7)
+    fig.tight_layout()
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=110)
+    for r in rows:
+        print(f"| {r['method']} | {r['valid']:.1f} | {r['test']:.2f} | {r['ratio_est_4x128']:.3f}x |")
+    return rows
