@@ -13,6 +13,7 @@ from typing import Any
 
 from unipelt.config import PRESETS, UniPELTConfig
 from unipelt.data import is_glue_task
+from unipelt.data.files import check_encoding
 from unipelt.errors import UniPELTError
 
 TASK_TYPES: tuple[str, ...] = ("auto", "classification", "regression", "token-classification", "causal-lm")
@@ -109,6 +110,10 @@ class TrainConfig:
     logging_steps: int = 10
     threads: int | None = None
     keep_trainer_checkpoints: bool = False
+    # text encoding of the user's own files (train/valid/test, predict inputs); GLUE files are always UTF-8
+    encoding: str = "utf-8"
+    # what a non-finite or exploding training loss does: stop the run, or continue (see training/guards.py)
+    on_divergence: str = "stop"  # stop | continue
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -131,6 +136,9 @@ class TrainConfig:
             raise UniPELTError(f"gate_init_std must be >= 0, got {self.gate_init_std}")
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise UniPELTError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        if self.on_divergence not in ("stop", "continue"):
+            raise UniPELTError(f"on_divergence must be stop or continue, not {self.on_divergence!r}")
+        check_encoding(self.encoding)
         if self.method != "ft":
             UniPELTConfig.from_preset(self.method, **self.unipelt)  # raises on unknown fields
 

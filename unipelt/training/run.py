@@ -19,7 +19,6 @@ with a head sized from the data (wrapped by UniPELT unless ``ft``), trains it wi
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 import time
@@ -38,7 +37,11 @@ from unipelt.errors import UniPELTError
 from unipelt.metrics import main_metric
 from unipelt.training.baseline import majority_class_scores
 from unipelt.training.config import TrainConfig
+from unipelt.training.faults import kill_point
+from unipelt.training.guards import make_divergence_guard, stop_diverged
 from unipelt.training.model_init import init_regression_bias, regression_output_layer, set_backbone_dropout
+from unipelt.training.resume import finished_run, prepare_resume
+from unipelt.training.run_files import read_run_config
 from unipelt.training.task_setup import class_weights, collator, metrics_function, tokenize_split
 from unipelt.training.trainer import make_trainer_class, run_callbacks, training_arguments
 
@@ -84,13 +87,22 @@ def load_splits(config: TrainConfig) -> Splits:
         valid = None
     else:
         train = load_table(
-            config.train_file, config.text_columns, config.label_column, regression=config.regression
+            config.train_file,
+            config.text_columns,
+            config.label_column,
+            regression=config.regression,
+            encoding=config.encoding,
         )
         labels = train.label_list
 
         def table(path: str) -> TaskData:
             return load_table(
-                path, config.text_columns, config.label_column, labels, regression=config.regression
+                path,
+                config.text_columns,
+                config.label_column,
+                labels,
+                regression=config.regression,
+                encoding=config.encoding,
             )
 
         valid = table(config.valid_file) if config.valid_file else None
@@ -167,11 +179,13 @@ def train(
 
     run_dir = Path(config.output_dir)
     if resume and (run_dir / "config.json").is_file():
-        saved = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+        saved = read_run_config(run_dir)
         config = dataclasses.replace(saved, output_dir=config.output_dir)
     config.validate()
-    if (run_dir / "metrics.json").is_file() and not resume:
-        raise UniPELTError(f"{run_dir} already holds a finished run; choose another --out or delete it")
+    if (run_dir / "metrics.json").is_file():
+        if not resume:
+            raise UniPELTError(f"{run_dir} already holds a finished run; choose another --out or delete it")
+        return finished_run(run_dir, config)
     if config.task_type == "causal-lm":  # instruction tuning on chats: its own data, loss and metrics
         from unipelt.training.causal_lm import train_causal_lm
 
@@ -203,9 +217,9 @@ def train(
     datasets = {name: dataset for name, (dataset, _) in tokenized.items()}
     alignment = {name: report for name, (_, report) in tokenized.items() if report}
     trainer_dir = run_dir / "trainer"
-    resume_from = resume and trainer_dir.is_dir() and any(trainer_dir.glob("checkpoint-*"))
     run_dir.mkdir(parents=True, exist_ok=True)
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes the run folder
+    resume_from = prepare_resume(run_dir, trainer_dir, main_process) if resume else None
     if main_process and not resume_from:
         (run_dir / "log.jsonl").unlink(missing_ok=True)
     if main_process:
@@ -219,6 +233,7 @@ def train(
 
     compute_metrics = metrics_function(splits.metric_kind, splits.label_list)
 
+    guard = make_divergence_guard(run_dir, config.on_divergence)
     autopelt = None
     if config.method == "autopelt":  # module selection: latency table, loss, tracking
         from unipelt.autopelt.training import Session
@@ -233,13 +248,23 @@ def train(
         eval_dataset=datasets["valid"],
         data_collator=collator(splits.task_kind, tokenizer),
         compute_metrics=compute_metrics,
-        callbacks=[*run_callbacks(config, run_dir, unipelt), *(autopelt.callbacks if autopelt else []), *callbacks],
+        callbacks=[
+            *run_callbacks(config, run_dir, unipelt),
+            guard,
+            *(autopelt.callbacks if autopelt else []),
+            *callbacks,
+        ],
         run_config=config,
+        divergence_guard=guard,
     )
     trainer.class_weights = weights  # for ft, whose loss is the base model's own (UniPELT tasks hold theirs)
     start = time.time()
-    trainer.train(resume_from_checkpoint=True if resume_from else None)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     train_seconds = time.time() - start
+    if guard.event is not None and guard.action == "stop":
+        stop_diverged(
+            guard, trainer, run_dir, lambda: _save_final(model, unipelt, tokenizer, run_dir, splits)
+        )
 
     valid_metrics = trainer.evaluate(datasets["valid"], metric_key_prefix="valid")
     test_metrics = trainer.evaluate(datasets["test"], metric_key_prefix="test") if "test" in datasets else {}
@@ -265,10 +290,12 @@ def train(
         _save_final(model, unipelt, tokenizer, run_dir, splits)
         if autopelt is not None:  # gates made hard: the plan goes into the checkpoint, metrics are the deployed
             result = autopelt.finish(result)
+        kill_point("final-checkpoint")
         if unipelt is not None:
             _write_gate_report(unipelt, trainer, datasets.get("test") or datasets["valid"], run_dir)
         _write_learning_curves(run_dir)
         write_json(run_dir / "metrics.json", result)
+        kill_point("final-metrics")
         if not config.keep_trainer_checkpoints:
             shutil.rmtree(trainer_dir, ignore_errors=True)
     return result
