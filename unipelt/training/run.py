@@ -288,7 +288,8 @@ def train(
     }
     if trainer.is_world_process_zero():
         _save_final(model, unipelt, tokenizer, run_dir, splits)
-        if autopelt is not None:  # gates made hard: the plan goes into the checkpoint, metrics are the deployed
+        # autopelt: gates made hard, the plan goes into the checkpoint, metrics are the deployed model's
+        if autopelt is not None:
             result = autopelt.finish(result)
         kill_point("final-checkpoint")
         if unipelt is not None:
