@@ -304,9 +304,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--regression-bias",
-        default="label-mean",
-        choices=["label-mean", "zero"],
-        help="start a regression head's output bias at the training labels' mean (default) or at zero",
+        default="zero",
+        choices=["zero", "label-mean"],
+        help="start a regression head's output bias at zero (default) or at the training labels' mean",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument(
