@@ -167,6 +167,13 @@ class UniPELTConfig:
         return dataclasses.replace(self, **overrides)
 
     @classmethod
+    def resolve(cls, method: str | UniPELTConfig, overrides: dict[str, Any]) -> UniPELTConfig:
+        """A preset name or a config, with keyword overrides applied."""
+        if isinstance(method, str):
+            return cls.from_preset(method, **overrides)
+        return method.replace(**overrides) if overrides else method
+
+    @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> UniPELTConfig:
         """One of the paper's variants, with any field overridden."""
         if name not in PRESETS:

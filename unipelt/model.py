@@ -25,33 +25,12 @@ from unipelt import checkpoint
 from unipelt.config import UniPELTConfig
 from unipelt.errors import UniPELTError
 from unipelt.heads import LABELLED, base_kind, compatible, find_head_paths, with_task_loss
-from unipelt.inject.architectures import architecture_for, layer_list
+from unipelt.inject.architectures import architecture_for, layer_list, model_dims
 from unipelt.inject.context import ACTIVE, COLLECT, DISABLED, LAST_GATES, ROUTE, set_for_model
 from unipelt.inject.hooks import Injector
 from unipelt.tasks import TaskModules, build_task
 
 DEFAULT_TASK = "default"
-
-
-def model_dims(config: Any) -> dict[str, int]:
-    """The shape facts of a Transformers config that UniPELT and its checkpoints depend on."""
-    hidden = int(config.hidden_size)
-    heads = int(config.num_attention_heads)
-    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
-    return {
-        "hidden_size": hidden,
-        "num_hidden_layers": int(config.num_hidden_layers),
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_dim": head_dim,
-    }
-
-
-def _resolve_config(method: str | UniPELTConfig, overrides: dict[str, Any]) -> UniPELTConfig:
-    if isinstance(method, str):
-        return UniPELTConfig.from_preset(method, **overrides)
-    return method.replace(**overrides) if overrides else method
 
 
 class UniPELTModel(nn.Module):
@@ -105,7 +84,7 @@ class UniPELTModel(nn.Module):
             raise UniPELTError(f"task {name!r} already exists; remove_task({name!r}) first")
         if self.merged:
             raise UniPELTError("modules were merged into the shared base weights; no task can be added now")
-        config = _resolve_config(config, overrides)
+        config = UniPELTConfig.resolve(config, overrides)
         if kind is None:
             kind = "regression" if num_labels == 1 and self.base_kind == "classification" else self.base_kind
         if not compatible(self.base_kind, kind):
@@ -400,8 +379,6 @@ class UniPELTModel(nn.Module):
             raise
         return task
 
-    read_checkpoint_config = staticmethod(checkpoint.read_checkpoint_config)
-
     @classmethod
     def from_pretrained(cls, model: nn.Module, path: str | Path) -> UniPELTModel:
         """Rebuild the tasks of a checkpoint (one task, or a multi-task folder) on a fresh base model."""
@@ -420,7 +397,7 @@ def add_unipelt(model: nn.Module, method: str | UniPELTConfig = "unipelt", **ove
     ``method`` is a preset name (adapter, lora, prefix, unipelt-ap, unipelt, unipelt-router, ap-nogate, ia3,
     bitfit) or a config; keyword overrides change single fields, e.g. ``add_unipelt(model, "unipelt", lora_rank=4)``.
     """
-    return UniPELTModel(model, _resolve_config(method, overrides))
+    return UniPELTModel(model, UniPELTConfig.resolve(method, overrides))
 
 
 def load_unipelt(model: nn.Module, path: str | Path) -> UniPELTModel:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -167,3 +168,18 @@ def layer_list(backbone: nn.Module, arch: Architecture) -> nn.ModuleList:
             f"expected a ModuleList at {arch.layers!r}, found {type(layers).__name__}"
         )
     return layers
+
+
+def model_dims(config: Any) -> dict[str, int]:
+    """The shape facts of a Transformers config that UniPELT and its checkpoints depend on."""
+    hidden = int(config.hidden_size)
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    return {
+        "hidden_size": hidden,
+        "num_hidden_layers": int(config.num_hidden_layers),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
+    }
