@@ -219,6 +219,11 @@ def test_optimize_command_writes_a_run_that_loads_evaluates_and_restores(
     assert folded["test"]["after"]["accuracy"] == pytest.approx(
         folded["test"]["before"]["accuracy"], abs=0.07
     )
+    # The folded run loaded alone has its LoRA merged into the base weights: that deployed form exports, and
+    # the export's own parity check (ONNX Runtime against PyTorch on the test inputs) passes.
+    pytest.importorskip("onnxruntime")
+    assert main(["export", str(flags), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    assert (tmp_path / "onnx" / "model.onnx").stat().st_size > 0
 
 
 def test_hard_concrete_gate_samples_exact_zeros_and_ones_and_is_deterministic_in_eval():

@@ -141,6 +141,5 @@ def test_refusals_name_the_reason(rte_run, tmp_path, capsys):
     with pytest.raises(UniPELTError, match="holds 2 tasks; an ONNX export holds one task"):
         exportable(run)
     model.remove_task("other")
-    model.merged.append("lora")
-    with pytest.raises(UniPELTError, match=r"merged into the base weights"):
-        exportable(run)
+    model.merged.append("lora")  # as an optimized run loaded alone: its merged weights are what is exported
+    exportable(run)

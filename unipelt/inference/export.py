@@ -52,11 +52,8 @@ class _Logits(torch.nn.Module):
 def exportable(run: Any) -> None:
     """Refuse, with the reason, what this exporter cannot turn into one graph."""
     model, _ = run.load()
-    merged = getattr(model, "merged", None)
-    if merged:
-        raise UniPELTError(
-            f"{run.folder}: modules {merged} were merged into the base weights; export the unmerged run"
-        )
+    # Modules merged into the base weights (an optimized run loaded alone) need nothing special: the graph
+    # is traced from the merged model, which is exactly the deployed form, and parity is checked as always.
     tasks = getattr(model, "tasks", None)
     if tasks is not None and len(tasks) != 1:
         raise UniPELTError(f"{run.folder} holds {len(tasks)} tasks; an ONNX export holds one task")
