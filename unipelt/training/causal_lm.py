@@ -118,7 +118,13 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     if isinstance(model, UniPELTModel):
         model.gradient_checkpointing_enable({"use_reentrant": False})
     elif getattr(model, "supports_gradient_checkpointing", False):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable = getattr(
+            model, "activation_checkpointing_enable", None
+        )  # the newer name in transformers 5.2x
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
         raise UniPELTError(f"{type(model).__name__} does not support gradient checkpointing")
 
