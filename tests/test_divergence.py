@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import tiny_run_config
 
 from unipelt.errors import TrainingDivergedError
-from unipelt.training import TrainConfig, train
+from unipelt.training import train
 from unipelt.training.guards import DivergenceGuard
 
 
@@ -62,23 +63,7 @@ def test_continue_records_but_does_not_stop(tmp_path):
         DivergenceGuard(tmp_path, action="ignore")
 
 
-def _config(model: Path, glue: Path, out: Path, **overrides) -> TrainConfig:
-    fields = dict(
-        model=str(model),
-        task="rte",
-        data_dir=str(glue),
-        method="unipelt",
-        k=16,
-        n_valid=16,
-        epochs=3,  # 2 steps an epoch
-        batch_size=8,
-        max_length=64,
-        threads=1,
-        patience=10,
-        lr=1e-2,
-        output_dir=str(out),
-    )
-    return TrainConfig(**{**fields, **overrides})
+_config = partial(tiny_run_config, epochs=3)  # 2 steps an epoch
 
 
 def _poison_after_first_checkpoint():

@@ -12,13 +12,15 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import tiny_run_config
 
-from unipelt.training import TrainConfig, train
+from unipelt.training import train
 from unipelt.training.faults import KILL_ENV
 from unipelt.training.resume import COMPLETE_NAME, checkpoint_problem
 
@@ -26,23 +28,7 @@ pytestmark = pytest.mark.slow
 WEIGHTS = Path("checkpoint") / "unipelt_weights.safetensors"
 
 
-def _config(model: Path, glue: Path, out: Path, **overrides) -> TrainConfig:
-    fields = dict(
-        model=str(model),
-        task="rte",
-        data_dir=str(glue),
-        method="unipelt",
-        k=16,
-        n_valid=16,
-        epochs=3,  # 2 steps an epoch: checkpoints 2, 4, 6
-        batch_size=8,
-        max_length=64,
-        threads=1,
-        patience=10,
-        lr=1e-2,
-        output_dir=str(out),
-    )
-    return TrainConfig(**{**fields, **overrides})
+_config = partial(tiny_run_config, epochs=3)  # 2 steps an epoch: checkpoints 2, 4, 6
 
 
 def _cli(args: list[str], kill_at: str | None = None) -> subprocess.CompletedProcess:

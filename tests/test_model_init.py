@@ -6,33 +6,22 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from functools import partial
 
 import pytest
 import torch
+from tiny_runs import tiny_run_config
 from torch import nn
 
 from unipelt.cli.train import add_parser, train_config
 from unipelt.errors import UniPELTError
-from unipelt.training import TrainConfig, train
+from unipelt.training import train
 from unipelt.training.model_init import set_backbone_dropout
 from unipelt.training.run import build_model, load_splits
 
-
-def _config(model_dir, glue_dir, out, **overrides) -> TrainConfig:
-    fields = dict(
-        model=str(model_dir),
-        task="stsb",
-        data_dir=str(glue_dir),
-        method="unipelt",
-        k=32,
-        n_valid=32,
-        epochs=1,
-        batch_size=8,
-        max_length=48,
-        threads=1,
-        output_dir=str(out),
-    )
-    return TrainConfig(**{**fields, **overrides})
+_config = partial(
+    tiny_run_config, task="stsb", k=32, n_valid=32, epochs=1, max_length=48, patience=5, lr=None
+)
 
 
 def _mean_prediction(model, tokenizer, texts) -> float:

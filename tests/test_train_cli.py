@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import tiny_run_config
 
 from unipelt.cli import main
 from unipelt.training import TrainConfig, train
@@ -270,23 +271,7 @@ def _capture_gates():
     return Capture()
 
 
-def _tiny_config(tiny_model_dir, glue_dir, out, **overrides):
-    fields = dict(
-        model=str(tiny_model_dir),
-        task="rte",
-        data_dir=str(glue_dir),
-        method="unipelt",
-        k=16,
-        n_valid=16,
-        epochs=2,
-        batch_size=8,
-        max_length=64,
-        threads=1,
-        patience=10,
-        lr=1e-2,
-        output_dir=str(out),
-    )
-    return TrainConfig(**{**fields, **overrides})
+_tiny_config = tiny_run_config
 
 
 def test_gate_warmup_holds_gates_then_releases_them(tiny_model_dir, glue_dir, tmp_path):
