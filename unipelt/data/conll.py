@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from unipelt.data.examples import TaskData
-from unipelt.data.files import _lines, _read_text
+from unipelt.data.files import _jsonl_records, _lines, _read_text
 from unipelt.errors import DataError, UniPELTError
 
 CONLL_SUFFIXES = (".conll", ".conllu", ".iob", ".iob1", ".iob2", ".bio", ".bioes", ".iobes", ".txt", ".ner")
@@ -190,17 +190,8 @@ def read_token_jsonl(
     file = Path(path).expanduser()
     sentences: list[tuple[int, list[str], list[str] | None]] = []
     skipped = 0
-    for number, raw in enumerate(_lines(_read_text(file)), start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise DataError(
-                f'{file}, line {number}: not valid JSON ({err.msg}). Each line must be {{"tokens": [...], '
-                f'"tags": [...]}}.'
-            ) from None
-        if not isinstance(record, dict) or not isinstance(record.get("tokens"), list):
+    for number, record in _jsonl_records(_read_text(file), file, '{"tokens": [...], "tags": [...]}'):
+        if not isinstance(record.get("tokens"), list):
             raise DataError(
                 f'{file}, line {number}: no "tokens" list. Each line must be {{"tokens": [...], ...}}.'
             )

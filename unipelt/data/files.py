@@ -10,8 +10,10 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from unipelt.errors import DataError
 
@@ -110,3 +112,25 @@ def _check_columns(path: Path, present: Sequence[str], wanted: Sequence[str]) ->
             f"{path}: no column named {', '.join(repr(m) for m in missing)}. Columns present: "
             f"{', '.join(repr(p) for p in present)}. Pass the right column names (they are case-sensitive)."
         )
+
+
+def _jsonl_records(
+    text: str, path: Path, example: str = '{"text": "...", "label": "pos"}'
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSON-lines file; one-line errors naming file and line."""
+    for line, raw in enumerate(_lines(text), start=1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise DataError(
+                f"{path}, line {line}: not valid JSON ({err.msg} at column {err.colno}). Each line of a .jsonl "
+                f"file must be one JSON object, e.g. {example}: fix or remove that line."
+            ) from None
+        if not isinstance(record, dict):
+            raise DataError(
+                f"{path}, line {line}: a JSON {type(record).__name__}, not an object. Each line must be one "
+                f"object such as {example}."
+            )
+        yield line, record

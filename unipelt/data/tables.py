@@ -6,7 +6,6 @@ Labels become class ids in a stated or sorted order (so ``1`` in JSON and ``"1"`
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -15,29 +14,17 @@ from typing import Any
 import numpy as np
 
 from unipelt.data.examples import Example, Label, TaskData
-from unipelt.data.files import _check_columns, _fields_to_record, _lines, _read_text, _split_csv, _split_tsv
+from unipelt.data.files import (
+    _check_columns,
+    _fields_to_record,
+    _jsonl_records,
+    _read_text,
+    _split_csv,
+    _split_tsv,
+)
 from unipelt.errors import DataError, UniPELTError
 
 _TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
-
-
-def _jsonl_records(text: str, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    for line, raw in enumerate(_lines(text), start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as err:
-            raise DataError(
-                f"{path}, line {line}: not valid JSON ({err.msg} at column {err.colno}). Each line of a .jsonl "
-                f'file must be one JSON object, e.g. {{"text": "...", "label": "pos"}}: fix or remove that line.'
-            ) from None
-        if not isinstance(record, dict):
-            raise DataError(
-                f"{path}, line {line}: a JSON {type(record).__name__}, not an object. Each line must be one "
-                f'object such as {{"text": "...", "label": "pos"}}.'
-            )
-        yield line, record
 
 
 def _table_records(
