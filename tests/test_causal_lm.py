@@ -159,11 +159,9 @@ def test_full_fine_tuning_with_packing_and_checkpointing(tmp_path):
 
 def test_train_and_generate_commands(tmp_path, capsys):
     config = _train_tiny(tmp_path)
-    code = main(
+    code = main(  # no --task-type: the chat file is detected (task_type auto)
         [
             "train",
-            "--task-type",
-            "causal-lm",
             "--model",
             config.model,
             "--train",
@@ -197,3 +195,51 @@ def test_train_and_generate_commands(tmp_path, capsys):
     assert streamed.split() == expected.split()
     assert main(["generate", config.output_dir, "--prompt", "hi", "--task", "nope"]) == 2
     assert "has no task 'nope'" in capsys.readouterr().err
+    # `unipelt eval` scores the run on its test chats exactly as training did
+    assert main(["eval", config.output_dir, "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["examples"] == 6
+    for name, value in metrics["test"].items():
+        assert scores[name] == pytest.approx(value, abs=1e-6), name
+    assert main(["eval", config.output_dir, "--data", config.train_file, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == 24
+    assert main(["eval", config.output_dir, "--task", "rte"]) == 2
+    assert "causal-lm run" in capsys.readouterr().err
+
+
+def test_answer_loss_is_the_models_own_loss_over_answer_tokens():
+    from unipelt.inference.chat_scoring import answer_loss
+
+    base, tokenizer = tiny_chat_llm()
+    base.eval()
+    chats = _conversations(5)
+    rows = list(tokenize_conversations(chats, tokenizer, 64))
+    total = count = 0.0
+    with torch.no_grad():
+        for row in rows:  # one row at a time: the model's mean equals the token mean of that row
+            batch = ChatCollator(tokenizer.pad_token_id)([row])
+            answer_tokens = int((batch["labels"][:, 1:] != -100).sum())
+            total += base(**batch).loss.item() * answer_tokens
+            count += answer_tokens
+    for batch_size in (1, 2, 5):  # token-weighted: the batching does not change it
+        assert answer_loss(base, tokenizer, chats, 64, batch_size) == pytest.approx(total / count, rel=1e-5)
+
+
+def test_chat_files_are_detected(tmp_path):
+    from unipelt.data.chat import is_chat_file
+
+    write_chats(tmp_path / "chats.jsonl", sentiment_rows(2))
+    (tmp_path / "messages.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    (tmp_path / "table.jsonl").write_text('{"text": "good film", "label": "pos"}\n')
+    (tmp_path / "prompt_only.jsonl").write_text('{"prompt": "a text column named prompt", "label": 1}\n')
+    (tmp_path / "tokens.jsonl").write_text('{"tokens": ["Paris"], "tags": ["B-LOC"]}\n')
+    (tmp_path / "table.csv").write_text("prompt,response\na,b\n")
+    found = {p.name: is_chat_file(p) for p in sorted(tmp_path.iterdir())}
+    assert found == {
+        "chats.jsonl": True,
+        "messages.jsonl": True,
+        "prompt_only.jsonl": False,
+        "table.csv": False,
+        "table.jsonl": False,
+        "tokens.jsonl": False,
+    }

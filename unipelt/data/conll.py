@@ -15,7 +15,6 @@ and counted (``TokenData.skipped_empty``).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from unipelt.data.examples import TaskData
-from unipelt.data.files import _jsonl_records, _lines, _read_text
+from unipelt.data.files import _jsonl_records, _lines, _read_text, first_jsonl_record
 from unipelt.errors import DataError, UniPELTError
 
 CONLL_SUFFIXES = (".conll", ".conllu", ".iob", ".iob1", ".iob2", ".bio", ".bioes", ".iobes", ".txt", ".ner")
@@ -80,14 +79,8 @@ def is_token_file(path: str | os.PathLike[str], encoding: str = "utf-8") -> bool
     if not file.is_file():
         return False
     if suffix in JSONL_SUFFIXES:
-        for raw in _lines(_read_text(file, encoding)):
-            if raw.strip():
-                try:
-                    record = json.loads(raw)
-                except json.JSONDecodeError:
-                    return False
-                return isinstance(record, dict) and "tokens" in record
-        return False
+        record = first_jsonl_record(file, encoding)
+        return record is not None and "tokens" in record
     if suffix in (".tsv", ".csv", ".tab"):
         for raw in _lines(_read_text(file, encoding)):
             if raw.strip():

@@ -134,3 +134,23 @@ def _jsonl_records(
                 f"object such as {example}."
             )
         yield line, record
+
+
+def first_jsonl_record(path: str | Path, encoding: str = "utf-8") -> dict[str, Any] | None:
+    """The first non-blank line of a JSON-lines file as an object, or None (not a file, not JSON, not an
+    object). Used to guess what a file holds for ``task_type=auto``; reading it properly reports errors."""
+    file = Path(path)
+    if not file.is_file():
+        return None
+    try:
+        text = _read_text(file, encoding)
+    except DataError:
+        return None
+    for raw in _lines(text):
+        if raw.strip():
+            try:
+                record = json.loads(raw)
+            except json.JSONDecodeError:
+                return None
+            return record if isinstance(record, dict) else None
+    return None

@@ -146,6 +146,17 @@ def answer_metrics(
     return metrics
 
 
+def is_chat_run(folder: str | Path) -> bool:
+    """Whether a run folder holds a causal-LM run (its labels.json says ``metric_kind`` ``causal-lm``)."""
+    import json
+
+    try:
+        info = json.loads((Path(folder) / "labels.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # not a run, or a damaged one: the classification path reports it
+    return isinstance(info, dict) and info.get("metric_kind") == "causal-lm"
+
+
 class ChatRun:
     """A finished causal-LM run folder: its config, tokenizer (with chat template) and model."""
 
@@ -203,6 +214,32 @@ class ChatRun:
         if task not in names:
             raise UniPELTError(f"{self.folder} has no task {task!r}; its tasks: {', '.join(names) or 'none'}")
         return task
+
+    def data(self, path: str | None = None) -> list[Conversation]:
+        """Chats to evaluate on: a JSON-lines file with answers, else the run's own test file."""
+        from unipelt.data.chat import read_chat_file
+
+        path = path or self.config.test_file
+        if path is None:
+            raise UniPELTError(f"{self.folder} was trained without a test file: pass --data CHATS.jsonl")
+        return read_chat_file(path)
+
+    def evaluate(self, conversations: Sequence[Conversation], task: str | None = None) -> dict[str, float]:
+        """Answer loss and perplexity, and with the run's answer choices the accuracy of greedy answers: the
+        scoring the run's metrics.json holds (:func:`unipelt.inference.chat_scoring.score_chats`)."""
+        from unipelt.inference.chat_scoring import score_chats
+
+        model, tokenizer = self.load()
+        return score_chats(
+            model,
+            tokenizer,
+            conversations,
+            self.answer_choices,
+            max_length=self.config.max_length,
+            max_new_tokens=self.config.max_new_tokens,
+            batch_size=self.config.eval_batch_size,
+            task=self.check_task(task),
+        )
 
     def generate(
         self, conversations: Sequence[Conversation], sampling: Sampling, task: str | None = None

@@ -4,14 +4,14 @@ The model keeps its own LM head; the loss is the base model's next-token loss on
 -100 elsewhere, :mod:`unipelt.data.chat`). The best checkpoint is the one with the lowest validation loss. At
 the end the run reports validation (and test) loss and perplexity, and, when the answers are short labels
 (``answer_choices``: given, or detected from the training answers), accuracy and exact match of greedy
-generations. The run folder has the same layout as a classification run (config.json, labels.json,
-checkpoint/, tokenizer/, log.jsonl, metrics.json, learning_curves.png), with ``metric_kind`` ``causal-lm`` and
-the answer choices in labels.json, so :class:`unipelt.inference.generation.ChatRun` can rebuild it.
+generations, all through :func:`unipelt.inference.chat_scoring.score_chats`, which ``unipelt eval`` uses too.
+The run folder has the same layout as a classification run (config.json, labels.json, checkpoint/, tokenizer/,
+log.jsonl, metrics.json, learning_curves.png), with ``metric_kind`` ``causal-lm`` and the answer choices in
+labels.json, so :class:`unipelt.inference.generation.ChatRun` can rebuild it.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import time
@@ -34,6 +34,7 @@ from unipelt.data.chat import (
     tokenize_conversations,
 )
 from unipelt.errors import UniPELTError
+from unipelt.inference.chat_scoring import score_chats
 from unipelt.training.config import TrainConfig
 
 
@@ -209,16 +210,17 @@ def train_causal_lm(
     base = unipelt.base_model if unipelt is not None else model
     base.config.use_cache = True
     results = {}
-    for split in ("valid", "test"):
-        if split not in datasets:
-            continue
-        loss = trainer.evaluate(datasets[split], metric_key_prefix=split)[f"{split}_loss"]
-        scores = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
-        if splits.answer_choices:
-            scores.update(
-                _generation_scores(model, tokenizer, getattr(splits, split), splits.answer_choices, config)
+    for split in ("valid", "test"):  # the same scoring as `unipelt eval` on the finished run
+        if getattr(splits, split) is not None:
+            results[split] = score_chats(
+                model,
+                tokenizer,
+                getattr(splits, split),
+                splits.answer_choices,
+                max_length=config.max_length,
+                max_new_tokens=config.max_new_tokens,
+                batch_size=config.eval_batch_size,
             )
-        results[split] = scores
     metric = "accuracy" if splits.answer_choices else "perplexity"
     result = {
         "task": config.train_file,
@@ -250,16 +252,6 @@ def _save_final(model: Any, unipelt: Any, tokenizer: Any, run_dir: Path, info: d
     else:
         atomic_directory(run_dir / "checkpoint", lambda folder: model.save_pretrained(folder))
     atomic_directory(run_dir / "tokenizer", lambda folder: tokenizer.save_pretrained(folder))
-
-
-def _generation_scores(
-    model: Any, tokenizer: Any, conversations: list[Conversation], choices: list[str], config: TrainConfig
-) -> dict[str, float]:
-    from unipelt.inference.generation import Sampling, answer_metrics, generate_texts
-
-    sampling = Sampling(max_new_tokens=config.max_new_tokens)
-    generated = generate_texts(model, tokenizer, conversations, sampling, batch_size=config.eval_batch_size)
-    return answer_metrics(generated, conversations, choices)
 
 
 def _step_of(checkpoint: str | None) -> int | None:

@@ -19,6 +19,7 @@ with a head sized from the data (wrapped by UniPELT unless ``ft``), trains it wi
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import time
@@ -44,6 +45,8 @@ from unipelt.training.resume import finished_run, prepare_resume
 from unipelt.training.run_files import read_run_config
 from unipelt.training.task_setup import class_weights, collator, metrics_function, tokenize_split
 from unipelt.training.trainer import make_trainer_class, run_callbacks, training_arguments
+
+log = logging.getLogger("unipelt")
 
 
 @dataclass
@@ -186,6 +189,12 @@ def train(
         if not resume:
             raise UniPELTError(f"{run_dir} already holds a finished run; choose another --out or delete it")
         return finished_run(run_dir, config)
+    if config.task_type == "auto" and not config.regression:
+        from unipelt.training.task_setup import resolve_task_type
+
+        if resolve_task_type(config) == "causal-lm":  # a chat file: instruction tuning
+            log.info("%s holds chats: training a causal-lm run", config.train_file)
+            config = dataclasses.replace(config, task_type="causal-lm")
     if config.task_type == "causal-lm":  # instruction tuning on chats: its own data, loss and metrics
         from unipelt.training.causal_lm import train_causal_lm
 

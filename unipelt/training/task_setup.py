@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from unipelt.data import TaskData, k_shot_split, tokenize_examples
+from unipelt.data.chat import is_chat_file
 from unipelt.data.conll import TokenData, is_token_file, load_hub_tokens, load_tokens
 from unipelt.data.token_align import tokenize_tagged
 from unipelt.errors import UniPELTError
@@ -27,7 +28,8 @@ log = logging.getLogger("unipelt")
 
 def resolve_task_type(config: TrainConfig) -> str:
     """The run's kind of task: ``config.task_type`` unless ``auto``, then regression with ``--regression``,
-    token classification for tagged files (:func:`~unipelt.data.conll.is_token_file`), else classification."""
+    token classification for tagged files (:func:`~unipelt.data.conll.is_token_file`), instruction tuning
+    (``causal-lm``) for chat files (:func:`~unipelt.data.chat.is_chat_file`), else classification."""
     if config.task_type != "auto":
         if config.regression and config.task_type != "regression":
             raise UniPELTError(f"--regression contradicts --task-type {config.task_type}")
@@ -36,6 +38,8 @@ def resolve_task_type(config: TrainConfig) -> str:
         return "regression"
     if config.task is None and config.train_file and is_token_file(config.train_file, config.encoding):
         return TOKEN
+    if config.task is None and config.train_file and is_chat_file(config.train_file):
+        return "causal-lm"
     return "classification"
 
 
