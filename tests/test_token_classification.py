@@ -106,6 +106,20 @@ def test_jsonl_reader_counts_empty_sentences(tmp_path):
         read_token_jsonl(path)
 
 
+def test_tagged_files_are_read_in_the_given_encoding(tmp_path):
+    conll = tmp_path / "latin.conll"
+    conll.write_bytes("José B-PER\nvit O\n\nà O\nParís B-LOC\n".encode("latin-1"))
+    lines = tmp_path / "latin.jsonl"
+    lines.write_bytes(
+        (json.dumps({"tokens": ["Zoë"], "tags": ["B-PER"]}, ensure_ascii=False) + "\n").encode("latin-1")
+    )
+    with pytest.raises(DataError, match=r"latin\.conll.*not valid UTF-8"):
+        load_tokens(conll)
+    data = load_tokens(conll, encoding="latin-1")
+    assert [e.tokens for e in data.examples] == [("José", "vit"), ("à", "París")]
+    assert load_tokens(lines, encoding="latin-1").examples[0].tokens == ("Zoë",)
+
+
 def test_task_type_is_inferred_from_the_file(tmp_path):
     jsonl = tmp_path / "t.jsonl"
     jsonl.write_text(json.dumps({"tokens": ["a"], "tags": ["O"]}) + "\n")

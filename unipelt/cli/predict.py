@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         if trained.is_tagger:  # token classification: sentences in, tags and entity spans out
             from unipelt.inference.tagging import print_tagged
 
-            return print_tagged(trained, args.input, args.format)
+            return print_tagged(trained, args.input, args.format, args.encoding or trained.config.encoding)
         text_columns = trained.input_columns
         encoding, task = args.encoding or trained.config.encoding, trained.config.task
         task = task.upper() if task else None

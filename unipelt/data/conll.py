@@ -121,10 +121,11 @@ def read_conll(
     tag_column: int = -1,
     label_list: Sequence[str] | None = None,
     labelled: bool = True,
+    encoding: str = "utf-8",
 ) -> TokenData:
     """A CoNLL-style file: word and tag columns split on tabs (when the line has any) or runs of spaces."""
     file = Path(path).expanduser()
-    text = _read_text(file)
+    text = _read_text(file, encoding)
     sentences: list[tuple[int, list[str], list[str] | None]] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -177,13 +178,18 @@ def read_conll(
 
 
 def read_token_jsonl(
-    path: str | os.PathLike[str], label_list: Sequence[str] | None = None, labelled: bool = True
+    path: str | os.PathLike[str],
+    label_list: Sequence[str] | None = None,
+    labelled: bool = True,
+    encoding: str = "utf-8",
 ) -> TokenData:
     """JSON lines ``{"tokens": [...], "tags": [...]}``; a sentence with no tokens is skipped and counted."""
     file = Path(path).expanduser()
     sentences: list[tuple[int, list[str], list[str] | None]] = []
     skipped = 0
-    for number, record in _jsonl_records(_read_text(file), file, '{"tokens": [...], "tags": [...]}'):
+    for number, record in _jsonl_records(
+        _read_text(file, encoding), file, '{"tokens": [...], "tags": [...]}'
+    ):
         if not isinstance(record.get("tokens"), list):
             raise DataError(
                 f'{file}, line {number}: no "tokens" list. Each line must be {{"tokens": [...], ...}}.'
@@ -210,11 +216,12 @@ def load_tokens(
     tag_column: int = -1,
     label_list: Sequence[str] | None = None,
     labelled: bool = True,
+    encoding: str = "utf-8",
 ) -> TokenData:
-    """A token-classification file, JSON lines or CoNLL by its extension."""
+    """A token-classification file, JSON lines or CoNLL by its extension, in ``encoding`` (``--encoding``)."""
     if Path(path).suffix.lower() in JSONL_SUFFIXES:
-        return read_token_jsonl(path, label_list, labelled)
-    return read_conll(path, tag_column, label_list, labelled)
+        return read_token_jsonl(path, label_list, labelled, encoding)
+    return read_conll(path, tag_column, label_list, labelled, encoding)
 
 
 def load_hub_tokens(name: str, split: str, label_list: Sequence[str] | None = None) -> TokenData:

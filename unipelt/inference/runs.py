@@ -100,7 +100,9 @@ class Run:
             from unipelt.data.conll import load_hub_tokens, load_tokens
 
             if path is not None:
-                return load_tokens(path, self.config.tag_column, self.labels)
+                return load_tokens(
+                    path, self.config.tag_column, self.labels, encoding=encoding or self.config.encoding
+                )
             return load_hub_tokens(task or self.config.task, "test", self.labels)
         if path is not None:
             return load_table(

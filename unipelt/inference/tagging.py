@@ -18,26 +18,27 @@ import numpy as np
 import torch
 
 from unipelt.data.conll import JSONL_SUFFIXES, TokenExample, load_tokens
+from unipelt.data.files import _read_text
 from unipelt.data.token_align import encode_words
 from unipelt.errors import UniPELTError
 from unipelt.metrics import entity_metrics
 
 
-def read_sentences(source: str, tag_column: int = -1) -> list[TokenExample]:
+def read_sentences(source: str, tag_column: int = -1, encoding: str = "utf-8") -> list[TokenExample]:
     """Sentences to tag: JSON lines with ``tokens``, a CoNLL file (its first column), or plain text lines from a
-    file or '-' (one sentence a line, words split on whitespace)."""
+    file or '-' (one sentence a line, words split on whitespace); files in ``encoding``."""
     suffix = Path(source).suffix.lower()
     if source != "-" and (
         suffix in JSONL_SUFFIXES or suffix in (".conll", ".iob", ".iob2", ".bio", ".bioes")
     ):
-        return load_tokens(source, tag_column, labelled=False).examples
+        return load_tokens(source, tag_column, labelled=False, encoding=encoding).examples
     if source == "-":
         lines = sys.stdin.read().splitlines()
     else:
         path = Path(source)
         if not path.is_file():
             raise UniPELTError(f"input file not found: {path}")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = _read_text(path, encoding).splitlines()
     sentences = [
         TokenExample(tuple(line.split()), None, i) for i, line in enumerate(lines, 1) if line.strip()
     ]
@@ -186,9 +187,9 @@ def bracketed(record: dict[str, Any]) -> str:
     return " ".join(out)
 
 
-def print_tagged(run: Any, source: str, fmt: str) -> int:
+def print_tagged(run: Any, source: str, fmt: str, encoding: str = "utf-8") -> int:
     """``unipelt predict`` for a tagging run: JSON lines with spans and scores, or bracketed sentences."""
-    sentences = read_sentences(source, run.config.tag_column)
+    sentences = read_sentences(source, run.config.tag_column, encoding)
     for record in run.tag(sentences):
         print(json.dumps(record) if fmt == "jsonl" else bracketed(record))
     return 0

@@ -50,10 +50,12 @@ def load_token_splits(config: TrainConfig) -> tuple[TokenData, TokenData, TokenD
         valid = load_hub_tokens(config.task, "validation", train.label_list)
         test = load_hub_tokens(config.task, "test", train.label_list)
     else:
-        train = load_tokens(config.train_file, config.tag_column)
+        train = load_tokens(config.train_file, config.tag_column, encoding=config.encoding)
 
         def other(path: str | None) -> TokenData | None:
-            return None if path is None else load_tokens(path, config.tag_column, train.label_list)
+            if path is None:
+                return None
+            return load_tokens(path, config.tag_column, train.label_list, encoding=config.encoding)
 
         valid, test = other(config.valid_file), other(config.test_file)
     for data in (train, valid, test):
