@@ -96,6 +96,24 @@ def test_cached_generation_equals_uncached_with_trained_modules(preset):
     assert untouched != cached  # the trained modules do change what is generated
 
 
+@pytest.mark.parametrize("preset", ["unipelt", "prefix"])
+def test_a_cached_decoding_step_gives_the_logits_of_the_whole_sequence(preset):
+    """A decoding step has one query per row, where a per-token prefix gate takes the plain (unwidened) path:
+    its logits must equal those of the last position of the uncached forward over the whole sequence."""
+    base, tokenizer = tiny_chat_llm()
+    model = UniPELTModel(base, preset).eval()
+    perturb(model)
+    ids = torch.tensor([[1, 7, 8, 9, 10, 11, 12, 13], [1, 14, 15, 16, 17, 18, 19, 20]])
+    with torch.no_grad():
+        whole = model(input_ids=ids, use_cache=False).logits[:, -1]
+        first = model(input_ids=ids[:, :-1], use_cache=True)
+        step = model(input_ids=ids[:, -1:], past_key_values=first.past_key_values, use_cache=True).logits[:, -1]
+        with model.disabled():
+            base_logits = model(input_ids=ids, use_cache=False).logits[:, -1]
+    torch.testing.assert_close(step, whole, atol=1e-5, rtol=1e-5)
+    assert (whole - base_logits).abs().max() > 1e-3  # the modules (prefix included) do act
+
+
 def _train_tiny(tmp_path, method="unipelt", **overrides):
     save_tiny_chat_llm(tmp_path / "llm")
     write_chats(tmp_path / "train.jsonl", sentiment_rows(24))

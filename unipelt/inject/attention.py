@@ -19,7 +19,9 @@ The mask grows by P always-visible columns (a causal mask is built explicitly, o
 A gate that is one number per example scales the prefix keys and values directly. A per-token gate (decoders)
 must scale them per query; we do that exactly inside one SDPA call by widening each head: queries become
 [q, g·q], real keys [k, 0], prefix keys [0, p_k], so scores are q·k and g·(q·p_k); values [v, 0] and [0, p_v]
-give both halves of the output, and the prefix half is scaled by g again.
+give both halves of the output, and the prefix half is scaled by g again. With one query per row (every
+step of cached generation) the per-token gate is one number per row, and the plain scaling is exact and
+cheaper: no widened heads, no copy of the whole KV cache per step.
 """
 
 from __future__ import annotations
@@ -148,6 +150,8 @@ def attend_with_prefix(
     causal = kwargs.pop("is_causal", None)
     causal = getattr(module, "is_causal", False) if causal is None else causal
     mask = _extend_mask(attention_mask, q_len, key.shape[2], p_len, bool(causal), query.device, valid)
+    if gate is not None and gate.dim() == 2 and q_len == 1:
+        gate = gate[:, -1]  # one query per row (a cached decoding step): its gate is the row's, no widening
     if gate is None or gate.dim() == 1:
         if gate is not None:
             scale = gate.to(key.dtype).view(-1, 1, 1, 1)
