@@ -107,10 +107,10 @@ def test_a_cached_decoding_step_gives_the_logits_of_the_whole_sequence(preset):
     with torch.no_grad():
         whole = model(input_ids=ids, use_cache=False).logits[:, -1]
         first = model(input_ids=ids[:, :-1], use_cache=True)
-        step = model(input_ids=ids[:, -1:], past_key_values=first.past_key_values, use_cache=True).logits[:, -1]
+        step = model(input_ids=ids[:, -1:], past_key_values=first.past_key_values, use_cache=True)
         with model.disabled():
             base_logits = model(input_ids=ids, use_cache=False).logits[:, -1]
-    torch.testing.assert_close(step, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(step.logits[:, -1], whole, atol=1e-5, rtol=1e-5)
     assert (whole - base_logits).abs().max() > 1e-3  # the modules (prefix included) do act
 
 
