@@ -172,6 +172,46 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(arch, reentran
         assert torch.allclose(grads[name], grads_ck[name], atol=1e-5), name
 
 
+def test_a_checkpointed_re_run_writes_its_gates_to_slots_of_its_own():
+    """Gradient checkpointing re-runs a layer in backward with the first run's routing, but its gate values must
+    go to slots of their own: written into the first run's slots (as they once were), they kept every re-computed
+    layer's activations alive until backward ended, and on SmolLM2 with APL checkpointing saved no memory
+    (benchmarks/RESULTS.md: peak 2462 MB with it, 2447 MB without; 1138 MB once fixed)."""
+    from unipelt.inject.context import LAYER, ForwardContext, Group, LayerCall
+    from unipelt.inject.hooks import _Replaying
+
+    context = ForwardContext(
+        model_id=1, groups=[Group("a", torch.tensor([0, 2])), Group("b", torch.tensor([1]))]
+    )
+    context.mask = torch.ones(3, 4, dtype=torch.long)
+    first = LayerCall(0, context)
+    first.groups[0].gates["adapter"] = torch.ones(2)
+    seen = []
+
+    def layer_forward():
+        call = LAYER.get()
+        seen.append(call)
+        call.groups[0].gates["adapter"] = torch.zeros(2)  # what a gate computes in this run
+        return call
+
+    def checkpoint(function):  # runs the function for the forward, then once more as backward would
+        function()
+        return function()
+
+    token = LAYER.set(first)
+    try:
+        _Replaying(checkpoint)(layer_forward)
+    finally:
+        LAYER.reset(token)
+    forward, replay = seen
+    assert forward is first and replay is not first and replay.context is context
+    assert [(g.task, g.rows.tolist(), g.mask.tolist()) for g in replay.groups] == [
+        (g.task, g.rows.tolist(), g.mask.tolist()) for g in first.groups
+    ]
+    assert torch.equal(first.groups[0].gates["adapter"], torch.zeros(2))  # the forward's own value
+    assert replay.groups[0].gates.keys() == {"adapter"} and replay.groups[1].gates == {}
+
+
 def test_deepcopy_and_state_dict_round_trip():
     model = three_tasks()
     model.set_task("cls")

@@ -117,6 +117,19 @@ class LayerCall:
         if mask is not None and context.single:
             self.groups[0].mask = mask
 
+    def for_replay(self) -> LayerCall:
+        """The same routing (rows, masks) with empty gate slots, for gradient checkpointing's re-run.
+
+        The re-run computes the gates again; writing them into this run's slots would put tensors of the
+        re-run's graph into the call's published gate values, and through them keep the whole re-computed
+        layer's activations alive until the next forward (on SmolLM2 with APL: about 1.2 GB more peak memory,
+        which checkpointing was meant to save).
+        """
+        replay = LayerCall.__new__(LayerCall)
+        replay.index, replay.context = self.index, self.context
+        replay.groups = [RowGroup(g.task, g.rows, g.mask) for g in self.groups]
+        return replay
+
 
 def set_for_model(var: contextvars.ContextVar, model_id: int, value: Any) -> contextvars.Token:
     """Set one model's entry of a per-model context variable (copy on write, so other threads are unaffected)."""
