@@ -135,17 +135,13 @@ def phase_train(args: argparse.Namespace) -> None:
             train(config, resume=(run_dir / "config.json").is_file())
 
 
-def _cost_child(method: str, checkpointing: bool, steps: int, threads: int) -> None:
-    """One measurement in this (fresh) process: median optimizer-step time and the step's peak RSS."""
-    import torch
-    from machine import emit_child_result, measure_peak
-
+def _training_model_and_batch(method: str, checkpointing: bool):
+    """SmolLM2 with ``method`` in training mode (everything trainable for ``ft``) and the fixed batch of the
+    first 8 training chats that the cost and saved-bytes phases measure one step on."""
     from unipelt.data.chat import ChatCollator, read_chat_file, tokenize_conversations
     from unipelt.training import TrainConfig
     from unipelt.training.causal_lm import build_causal_model
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
     config = TrainConfig(model="smollm2", method=method, task=None, task_type="causal-lm")
     config.gradient_checkpointing = checkpointing
     model, unipelt, tokenizer = build_causal_model(config)
@@ -153,7 +149,17 @@ def _cost_child(method: str, checkpointing: bool, steps: int, threads: int) -> N
         model.requires_grad_(True)
     model.train()
     chats = read_chat_file(OUT / "train.jsonl")[:8]
-    batch = ChatCollator(tokenizer.pad_token_id)(list(tokenize_conversations(chats, tokenizer, 128)))
+    return model, ChatCollator(tokenizer.pad_token_id)(list(tokenize_conversations(chats, tokenizer, 128)))
+
+
+def _cost_child(method: str, checkpointing: bool, steps: int, threads: int) -> None:
+    """One measurement in this (fresh) process: median optimizer-step time and the step's peak RSS."""
+    import torch
+    from machine import emit_child_result, measure_peak
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model, batch = _training_model_and_batch(method, checkpointing)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
 
@@ -191,10 +197,6 @@ def phase_saved(args: argparse.Namespace) -> None:
     (correctly) not counted."""
     import torch
 
-    from unipelt.data.chat import ChatCollator, read_chat_file, tokenize_conversations
-    from unipelt.training import TrainConfig
-    from unipelt.training.causal_lm import build_causal_model
-
     target = OUT / "saved.json"
     results = _load_json(target) or {}
     torch.set_num_threads(args.threads)
@@ -203,14 +205,7 @@ def phase_saved(args: argparse.Namespace) -> None:
             key = f"{method}{'-gc' if checkpointing else ''}"
             if key in results:
                 continue
-            config = TrainConfig(model="smollm2", method=method, task=None, task_type="causal-lm")
-            config.gradient_checkpointing = checkpointing
-            model, unipelt, tokenizer = build_causal_model(config)
-            if unipelt is None:
-                model.requires_grad_(True)
-            model.train()
-            chats = read_chat_file(OUT / "train.jsonl")[:8]
-            batch = ChatCollator(tokenizer.pad_token_id)(list(tokenize_conversations(chats, tokenizer, 128)))
+            model, batch = _training_model_and_batch(method, checkpointing)
             seen: dict[int, int] = {}
 
             def pack(tensor: torch.Tensor, seen: dict[int, int] = seen) -> torch.Tensor:
