@@ -122,9 +122,9 @@ def read_chat_file(path: str | Path, need_response: bool = True) -> list[Convers
 def is_chat_file(path: str | Path) -> bool:
     """Whether a data file holds chats (for ``task_type=auto``): a JSON-lines file whose first record has
     ``messages``, or ``prompt`` together with ``response``. A table row never has both of those keys."""
-    from unipelt.data.files import first_jsonl_record
+    from unipelt.data.files import JSONL_SUFFIXES, first_jsonl_record
 
-    if Path(path).suffix.lower() not in (".jsonl", ".ndjson", ".json"):
+    if Path(path).suffix.lower() not in JSONL_SUFFIXES:
         return False
     record = first_jsonl_record(path)
     return record is not None and ("messages" in record or {"prompt", "response"} <= record.keys())

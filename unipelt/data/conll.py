@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from unipelt.data.examples import TaskData
-from unipelt.data.files import _jsonl_records, _lines, _read_text, first_jsonl_record
+from unipelt.data.files import JSONL_SUFFIXES, _jsonl_records, _lines, _read_text, first_jsonl_record
 from unipelt.errors import DataError, UniPELTError
 
 CONLL_SUFFIXES = (".conll", ".conllu", ".iob", ".iob1", ".iob2", ".bio", ".bioes", ".iobes", ".txt", ".ner")
-JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 TAG_PATTERN = re.compile(r"^(O|[BIESLU]-\S+|\S+-[BIESLU])$")
 """What a tag looks like (O, B-PER, I-LOC, S-MISC..., or PER-B): tells a CoNLL .tsv from a table."""
 

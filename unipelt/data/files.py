@@ -17,6 +17,9 @@ from typing import Any
 
 from unipelt.errors import DataError
 
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+"""Extensions read as JSON lines (one object per line)."""
+
 
 def check_encoding(name: str) -> str:
     """The canonical name of a text encoding (``--encoding``), or a DataError for one Python does not know."""

@@ -59,11 +59,12 @@ class _Replaying:
 
     def __call__(self, function: Any, *args: Any, **kwargs: Any) -> Any:
         call = LAYER.get()
-        first = [True]  # the first run of `run` is the forward itself; later ones are re-runs in backward
+        first = True  # the first run of `run` is the forward itself; later ones are re-runs in backward
 
         def run(*inner_args: Any, **inner_kwargs: Any) -> Any:
-            replay = call if first[0] or call is None else call.for_replay()
-            first[0] = False
+            nonlocal first
+            replay = call if first or call is None else call.for_replay()
+            first = False
             token = LAYER.set(replay)
             try:
                 return function(*inner_args, **inner_kwargs)

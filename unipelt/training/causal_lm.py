@@ -159,12 +159,9 @@ def train_causal_lm(
     splits = load_chat_splits(config)
     set_seed(config.seed)
     model, unipelt, tokenizer = build_causal_model(config)
-    datasets = {
-        name: tokenize_conversations(
-            data, tokenizer, config.max_length, packing=config.packing and name == "train"
-        )
-        for name, data in (("train", splits.train), ("valid", splits.valid), ("test", splits.test))
-        if data is not None
+    datasets = {  # what the Trainer needs; the final scores tokenise their split themselves (score_chats)
+        "train": tokenize_conversations(splits.train, tokenizer, config.max_length, packing=config.packing),
+        "valid": tokenize_conversations(splits.valid, tokenizer, config.max_length),
     }
     trainer_dir = run_dir / "trainer"
     run_dir.mkdir(parents=True, exist_ok=True)
