@@ -157,6 +157,16 @@ def report(out: Path, tasks: list[str], seeds: list[int], figure: Path) -> None:
     _pareto(rows, tasks, figure)
 
 
+def _point(axes, row: dict, ratio_key: str) -> None:
+    """One method on a Pareto plot: test metric against ``row[ratio_key]``, coloured by kind, labelled."""
+    method = row["method"]
+    colour = "tab:red" if method.startswith("autopelt") else "tab:grey" if method in SINGLES else "tab:blue"
+    axes.scatter(row[ratio_key], row["test"], color=colour)
+    axes.annotate(
+        method, (row[ratio_key], row["test"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+    )
+
+
 def _pareto(rows: list[dict], tasks: list[str], path: Path) -> None:
     from matplotlib.figure import Figure
 
@@ -164,17 +174,7 @@ def _pareto(rows: list[dict], tasks: list[str], path: Path) -> None:
     for i, task in enumerate(tasks):
         axes = figure.add_subplot(1, len(tasks), i + 1)
         for r in (r for r in rows if r["task"] == task and r["test"] is not None):
-            colour = "tab:red" if r["method"].startswith("autopelt") else "tab:blue"
-            if r["method"] in SINGLES:
-                colour = "tab:grey"
-            axes.scatter(r["ratio_32x128"], r["test"], color=colour)
-            axes.annotate(
-                r["method"],
-                (r["ratio_32x128"], r["test"]),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
+            _point(axes, r, "ratio_32x128")
         singles = sorted(
             (r["ratio_32x128"], r["test"])
             for r in rows
@@ -286,21 +286,7 @@ def report_estimated(out: Path, task: str, seeds: list[int], figure: Path) -> li
     if len(singles) > 1:
         axes.plot(*zip(*singles), color="tab:grey", ls="--", lw=1, label="line between single methods")
     for r in rows:
-        colour = (
-            "tab:red"
-            if r["method"].startswith("autopelt")
-            else "tab:grey"
-            if r["method"] in SINGLES
-            else "tab:blue"
-        )
-        axes.scatter(r["ratio_est_4x128"], r["test"], color=colour)
-        axes.annotate(
-            r["method"],
-            (r["ratio_est_4x128"], r["test"]),
-            fontsize=7,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
+        _point(axes, r, "ratio_est_4x128")
     axes.axvline(1.0, color="black", lw=0.8, ls=":")
     axes.set(
         xlabel="inference time / base model (estimated, 4 x 128)",
