@@ -18,7 +18,9 @@ Cells run seed-major (every cell with seed 1 first), so a grid cut short still c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import statistics
@@ -99,6 +101,23 @@ def read_hyper(paths: list[str]) -> dict[str, dict]:
     return hyper
 
 
+@contextlib.contextmanager
+def claim(folder: Path):
+    """Yield whether this process holds the cell: an exclusive, non-blocking flock on folder/.claim.
+
+    Several workers can then walk the same cell list (``--shard`` splits it statically instead): each trains the
+    first cell nobody holds, and the kernel drops a dead worker's lock, so its cell is resumed by the next one.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".claim", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
 def run_grid(args: argparse.Namespace) -> None:
     from unipelt.training import train
 
@@ -118,9 +137,13 @@ def run_grid(args: argparse.Namespace) -> None:
     start = time.time()
     for n, (task, k, method, seed) in enumerate(mine, 1):
         config = config_of(task, k, method, seed)
-        if (Path(config.output_dir) / "metrics.json").is_file():
+        done = Path(config.output_dir) / "metrics.json"
+        if done.is_file():
             continue
-        result = train(config, resume=True)
+        with claim(Path(config.output_dir)) as mine_now:
+            if not mine_now or done.is_file():  # another worker is training it, or has just finished it
+                continue
+            result = train(config, resume=True)
         print(
             f"[{n}/{len(mine)} {time.time() - start:.0f}s] {task} k={k} {method} seed={seed}: "
             f"test {result['metric']} {100 * result['test'][result['metric']]:.2f}",

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The K = 1000 grid (issue 15) as a resumable queue, most decisive and cheapest cells first:
-# SST-2 and STS-B for APL / adapter / LoRA / fine-tuning on every seed, then prefix and UniPELT (AP),
-# then the sentence-pair tasks. Every stage is benchmarks/grid.py, which skips finished cells, so the
-# script can be killed and restarted at any time. Rates: the validation-tuned K = 100 rates (rates/k100_tuned.json).
-#   nohup nice -n 10 benchmarks/k1000_queue.sh > benchmarks/out/k1000_queue.log 2>&1 &
+# The K = 1000 grid (issue 15) as a resumable queue, seed by seed so that a queue cut short still holds every
+# task and method for the seeds it reached: APL, the three single methods and fine-tuning on all five tasks,
+# seed 1, then seed 2; UniPELT (AP) on both; then seed 3. Every stage is benchmarks/grid.py, which skips
+# finished cells and claims the cell it trains, so the script can be killed and restarted at any time, and two
+# copies of it (one per core) share the work. Rates: the validation-tuned K = 100 rates (rates/k100_tuned.json).
+#   for w in 1 2; do nohup nice -n 10 benchmarks/k1000_queue.sh > benchmarks/out/k1000_queue$w.log 2>&1 & done
 set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -15,13 +16,13 @@ export PYTHONPATH=$CODE${PYTHONPATH:+:$PYTHONPATH}
 while [ -n "${WAIT_PID:-}" ] && kill -0 "$WAIT_PID" 2>/dev/null; do sleep 20; done
 DATA=${UNIPELT_DATA_DIR:-$(realpath ../shared/data/glue)}
 OUT=${OUT:-benchmarks/out/grid_k1000}
+TASKS=rte,mrpc,stsb,cola,sst2
+MAIN=unipelt,adapter,lora,ft,prefix
 grid() {
     $PY "$CODE/benchmarks/grid.py" --out "$OUT" --k 1000 --n-valid 1000 --epochs 10 --patience 3 --threads 1 \
         --hyper benchmarks/rates/k100_tuned.json --data-dir "$DATA" "$@"
 }
-for seed in 1 2 3; do
-    grid --tasks sst2,stsb --methods unipelt,adapter,lora,ft --seeds $seed
-done
-grid --tasks sst2,stsb --methods prefix,unipelt-ap --seeds 1,2,3
-grid --tasks rte,mrpc,cola --methods unipelt,adapter,lora,ft --seeds 1,2,3
-grid --tasks rte,mrpc,cola --methods prefix,unipelt-ap --seeds 1,2,3
+grid --tasks $TASKS --methods $MAIN --seeds 1
+grid --tasks $TASKS --methods $MAIN --seeds 2
+grid --tasks $TASKS --methods unipelt-ap --seeds 1,2
+grid --tasks $TASKS --methods $MAIN,unipelt-ap --seeds 3
