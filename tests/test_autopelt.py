@@ -269,6 +269,7 @@ def test_autopelt_training_prunes_closed_units_and_writes_its_tables(
         max_length=64,
         threads=1,
         lr_gates=20.0,  # with 2 steps an epoch, the gates must close within the first (best) epoch
+        gate_warmup_steps=0,  # so no warm-up holds them there
         patience=10,
         sparsity_weight=sparsity,
         latency_weight=0.0,

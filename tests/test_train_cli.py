@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -280,6 +281,28 @@ def test_gate_warmup_holds_gates_then_releases_them(tiny_model_dir, glue_dir, tm
     assert all(torch.equal(a, b) for a, b in zip(held.first, held.last))
     train(_tiny_config(tiny_model_dir, glue_dir, tmp_path / "b", gate_warmup_steps=1), callbacks=[released])
     assert not all(torch.equal(a, b) for a, b in zip(released.first, released.last))
+
+
+def test_autopelt_holds_its_gates_for_the_first_third_of_training(tiny_model_dir, glue_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    assert TrainConfig(method="unipelt").gate_warmup(90) == 0
+    assert TrainConfig(method="autopelt").gate_warmup(90) == 30
+    assert TrainConfig(method="autopelt", gate_warmup_steps=0).gate_warmup(90) == 0
+
+    class PerStep(TrainerCallback):
+        def __init__(self):
+            self.gates = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.gates.append([p.detach().clone() for p in model.gate_parameters()])
+
+    steps = PerStep()
+    config = _tiny_config(tiny_model_dir, glue_dir, tmp_path / "run", method="autopelt", epochs=3, patience=9)
+    train(dataclasses.replace(config, latency_weight=0.0), callbacks=[steps])
+    same = [all(torch.equal(a, b) for a, b in zip(steps.gates[0], step)) for step in steps.gates]
+    held = round(len(steps.gates) / 3)
+    assert held >= 1 and same[:held] == [True] * held and not same[-1]
 
 
 def test_sparsity_penalty_pushes_gates_down(tiny_model_dir, glue_dir, tmp_path):

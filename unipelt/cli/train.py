@@ -277,7 +277,10 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-grad-norm", type=float, default=1.0)
     p.add_argument("--patience", type=int, default=5, help="early stopping: evaluations without improvement")
     p.add_argument(
-        "--gate-warmup-steps", type=int, default=0, help="hold gates at their initial value this long"
+        "--gate-warmup-steps",
+        type=int,
+        default=None,
+        help="hold gates at their initial value this long (default 0; autopelt: a third of the steps)",
     )
     p.add_argument("--gate-penalty", default="none", choices=["none", "sparsity", "entropy"])
     p.add_argument("--gate-penalty-weight", type=float, default=0.0)

@@ -226,12 +226,12 @@ def run_callbacks(config: TrainConfig, run_dir: Path, unipelt: Any) -> list[Any]
         """Hold the gates at their initial values for the first N optimizer steps (their gradients are zeroed)."""
 
         def on_pre_optimizer_step(self, args, state, control, **kwargs):
-            if state.global_step < config.gate_warmup_steps:
+            if state.global_step < config.gate_warmup(state.max_steps):
                 for parameter in unipelt.gate_parameters():
                     parameter.grad = None
 
     callbacks: list = [JsonlLog(), EarlyStoppingCallback(early_stopping_patience=config.patience)]
-    if unipelt is not None and config.gate_warmup_steps > 0:
+    if unipelt is not None and (config.gate_warmup_steps or config.method == "autopelt"):
         callbacks.append(GateWarmup())
     return callbacks + _tensorboard(run_dir)
 
