@@ -17,6 +17,7 @@ from tiny_runs import tiny_run_config
 
 from unipelt.cli import main
 from unipelt.training import TrainConfig, train
+from unipelt.training.config import AUTOPELT_GATE_LR
 
 pytestmark = pytest.mark.slow
 FAST = ["--epochs", "1", "--batch-size", "8", "--max-length", "64", "--threads", "1"]
@@ -283,7 +284,9 @@ def test_gate_warmup_holds_gates_then_releases_them(tiny_model_dir, glue_dir, tm
     assert not all(torch.equal(a, b) for a, b in zip(released.first, released.last))
 
 
-def test_autopelt_holds_its_gates_for_the_first_third_of_training(tiny_model_dir, glue_dir, tmp_path):
+def test_autopelt_holds_its_gates_for_a_third_then_moves_them_at_a_constant_rate(
+    tiny_model_dir, glue_dir, tmp_path
+):
     from transformers import TrainerCallback
 
     assert TrainConfig(method="unipelt").gate_warmup(90) == 0
@@ -294,8 +297,9 @@ def test_autopelt_holds_its_gates_for_the_first_third_of_training(tiny_model_dir
         def __init__(self):
             self.gates = []
 
-        def on_step_end(self, args, state, control, model=None, **kwargs):
+        def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
             self.gates.append([p.detach().clone() for p in model.gate_parameters()])
+            self.rates = {group.get("name", "other"): group["lr"] for group in optimizer.param_groups}
 
     steps = PerStep()
     config = _tiny_config(tiny_model_dir, glue_dir, tmp_path / "run", method="autopelt", epochs=3, patience=9)
@@ -303,6 +307,7 @@ def test_autopelt_holds_its_gates_for_the_first_third_of_training(tiny_model_dir
     same = [all(torch.equal(a, b) for a, b in zip(steps.gates[0], step)) for step in steps.gates]
     held = round(len(steps.gates) / 3)
     assert held >= 1 and same[:held] == [True] * held and not same[-1]
+    assert steps.rates["gates"] == AUTOPELT_GATE_LR and steps.rates["other"] < config.lr / 2  # others decay
 
 
 def test_sparsity_penalty_pushes_gates_down(tiny_model_dir, glue_dir, tmp_path):

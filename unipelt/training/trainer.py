@@ -108,7 +108,7 @@ def make_trainer_class() -> type[Trainer]:
                 groups = self.unipelt.parameter_groups()
                 param_groups = [
                     {"params": groups["added"], "lr": rates["added"], "weight_decay": decay},
-                    {"params": groups["gates"], "lr": rates["gates"], "weight_decay": 0.0},
+                    {"params": groups["gates"], "lr": rates["gates"], "weight_decay": 0.0, "name": "gates"},
                     {"params": groups["head"], "lr": rates["head"], "weight_decay": decay},
                 ]
             else:
@@ -128,6 +128,20 @@ def make_trainer_class() -> type[Trainer]:
             param_groups = [g for g in param_groups if g["params"]]
             self.optimizer = torch.optim.AdamW(param_groups, lr=rates["added"])
             return self.optimizer
+
+        def create_scheduler(self, num_training_steps: int, optimizer=None):
+            """The usual schedule, except that autopelt's on/off gates keep a constant rate.
+
+            Its gates are held for the first third of training and must then travel several units of log alpha
+            to close; under the linear decay to zero they moved about 2.4 units in the last two thirds of a
+            3-epoch run, too little to close any unit at any latency weight (SST-2, weights 0.3 to 300).
+            """
+            scheduler = super().create_scheduler(num_training_steps, optimizer)
+            if self.run_config.method == "autopelt" and hasattr(scheduler, "lr_lambdas"):
+                for index, group in enumerate(scheduler.optimizer.param_groups):
+                    if group.get("name") == "gates":
+                        scheduler.lr_lambdas[index] = _constant_rate
+            return scheduler
 
         class_weights: list[float] | None = None  # for ft, set by the run (a UniPELT task holds its own)
 
@@ -259,3 +273,7 @@ def padding_collator(tokenizer: Any) -> Any:
     from transformers import DataCollatorWithPadding
 
     return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=None)
+
+
+def _constant_rate(step: int) -> float:
+    return 1.0
