@@ -295,11 +295,15 @@ def test_autopelt_holds_its_gates_for_a_third_then_moves_them_at_a_constant_rate
 
     class PerStep(TrainerCallback):
         def __init__(self):
-            self.gates = []
+            self.gates, self.sampling = [], []
 
         def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
             self.gates.append([p.detach().clone() for p in model.gate_parameters()])
             self.rates = {group.get("name", "other"): group["lr"] for group in optimizer.param_groups}
+            self.sampling.append({layer.gate.sampling for layer in model.tasks["default"].layers})
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.best = state.best_model_checkpoint
 
     steps = PerStep()
     config = _tiny_config(tiny_model_dir, glue_dir, tmp_path / "run", method="autopelt", epochs=3, patience=9)
@@ -308,6 +312,9 @@ def test_autopelt_holds_its_gates_for_a_third_then_moves_them_at_a_constant_rate
     held = round(len(steps.gates) / 3)
     assert held >= 1 and same[:held] == [True] * held and not same[-1]
     assert steps.rates["gates"] == AUTOPELT_GATE_LR and steps.rates["other"] < config.lr / 2  # others decay
+    # held gates are noise-free, and the best checkpoint comes from after the warm-up (2 steps an epoch)
+    assert steps.sampling[:held] == [{False}] * held and steps.sampling[-1] == {True}
+    assert int(steps.best.rsplit("-", 1)[1]) > held
 
 
 def test_sparsity_penalty_pushes_gates_down(tiny_model_dir, glue_dir, tmp_path):

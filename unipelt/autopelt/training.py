@@ -8,8 +8,9 @@ on this machine (:func:`latency_table`, saved as ``RUN/latency.json``); the loss
 
 where ``latency_u`` is the unit's share of the base model's forward time as deployed, so the middle term is
 the expected extra inference time as a fraction of the base model's. LoRA's deployed cost is zero: an open
-LoRA gate is a constant after training and the pair is merged into the projection. The temperature of the
-gates is annealed from 2/3 to 0.1 over training (:class:`Anneal`). After every evaluation
+LoRA gate is a constant after training and the pair is merged into the projection. The gates are held open
+(deterministic, not updated) for the first third of the steps, then sampled at a temperature annealed from 2/3
+to 0.1 over training (the ``Schedule`` callback). After every evaluation
 :class:`Tracker` measures each unit's contribution and gate on a fixed slice of the validation set and writes
 ``RUN/autopelt.jsonl`` (drawn as ``RUN/autopelt_curves.png``: contribution per unit, gate entropy per
 layer). At the end (:func:`finish`) the gates are made hard: closed units (deterministic gate exactly 0)
@@ -22,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,22 +150,38 @@ class Objective:
 
 
 def callbacks(
-    unipelt: Any, name: str, objective: Objective, run_dir: Path, track_batches: list[dict]
+    unipelt: Any,
+    name: str,
+    objective: Objective,
+    run_dir: Path,
+    track_batches: list[dict],
+    warmup: Callable[[int], int] = lambda max_steps: 0,
 ) -> list[Any]:
+    """The schedule and the tracker; ``warmup(max_steps)`` is the number of steps the gates are held."""
     from transformers import TrainerCallback
 
     from unipelt.autopelt.measure import measure_units
 
     gates = _gates(unipelt, name)
 
-    class Anneal(TrainerCallback):
-        """Temperature from soft (2/3) to sharp (0.1), geometric in the fraction of training done."""
+    class Schedule(TrainerCallback):
+        """The gates' schedule: held, open and noise-free during the warm-up, then sampled.
+
+        The temperature goes from soft (2/3) to sharp (0.1), geometric in the fraction of training done. When
+        the warm-up ends, the evaluations made during it stop counting for the best checkpoint: the structure
+        must come from gates that have learnt, or every latency weight deploys the same warm-up model (SST-2
+        seed 2: its validation tied at 80.5 over all epochs, so the first, pre-warm-up checkpoint won).
+        """
 
         def on_step_begin(self, args, state, control, **kwargs):
+            held = warmup(state.max_steps)
             fraction = state.global_step / max(1, state.max_steps)
             start, end = TEMPERATURES
             for _, gate in gates:
                 gate.temperature = start * (end / start) ** fraction
+                gate.sampling = state.global_step >= held
+            if held and state.global_step == held:
+                state.best_metric, state.best_model_checkpoint = None, None
 
     class Tracker(TrainerCallback):
         """After each evaluation: every unit's contribution and gate, each layer's gate entropy."""
@@ -194,7 +212,7 @@ def callbacks(
             with open(run_dir / TRACK_JSONL, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
-    return [Anneal(), Tracker()]
+    return [Schedule(), Tracker()]
 
 
 # ------------------------------------------------------------------------------------------ the end
@@ -308,7 +326,7 @@ class Session:
         self.objective = Objective(unipelt, self.name, table, config.latency_weight, config.sparsity_weight)
         valid = datasets["valid"]
         track = self._batches(valid.select(range(min(128, len(valid)))), 32)
-        self.callbacks = callbacks(unipelt, self.name, self.objective, run_dir, track)
+        self.callbacks = callbacks(unipelt, self.name, self.objective, run_dir, track, config.gate_warmup)
 
     def _batches(self, dataset: Any, size: int) -> list[dict]:
         rows = [dataset[i] for i in range(len(dataset))]

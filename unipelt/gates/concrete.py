@@ -28,10 +28,12 @@ class HardConcreteGate(nn.Module):
         self.sites = list(sites)
         self.log_alpha = nn.Parameter(torch.full((len(self.sites),), float(init_log_alpha)))
         self.temperature = temperature  # set by the training schedule (unipelt.autopelt.training)
+        # False: the deterministic gate in training too; the schedule turns sampling off for its warm-up
+        self.sampling = True
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, pooling: str) -> dict[str, torch.Tensor]:
         shape = x.shape[:2] if pooling == "token" else x.shape[:1]
-        if self.training:
+        if self.training and self.sampling:
             u = torch.rand(*shape, len(self.sites), device=x.device).clamp(1e-6, 1 - 1e-6)
             s = torch.sigmoid((u.log() - (-u).log1p() + self.log_alpha) / self.temperature)
         else:
