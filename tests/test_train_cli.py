@@ -342,6 +342,17 @@ def test_regression_task_reports_spearman(tiny_model_dir, glue_dir, tmp_path):
     assert labels["regression"] is True and labels["labels"] is None
 
 
+def test_autopelt_on_a_regression_task_warns_and_names_the_alternative(
+    tiny_model_dir, glue_dir, tmp_path, caplog
+):
+    config = _tiny_config(
+        tiny_model_dir, glue_dir, tmp_path / "run", task="stsb", method="autopelt", epochs=1
+    )
+    with caplog.at_level("WARNING", logger="unipelt"):
+        train(config)
+    assert any("regression" in r.message and "unipelt optimize" in r.message for r in caplog.records)
+
+
 def test_each_run_in_one_process_logs_into_its_own_tensorboard_folder(
     tiny_model_dir, glue_dir, tmp_path, monkeypatch
 ):

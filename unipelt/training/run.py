@@ -247,6 +247,13 @@ def train(
     if config.method == "autopelt":  # module selection: latency table, loss, tracking
         from unipelt.autopelt.training import Session
 
+        if splits.regression:
+            log.warning(
+                "autopelt on a regression task stayed at the labels' mean on 2 of 3 seeds of STS-B "
+                "(benchmarks/RESULTS.md, AutoPELT); if validation does not leave it, train --method unipelt "
+                "and run `unipelt optimize` on that run"
+            )
+
         autopelt = Session(
             config, unipelt, run_dir, datasets, collator(splits.task_kind, tokenizer), compute_metrics
         )
