@@ -43,9 +43,9 @@ DEFAULT_LR: dict[str, float] = {
 AUTOPELT_GATE_LR = 0.05
 # autopelt holds its gates for this share of the training steps (when --gate-warmup-steps is not given). Its
 # gates learn at AUTOPELT_GATE_LR from the first step, while the head and the modules are still at their random
-# start; on STS-B (K = 1000, 3 epochs, latency weight 3) that cost 12 test points against holding them for the
-# first third (62.65 -> 75.23 Spearman; benchmarks/RESULTS.md, AutoPELT). The gates then choose among modules
-# that have learnt something.
+# start; on STS-B (K = 1000, 3 epochs, latency weight 3, seed 1) that cost 12 test points against holding them
+# for the first third (62.65 -> 75.23 Spearman; benchmarks/RESULTS.md, AutoPELT; seeds 2 and 3 stay at the mean
+# either way). The gates then choose among modules that have learnt something.
 AUTOPELT_GATE_WARMUP = 1 / 3
 
 
