@@ -245,7 +245,8 @@ def run_callbacks(config: TrainConfig, run_dir: Path, unipelt: Any) -> list[Any]
                     parameter.grad = None
 
     callbacks: list = [JsonlLog(), EarlyStoppingCallback(early_stopping_patience=config.patience)]
-    if unipelt is not None and (config.gate_warmup_steps or config.method == "autopelt"):
+    # always there for UniPELT models: a no-op unless config.gate_warmup() (which knows each method's default) gives steps
+    if unipelt is not None:
         callbacks.append(GateWarmup())
     return callbacks + _tensorboard(run_dir)
 
