@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from tiny_runs import tiny_run_config
 
 from unipelt.cli import main
+from unipelt.errors import UniPELTError
 from unipelt.training import TrainConfig, train
 from unipelt.training.config import AUTOPELT_GATE_LR
 
@@ -292,6 +293,8 @@ def test_autopelt_holds_its_gates_for_a_third_then_moves_them_at_a_constant_rate
     assert TrainConfig(method="unipelt").gate_warmup(90) == 0
     assert TrainConfig(method="autopelt").gate_warmup(90) == 30
     assert TrainConfig(method="autopelt", gate_warmup_steps=0).gate_warmup(90) == 0
+    with pytest.raises(UniPELTError, match="gate_warmup_steps must be 0 or more"):
+        TrainConfig(method="autopelt", task="sst2", gate_warmup_steps=-3).validate()
 
     class PerStep(TrainerCallback):
         def __init__(self):

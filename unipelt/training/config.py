@@ -135,6 +135,8 @@ class TrainConfig:
             raise UniPELTError(f"gate_penalty must be none, sparsity or entropy, not {self.gate_penalty!r}")
         if self.task_type not in TASK_TYPES:
             raise UniPELTError(f"task_type must be one of {', '.join(TASK_TYPES)}, not {self.task_type!r}")
+        if self.gate_warmup_steps is not None and self.gate_warmup_steps < 0:
+            raise UniPELTError(f"gate_warmup_steps must be 0 or more, got {self.gate_warmup_steps}")
         if self.backbone_dropout is not None and not 0.0 <= self.backbone_dropout < 1.0:
             raise UniPELTError(f"backbone_dropout must be in [0, 1), got {self.backbone_dropout}")
         if self.regression_bias not in ("label-mean", "zero"):
