@@ -19,6 +19,8 @@ from unipelt.cli import main
 from unipelt.errors import UniPELTError
 from unipelt.training import TrainConfig, train
 from unipelt.training.config import AUTOPELT_GATE_LR
+from unipelt.training.model_init import regression_output_layer
+from unipelt.training.run import build_model, load_splits
 
 pytestmark = pytest.mark.slow
 FAST = ["--epochs", "1", "--batch-size", "8", "--max-length", "64", "--threads", "1"]
@@ -345,15 +347,29 @@ def test_regression_task_reports_spearman(tiny_model_dir, glue_dir, tmp_path):
     assert labels["regression"] is True and labels["labels"] is None
 
 
-def test_autopelt_on_a_regression_task_warns_and_names_the_alternative(
+def test_autopelt_starts_a_regression_head_at_the_label_mean_and_warns_when_told_zero(
     tiny_model_dir, glue_dir, tmp_path, caplog
 ):
-    config = _tiny_config(
-        tiny_model_dir, glue_dir, tmp_path / "run", task="stsb", method="autopelt", epochs=1
+    default = _tiny_config(tiny_model_dir, glue_dir, tmp_path / "a", task="stsb", method="autopelt")
+    assert default.regression_start() == "label-mean"
+    assert _tiny_config(tiny_model_dir, glue_dir, tmp_path / "u", task="stsb").regression_start() == "zero"
+    zero = _tiny_config(
+        tiny_model_dir,
+        glue_dir,
+        tmp_path / "z",
+        task="stsb",
+        method="autopelt",
+        epochs=1,
+        regression_bias="zero",
     )
     with caplog.at_level("WARNING", logger="unipelt"):
-        train(config)
-    assert any("regression" in r.message and "unipelt optimize" in r.message for r in caplog.records)
+        train(zero)
+    assert any("regression" in r.message and "label-mean" in r.message for r in caplog.records)
+    caplog.clear()
+    splits = load_splits(default)
+    model, unipelt, _ = build_model(default, splits)
+    mean = sum(float(e.label) for e in splits.train.examples) / len(splits.train.examples)
+    assert regression_output_layer(model, unipelt).bias.item() == pytest.approx(mean, abs=1e-5)
 
 
 def test_each_run_in_one_process_logs_into_its_own_tensorboard_folder(

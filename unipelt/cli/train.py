@@ -307,9 +307,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--regression-bias",
-        default="zero",
         choices=["zero", "label-mean"],
-        help="start a regression head's output bias at zero (default) or at the training labels' mean",
+        help="start a regression head's output bias at zero or at the training labels' mean (default: zero; "
+        "label-mean for autopelt)",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument(
