@@ -13,12 +13,13 @@ OUT=${OUT:-benchmarks/out/autopelt}
 EPOCHS=${EPOCHS:-3}
 NVALID=${NVALID:-200}
 WEIGHTS=${WEIGHTS-"0.3 3 30"}  # WEIGHTS="" trains no autopelt run
+EXTRA=${EXTRA:-}  # more train flags for every run, e.g. EXTRA="--regression-bias label-mean"
 cell() {  # method folder extra-args...
     local folder="$OUT/$TASK/k1000/$2/seed-$SEED"
     [ -f "$folder/metrics.json" ] && { echo "done: $folder"; return; }
     rm -rf "$folder"
     $PY -m unipelt.cli train --model minilm --task "$TASK" --data-dir "$DATA" --method "$1" --k 1000 \
-        --n-valid "$NVALID" --epochs "$EPOCHS" --patience 3 --seed "$SEED" --threads 1 --out "$folder" "${@:3}" \
+        --n-valid "$NVALID" --epochs "$EPOCHS" --patience 3 --seed "$SEED" --threads 1 --out "$folder" $EXTRA "${@:3}" \
         > "$folder.log" 2>&1 && echo "finished: $folder" || echo "FAILED: $folder"
 }
 mkdir -p "$OUT/$TASK/k1000"

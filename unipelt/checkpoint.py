@@ -313,3 +313,42 @@ def load_task_state(task: Any, state: dict[str, Any], source: str) -> None:
                         key = f"head.{module_key}.{key[len(path) + 6 :]}"
                         break
             targets[key].copy_(value)
+
+
+def load_into(model: Any, name: str, path: str | Path, merge_plan: bool = False) -> Any:
+    """Add task ``name`` to ``model`` (a UniPELTModel) from the task checkpoint at ``path``; see its load_task.
+
+    The checkpoint is checked against the base model before anything is built, and a task that fails half-way
+    (bad weights, a plan that does not apply) is removed again, so the model is left as it was."""
+    import torch
+
+    from unipelt.errors import UniPELTError
+
+    meta = read_checkpoint_config(path)
+    check_base(meta, model.base_model, model.dims, path)
+    config, info, head_modules = task_settings(meta, path, model.base_kind)
+    try:
+        task = model.add_task(
+            name,
+            config,
+            num_labels=info["num_labels"],
+            kind=info["kind"],
+            labels=info["labels"],
+            head_modules=head_modules,
+        )
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise UniPELTError(
+            f"{Path(path) / CONFIG_NAME} describes a task that cannot be built ({error}); the file was edited"
+        ) from None
+    if info.get("class_weights") is not None:
+        task.class_weights = torch.tensor(info["class_weights"])
+    try:
+        model.load_added_state_dict(read_weights(path), task=name, source=str(path))
+        if meta.get("autopelt") is not None:
+            from unipelt.autopelt.plan import apply_plan, plan_from_meta
+
+            apply_plan(model, name, plan_from_meta(meta), merge=bool(merge_plan))
+    except BaseException:
+        model.remove_task(name)
+        raise
+    return task

@@ -349,35 +349,7 @@ class UniPELTModel(nn.Module):
         as it says; with ``merge_plan`` its folded LoRA pairs are merged into the base weights (the model then
         takes no other task; ``from_pretrained`` of a single-task checkpoint does this), otherwise they stay
         as ungated LoRA pairs so that other tasks can share the backbone. See :mod:`unipelt.autopelt.plan`."""
-        meta = checkpoint.read_checkpoint_config(path)
-        checkpoint.check_base(meta, self.base_model, self.dims, path)
-        config, info, head_modules = checkpoint.task_settings(meta, path, self.base_kind)
-        try:
-            task = self.add_task(
-                name,
-                config,
-                num_labels=info["num_labels"],
-                kind=info["kind"],
-                labels=info["labels"],
-                head_modules=head_modules,
-            )
-        except (TypeError, ValueError, KeyError, AttributeError) as error:
-            raise UniPELTError(
-                f"{Path(path) / checkpoint.CONFIG_NAME} describes a task that cannot be built ({error}); the "
-                "file was edited"
-            ) from None
-        if info.get("class_weights") is not None:
-            task.class_weights = torch.tensor(info["class_weights"])
-        try:
-            self.load_added_state_dict(checkpoint.read_weights(path), task=name, source=str(path))
-            if meta.get("autopelt") is not None:
-                from unipelt.autopelt.plan import apply_plan, plan_from_meta
-
-                apply_plan(self, name, plan_from_meta(meta), merge=bool(merge_plan))
-        except BaseException:
-            self.remove_task(name)
-            raise
-        return task
+        return checkpoint.load_into(self, name, path, merge_plan)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, path: str | Path) -> UniPELTModel:
