@@ -32,6 +32,7 @@ def runs_of(out: Path, task: str, seeds: list[int]) -> dict[str, list[Path]]:
     for folder in sorted((out / task / "k1000").glob("*/seed-*")):
         if (
             folder.is_dir()
+            and folder.name.split("-")[1].isdigit()  # not a queue's seed-N.claim folder
             and int(folder.name.split("-")[1]) in seeds
             and (folder / "metrics.json").is_file()
         ):
@@ -198,6 +199,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--figure", type=Path, default=Path("benchmarks/figures/autopelt_pareto.png"))
     parser.add_argument("--skip-optimize", action="store_true")
+    parser.add_argument(
+        "--optimize-only", action="store_true", help="stop after optimizing (timing wants a quiet machine)"
+    )
     parser.add_argument("--reps-32", type=int, default=5, help="timed repetitions at 32 x 128 (1 warm-up)")
     args = parser.parse_args()
     tasks = args.tasks.split(",")
@@ -206,9 +210,12 @@ def main() -> None:
     for task in tasks:
         if not args.skip_optimize:
             optimize(args.out, task, seeds, [float(d) for d in args.max_drop.split(",")])
+        if args.optimize_only:
+            continue
         reps = {"32x128": (1, args.reps_32), "1x128": (3, 15)}
         timing(args.out, task, seeds, args.threads, reps)
-    report(args.out, tasks, seeds, args.figure)
+    if not args.optimize_only:
+        report(args.out, tasks, seeds, args.figure)
 
 
 if __name__ == "__main__":
