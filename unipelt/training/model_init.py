@@ -7,7 +7,8 @@ Two things, both decided by the run's :class:`~unipelt.training.TrainConfig`:
   on STS-B at K = 100 with the tuned rates it was *worse* (APL 30.9 vs 48.4, adapter 28.9 vs 37.8 Spearman,
   seed 1; benchmarks/RESULTS.md): with the offset gone the loss can only fall through the input-dependent part,
   whose gradient is scaled by the head's tiny initial weights, while the zero start's large error grows the head
-  first. So it is opt-in; the default is ``zero``.
+  first. So it is opt-in; the default is ``zero`` (at K = 1000 it changed nothing beyond seed noise either),
+  except for ``--method autopelt``, whose runs leave the mean more often with it (TrainConfig.regression_start).
 - ``backbone_dropout``: the dropout probability of the frozen base model (hidden, attention and its own
   classifier dropout). The base model's dropout RNG is a quarter of a CPU training step; the added modules
   (LoRA dropout, the prefix MLP) keep their own settings, since they are built by UniPELT after this runs.
