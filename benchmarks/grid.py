@@ -126,8 +126,15 @@ def run_grid(args: argparse.Namespace) -> None:
     index, count = args.shard
     mine = [cell for i, cell in enumerate(todo) if i % count == index]
 
-    def config_of(task: str, k: int, method: str, seed: int):
-        overrides = {**hyper.get(method, {}), **hyper.get(f"{task}/{method}", {})}
+    def tuned_rates() -> dict[str, dict]:
+        return read_hyper([str(args.tuned)]) if args.tuned and args.tuned.is_file() else {}
+
+    def config_of(task: str, k: int, method: str, seed: int, tuned: dict[str, dict] | None = None):
+        overrides = {
+            **hyper.get(method, {}),
+            **hyper.get(f"{task}/{method}", {}),
+            **(tuned or {}).get(f"{task}/{method}", {}),
+        }
         return kshot_config(
             args, cell_dir(args.out, task, k, method, seed), task, method, k, seed, **overrides
         )
@@ -136,9 +143,13 @@ def run_grid(args: argparse.Namespace) -> None:
         config_of(*cell).validate()
     start = time.time()
     for n, (task, k, method, seed) in enumerate(mine, 1):
-        config = config_of(task, k, method, seed)
+        tuned = tuned_rates()  # read again per cell: grid_tune.py workers add to it while this one runs
+        config = config_of(task, k, method, seed, tuned)
         done = Path(config.output_dir) / "metrics.json"
         if done.is_file():
+            continue
+        if args.tuned and f"{task}/{method}" not in tuned:
+            print(f"{task} k={k} {method} seed={seed}: deferred, its rate is not chosen yet ({args.tuned})")
             continue
         with claim(Path(config.output_dir)) as mine_now:
             if not mine_now or done.is_file():  # another worker is training it, or has just finished it
@@ -155,6 +166,7 @@ def gather(out: Path) -> list[dict]:
     rows = []
     for path in sorted(out.glob("*/k*/*/seed-*/metrics.json")):
         metrics = json.loads(path.read_text())
+        config = json.loads((path.parent / "config.json").read_text())
         task, k, method = path.parts[-5], int(path.parts[-4][1:]), path.parts[-3]
         rows.append(
             {
@@ -167,6 +179,7 @@ def gather(out: Path) -> list[dict]:
                 "valid": metrics["valid"].get(metrics["metric"]),
                 "train_seconds": metrics["train_seconds"],
                 "steps": metrics["steps"],
+                "lr": config.get("lr"),
             }
         )
     return rows
@@ -277,6 +290,11 @@ def main() -> None:
         nargs="+",
         help="JSON files of per-method (or 'task/method') TrainConfig overrides, or best.json files of "
         "unipelt tune (each applies to its own task and method)",
+    )
+    parser.add_argument(
+        "--tuned",
+        type=Path,
+        help="grid_tune.py's tuned_rates.json: train only cells whose rate it has chosen, at that rate",
     )
     parser.add_argument(
         "--shard",

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# The K = 1000 grid (issue 15) as a resumable queue, seed by seed so that a queue cut short still holds every
-# task and method for the seeds it reached: APL, adapter, LoRA and fine-tuning (the comparison the claim rests on)
-# on all five tasks, seed 1, then seed 2, then seed 3; then prefix-tuning and UniPELT (AP) on the three seeds. Every stage is benchmarks/grid.py, which skips
-# finished cells and claims the cell it trains, so the script can be killed and restarted at any time, and two
-# copies of it (one per core) share the work. Rates: the validation-tuned K = 100 rates (rates/k100_tuned.json).
+# The K = 1000 grid (issue 15) as a resumable queue. For the four methods the claim rests on (APL, adapter, LoRA,
+# fine-tuning), then for prefix-tuning and UniPELT (AP):
+#   1. seed 1 at the grid's rate (the validation-tuned K = 100 rates, rates/k100_tuned.json);
+#   2. grid_tune.py: seed 1 again at 1/3 and 3 times that rate; per task and method the rate with the best
+#      validation score wins, and its run becomes the seed-1 cell (OUT/tuned_rates.json, OUT/tuning.md);
+#   3. seeds 2 and 3 at the chosen rates (grid.py --tuned defers a cell whose rate is not chosen yet; the stage
+#      runs twice so the second pass catches cells another worker's candidates held up).
+# Every stage skips finished cells and claims the cell it trains (flock), so the script can be killed and
+# restarted at any time, and two copies of it (one per core) share the work:
 #   for w in 1 2; do nohup nice -n 10 benchmarks/k1000_queue.sh > benchmarks/out/k1000_queue$w.log 2>&1 & done
+# K=100 (K=100 N_VALID=1000 OUT=benchmarks/out/grid_k100) runs the other row of Table 1 the same way.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -15,14 +20,18 @@ export PYTHONPATH=$CODE${PYTHONPATH:+:$PYTHONPATH}
 # WAIT_PID: start only when this process (an earlier run of the queue) has ended
 while [ -n "${WAIT_PID:-}" ] && kill -0 "$WAIT_PID" 2>/dev/null; do sleep 20; done
 DATA=${UNIPELT_DATA_DIR:-$(realpath ../shared/data/glue)}
-OUT=${OUT:-benchmarks/out/grid_k1000}
+K=${K:-1000}
+N_VALID=${N_VALID:-1000}
+OUT=${OUT:-benchmarks/out/grid_k$K}
 TASKS=rte,mrpc,stsb,cola,sst2
-MAIN=unipelt,adapter,lora,ft
-grid() {
-    $PY "$CODE/benchmarks/grid.py" --out "$OUT" --k 1000 --n-valid 1000 --epochs 10 --patience 3 --threads 1 \
-        --hyper benchmarks/rates/k100_tuned.json --data-dir "$DATA" "$@"
-}
-grid --tasks $TASKS --methods $MAIN --seeds 1
-grid --tasks $TASKS --methods $MAIN --seeds 2
-grid --tasks $TASKS --methods $MAIN --seeds 3
-grid --tasks $TASKS --methods prefix,unipelt-ap --seeds 1,2,3
+FLAGS=(--out "$OUT" --k "$K" --n-valid "$N_VALID" --epochs 10 --patience 3 --threads 1
+    --hyper benchmarks/rates/k100_tuned.json --data-dir "$DATA")
+for methods in unipelt,adapter,lora,ft prefix,unipelt-ap; do
+    $PY "$CODE/benchmarks/grid.py" "${FLAGS[@]}" --tasks $TASKS --methods $methods --seeds 1
+    $PY "$CODE/benchmarks/grid_tune.py" "${FLAGS[@]}" --tasks $TASKS --methods $methods --seed 1
+    for pass in 1 2; do
+        $PY "$CODE/benchmarks/grid.py" "${FLAGS[@]}" --tasks $TASKS --methods $methods --seeds 2,3 \
+            --tuned "$OUT/tuned_rates.json"
+        $PY "$CODE/benchmarks/grid_tune.py" "${FLAGS[@]}" --seed 1 --report
+    done
+done

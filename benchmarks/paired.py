@@ -93,8 +93,42 @@ def report(rows: list[dict]) -> str:
                     f"| {TASK_TITLES[task]} | {title} | {seeds} | {' / '.join(f'{d:+.2f}' for d in diffs)} | "
                     f"{statistics.fmean(diffs):+.2f} | {_std(diffs):.2f} | {sum(d > 0 for d in diffs)}/{len(diffs)} |"
                 )
-        lines.append("")
+        lines += ["", *average_rows(table, k), ""]
     return "\n".join(lines)
+
+
+def per_seed_average(table, k: int, method: str) -> dict[int, float]:
+    """{seed: mean test score over the five tasks}, for the seeds on which the method has every task."""
+    cells = [table.get((task, k, method), {}) for task in TASKS]
+    seeds = set.intersection(*(set(cell) for cell in cells))
+    return {seed: statistics.fmean(cell[seed] for cell in cells) for seed in sorted(seeds)}
+
+
+def average_rows(table, k: int) -> list[str]:
+    """The claim on the five-task average: APL against the single method with the best average, and against
+    fine-tuning, paired by seed (a seed's average over the tasks is one sample of the whole protocol)."""
+    apl = per_seed_average(table, k, APL)
+    if not apl:
+        return [f"(no seed has all five tasks for APL at K = {k}, so no paired five-task average yet)"]
+    singles = {m: per_seed_average(table, k, m) for m in SINGLE}
+    singles = {m: avg for m, avg in singles.items() if set(apl) <= set(avg)}
+    rivals = []
+    if singles:
+        best = max(singles, key=lambda m: statistics.fmean(singles[m][s] for s in apl))
+        rivals.append(("best single on average: " + best, best))
+    rivals.append(("fine-tune", "ft"))
+    lines = [
+        "| five-task average | APL vs | seeds | APL - rival, per seed | mean diff | std diff | APL wins |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for title, method in rivals:
+        seeds, diffs = paired(apl, per_seed_average(table, k, method))
+        if diffs:
+            lines.append(
+                f"| Avg | {title} | {seeds} | {' / '.join(f'{d:+.2f}' for d in diffs)} | "
+                f"{statistics.fmean(diffs):+.2f} | {_std(diffs):.2f} | {sum(d > 0 for d in diffs)}/{len(diffs)} |"
+            )
+    return lines
 
 
 def main() -> int:

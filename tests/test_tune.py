@@ -322,3 +322,53 @@ def test_grid_reads_best_json_next_to_hyper_json(tmp_path, monkeypatch):
     hyper = grid.read_hyper([str(tmp_path / "hyper.json"), str(tmp_path / "best.json")])
     assert hyper["unipelt"] == {"lr": 1e-3}  # other tasks keep the per-method rate
     assert hyper["stsb/unipelt"] == {"lr": 7e-4, "gate_init_std": 0.01, "unipelt": {"lora_rank": 4}}
+
+
+def _finished_run(folder: Path, lr: float, valid: float) -> None:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"lr": lr, "output_dir": str(folder)}))
+    metrics = {"metric": "accuracy", "valid": {"accuracy": valid}, "test": {"accuracy": 0.5}, "seed": 1}
+    metrics.update(train_seconds=1.0, steps=10)
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_grid_tune_puts_the_best_validation_rate_in_the_grid_cell_and_reuses_the_grid_run(
+    tmp_path, monkeypatch
+):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import argparse
+
+    import grid
+    import grid_tune
+
+    hyper = {"lora": {"lr": 3e-3}}
+    args = argparse.Namespace(out=tmp_path, k=1000, seed=1, scales=[1 / 3, 1.0, 3.0])
+    assert grid_tune.candidates(args, hyper, "rte", "lora") == [3e-3, 1e-3, 9e-3]
+    cell = grid.cell_dir(tmp_path, "rte", 1000, "lora", 1)
+    _finished_run(cell, 3e-3, 0.55)  # the grid's own seed-1 run is the first candidate
+    _finished_run(grid_tune.candidate_dir(tmp_path, "rte", 1000, "lora", 1e-3, 1), 1e-3, 0.60)
+    assert grid_tune.choose(args, hyper, "rte", "lora") is None  # 9e-3 has not run: no choice yet
+    _finished_run(grid_tune.candidate_dir(tmp_path, "rte", 1000, "lora", 9e-3, 1), 9e-3, 0.58)
+
+    chosen = grid_tune.choose(args, hyper, "rte", "lora")
+    assert chosen["lr"] == 1e-3 and chosen["scores"] == {3e-3: 0.55, 1e-3: 0.60, 9e-3: 0.58}
+    # the winner now is the grid's cell, and the grid's old run became the 3e-3 candidate
+    assert grid_tune.run_rate(cell) == 1e-3
+    assert json.loads((cell / "config.json").read_text())["output_dir"] == str(cell)
+    assert grid_tune.run_rate(grid_tune.candidate_dir(tmp_path, "rte", 1000, "lora", 3e-3, 1)) == 3e-3
+    assert grid_tune.choose(args, hyper, "rte", "lora")["lr"] == 1e-3  # choosing again changes nothing
+    assert [row["lr"] for row in grid.gather(tmp_path)] == [1e-3]  # candidates stay out of the grid's table
+
+
+def test_grid_tune_keeps_the_grid_rate_on_a_tie(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import argparse
+
+    import grid
+    import grid_tune
+
+    args = argparse.Namespace(out=tmp_path, k=100, seed=1, scales=[0.5, 1.0])
+    hyper = {"adapter": {"lr": 2e-3}}
+    _finished_run(grid.cell_dir(tmp_path, "mrpc", 100, "adapter", 1), 2e-3, 0.7)
+    _finished_run(grid_tune.candidate_dir(tmp_path, "mrpc", 100, "adapter", 1e-3, 1), 1e-3, 0.7)
+    assert grid_tune.choose(args, hyper, "mrpc", "adapter")["lr"] == 2e-3
