@@ -41,6 +41,7 @@ LABELS = {
     "unipelt": "UniPELT (APL)",
     "unipelt-router": "UniPELT (router)",
     "ap-nogate": "AP without gates",
+    "majority": "Majority class",
 }
 TASK_TITLES = {"rte": "RTE", "mrpc": "MRPC", "stsb": "STS-B", "cola": "CoLA", "sst2": "SST-2"}
 
@@ -163,7 +164,9 @@ def run_grid(args: argparse.Namespace) -> None:
 
 
 def gather(out: Path) -> list[dict]:
-    rows = []
+    """One row per finished cell, plus one ``majority`` row per (task, K, seed): the score of always answering the
+    commonest training label (every cell of that sample records the same one), the floor a method must clear."""
+    rows, majority = [], {}
     for path in sorted(out.glob("*/k*/*/seed-*/metrics.json")):
         metrics = json.loads(path.read_text())
         config = json.loads((path.parent / "config.json").read_text())
@@ -182,7 +185,20 @@ def gather(out: Path) -> list[dict]:
                 "lr": config.get("lr"),
             }
         )
-    return rows
+        floor = (metrics.get("majority_class") or {}).get("test", {}).get(metrics["metric"])
+        if floor is not None:
+            majority[(task, k, metrics["seed"])] = {
+                **rows[-1],
+                **{
+                    "method": "majority",
+                    "test": floor,
+                    "valid": None,
+                    "train_seconds": 0.0,
+                    "steps": 0,
+                    "lr": None,
+                },
+            }
+    return rows + list(majority.values())
 
 
 def table(rows: list[dict], tasks: list[str], methods: list[str]) -> str:
@@ -257,14 +273,14 @@ def report(args: argparse.Namespace) -> None:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
     tasks = [t for t in args.tasks if any(r["task"] == t for r in rows)]
-    methods = [m for m in args.methods if any(r["method"] == m for r in rows)]
+    methods = [m for m in [*args.methods, "majority"] if any(r["method"] == m for r in rows)]
     text = table(rows, tasks, methods)
     (args.out / "table.md").write_text(text + "\n")
     plot(rows, tasks, methods, args.out / "table.png")
     hours = sum(r["train_seconds"] for r in rows) / 3600
     print(text)
     print(
-        f"{len(rows)} cells, {hours:.2f} h of training time; table.md, table.png, results.jsonl in {args.out}"
+        f"{sum(r['method'] != 'majority' for r in rows)} cells, {hours:.2f} h of training time; table.md, table.png, results.jsonl in {args.out}"
     )
 
 
