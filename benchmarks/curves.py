@@ -106,17 +106,24 @@ def plot(rows: list[dict], path: Path) -> None:
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.2), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        for method in LABELS:
+        for index, method in enumerate(LABELS):
             mine = [r["curve"] for r in rows if r["task"] == task and r["method"] == method]
             if not mine:
                 continue
             epochs = max(len(c) for c in mine)
             means = [statistics.fmean(c[e]["score"] for c in mine if len(c) > e) * 100 for e in range(epochs)]
-            ax.plot(range(1, epochs + 1), means, marker=".", label=f"{LABELS[method]} ({len(mine)})")
+            ax.plot(
+                range(1, epochs + 1),
+                means,
+                marker=".",
+                color=f"C{index % 10}",
+                label=f"{LABELS[method]} ({len(mine)})",
+            )
         ax.set_title(TASK_TITLES[task])
         ax.set_xlabel("epoch")
     axes[0][0].set_ylabel("validation score (mean over seeds)")
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    for ax in axes[0]:  # each panel its own legend: a method can be missing from a task
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
