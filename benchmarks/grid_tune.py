@@ -110,10 +110,10 @@ def train_candidates(args: argparse.Namespace, hyper: dict) -> None:
             for rate in candidates(args, hyper, task, method):
                 if find_run(args.out, task, args.k, method, rate, args.seed) is not None:
                     continue
-                base = rate == grid_rate(hyper, task, method)
-                folder = (cell_dir if base else candidate_dir)(
-                    args.out, task, args.k, method, *((args.seed,) if base else (rate, args.seed))
-                )
+                if rate == grid_rate(hyper, task, method):  # the grid's own seed-1 cell
+                    folder = cell_dir(args.out, task, args.k, method, args.seed)
+                else:
+                    folder = candidate_dir(args.out, task, args.k, method, rate, args.seed)
                 overrides = {**hyper.get(method, {}), **hyper.get(f"{task}/{method}", {}), "lr": rate}
                 config = kshot_config(args, folder, task, method, args.k, args.seed, **overrides)
                 with claim(folder) as mine:
