@@ -102,6 +102,11 @@ def read_hyper(paths: list[str]) -> dict[str, dict]:
     return hyper
 
 
+def cell_overrides(hyper: dict[str, dict], task: str, method: str) -> dict:
+    """A cell's TrainConfig overrides from ``read_hyper``: ``task/method`` over ``method``."""
+    return {**hyper.get(method, {}), **hyper.get(f"{task}/{method}", {})}
+
+
 @contextlib.contextmanager
 def claim(folder: Path):
     """Yield whether this process holds the cell: an exclusive, non-blocking flock on folder/.claim.
@@ -131,11 +136,7 @@ def run_grid(args: argparse.Namespace) -> None:
         return read_hyper([str(args.tuned)]) if args.tuned and args.tuned.is_file() else {}
 
     def config_of(task: str, k: int, method: str, seed: int, tuned: dict[str, dict] | None = None):
-        overrides = {
-            **hyper.get(method, {}),
-            **hyper.get(f"{task}/{method}", {}),
-            **(tuned or {}).get(f"{task}/{method}", {}),
-        }
+        overrides = {**cell_overrides(hyper, task, method), **cell_overrides(tuned or {}, task, method)}
         return kshot_config(
             args, cell_dir(args.out, task, k, method, seed), task, method, k, seed, **overrides
         )
@@ -189,14 +190,12 @@ def gather(out: Path) -> list[dict]:
         if floor is not None:
             majority[(task, k, metrics["seed"])] = {
                 **rows[-1],
-                **{
-                    "method": "majority",
-                    "test": floor,
-                    "valid": None,
-                    "train_seconds": 0.0,
-                    "steps": 0,
-                    "lr": None,
-                },
+                "method": "majority",
+                "test": floor,
+                "valid": None,
+                "train_seconds": 0.0,
+                "steps": 0,
+                "lr": None,
             }
     return rows + list(majority.values())
 
@@ -278,9 +277,10 @@ def report(args: argparse.Namespace) -> None:
     (args.out / "table.md").write_text(text + "\n")
     plot(rows, tasks, methods, args.out / "table.png")
     hours = sum(r["train_seconds"] for r in rows) / 3600
+    trained = sum(r["method"] != "majority" for r in rows)
     print(text)
     print(
-        f"{sum(r['method'] != 'majority' for r in rows)} cells, {hours:.2f} h of training time; table.md, table.png, results.jsonl in {args.out}"
+        f"{trained} cells, {hours:.2f} h of training time; table.md, table.png, results.jsonl in {args.out}"
     )
 
 

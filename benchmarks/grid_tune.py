@@ -6,7 +6,7 @@ validation split and budget as a grid cell). The candidate at the grid's own rat
 seed, so it is not trained twice; the others train under OUT/tune/<task>/k<K>/<method>/lr-<rate>/seed-<S>.
 The rate with the best validation score wins (ties go to the grid's rate); when it is not the grid's rate, the
 two runs swap folders, so the grid's seed-S cell is always the run at the chosen rate and the other seeds can
-be trained at that rate with ``grid.py --hyper ... OUT/tuned_rates.json``. The test split is never read for the
+be trained at that rate with ``grid.py --hyper ... --tuned OUT/tuned_rates.json``. The test split is never read for the
 choice (the runs score it, as every grid cell does, but only ``valid`` is compared).
 
 Why not ``unipelt tune``: it does the same search for one cell (``--space`` with ``lr: {choices: [...]}``), but
@@ -28,16 +28,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grid import LABELS, TASK_TITLES, TASKS, cell_dir, claim, kshot_config, read_hyper  # noqa: E402
+from grid import LABELS, TASK_TITLES, TASKS, cell_dir, cell_overrides, claim, kshot_config, read_hyper  # noqa: E402
 
 from unipelt.training.config import DEFAULT_LR  # noqa: E402
 
 
 def grid_rate(hyper: dict[str, dict], task: str, method: str) -> float:
     """The rate grid.py gives a cell: ``task/method`` over ``method`` over the library default."""
-    return float(
-        {"lr": DEFAULT_LR.get(method), **hyper.get(method, {}), **hyper.get(f"{task}/{method}", {})}["lr"]
-    )
+    return float(cell_overrides(hyper, task, method).get("lr", DEFAULT_LR.get(method)))
 
 
 def candidate_dir(out: Path, task: str, k: int, method: str, rate: float, seed: int) -> Path:
@@ -107,14 +105,15 @@ def train_candidates(args: argparse.Namespace, hyper: dict) -> None:
 
     for task in args.tasks:
         for method in args.methods:
-            for rate in candidates(args, hyper, task, method):
+            rates = candidates(args, hyper, task, method)
+            for rate in rates:
                 if find_run(args.out, task, args.k, method, rate, args.seed) is not None:
                     continue
-                if rate == grid_rate(hyper, task, method):  # the grid's own seed-1 cell
+                if rate == rates[0]:  # the grid's own rate: its run is the grid's seed cell
                     folder = cell_dir(args.out, task, args.k, method, args.seed)
                 else:
                     folder = candidate_dir(args.out, task, args.k, method, rate, args.seed)
-                overrides = {**hyper.get(method, {}), **hyper.get(f"{task}/{method}", {}), "lr": rate}
+                overrides = {**cell_overrides(hyper, task, method), "lr": rate}
                 config = kshot_config(args, folder, task, method, args.k, args.seed, **overrides)
                 with claim(folder) as mine:
                     if not mine or (folder / "metrics.json").is_file():
