@@ -14,6 +14,7 @@ from unipelt.data import (
     GLUE_TASKS,
     Example,
     glue_task,
+    in_length_order,
     k_shot_split,
     load_glue,
     load_table,
@@ -417,6 +418,17 @@ def test_tokenize_unlabelled_and_mixed(tokenizer: Any) -> None:
     assert "labels" not in ds.column_names
     with pytest.raises(UniPELTError, match="second text"):
         tokenize_examples([Example("x", None, 1), Example("x", "y", 1)], tokenizer)
+
+
+def test_in_length_order_keeps_rows_whole_and_ties_in_file_order(tokenizer: Any) -> None:
+    texts = ["a b c d e f", "a", "a b c", "b", "a b c d e f g h", "c d e"]
+    ds = tokenize_examples([Example(t, None, i) for i, t in enumerate(texts)], tokenizer)
+    ordered = in_length_order(ds)
+    lengths = [len(x) for x in ordered["input_ids"]]
+    assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
+    assert ordered["labels"] == [1, 3, 2, 5, 0, 4]  # ties (1 and 3; 2 and 5) keep file order
+    rows = {label: ids for label, ids in zip(ds["labels"], ds["input_ids"])}
+    assert all(rows[label] == ids for label, ids in zip(ordered["labels"], ordered["input_ids"]))
 
 
 def test_tokenize_real_rte(glue_dir: Path, tokenizer: Any) -> None:

