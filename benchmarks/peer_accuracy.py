@@ -16,7 +16,8 @@ Protocol (Mao et al. 2022, low-resource setting), identical to our trainer's:
   STS-B) + ``train_adapter`` (base frozen; adapter and head trained);
 * training: AdamW (weight decay 0), linear schedule with 6 % warm-up, gradient clipping 1.0, batches padded
   to their longest row, max length 128; after every epoch the validation set is scored and the epoch with the
-  best main metric is kept; its weights are restored and scored on the test set.
+  best main metric is kept; its weights are restored and scored on the test set. ``--patience 3`` stops as our
+  grid does (3 epochs without a better validation score), and ``--rates`` takes a grid's per-task rates.
 
 One JSON line per (task, K, seed, method) is appended to ``--out``; with ``--resume`` finished ones are skipped.
 """
@@ -157,7 +158,7 @@ def run_one(task: str, k: int, seed: int, method: str, args, data_mod, metrics_m
     model.add_classification_head(HEAD, num_labels=num_labels)
     model.train_adapter(HEAD)  # freezes the base model; the adapter and the head stay trainable
     model.to(device)
-    lr = args.lr if args.lr is not None else default_lr
+    lr = rate_for(task, method, args) or default_lr
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay)
@@ -167,7 +168,7 @@ def run_one(task: str, k: int, seed: int, method: str, args, data_mod, metrics_m
     loss_fn = torch.nn.MSELoss() if regression else torch.nn.CrossEntropyLoss()
     rng = np.random.default_rng(seed)
 
-    curve, best, best_state, best_epoch = [], -math.inf, None, 0
+    curve, best, best_state, best_epoch, stale = [], -math.inf, None, 0, 0
     train_s = valid_s = 0.0
     for epoch in range(1, args.epochs + 1):
         t0 = time.time()
@@ -203,6 +204,11 @@ def run_one(task: str, k: int, seed: int, method: str, args, data_mod, metrics_m
             )
         if score > best:
             best, best_state, best_epoch, best_valid = score, trainable_state(model), epoch, valid_scores
+            stale = 0
+        else:
+            stale += 1
+            if args.patience and stale >= args.patience:  # our grid's early stopping
+                break
     if best_state is not None:
         with torch.no_grad():
             named = dict(model.named_parameters())
@@ -233,6 +239,8 @@ def run_one(task: str, k: int, seed: int, method: str, args, data_mod, metrics_m
         "n_test": len(test_data.examples),
         "lr": lr,
         "epochs": args.epochs,
+        "epochs_run": len(curve),
+        "patience": args.patience,
         "batch_size": args.batch_size,
         "eval_batch_size": args.eval_batch_size,
         "max_length": args.max_length,
@@ -245,6 +253,16 @@ def run_one(task: str, k: int, seed: int, method: str, args, data_mod, metrics_m
         "train_s": train_s,
         "valid_s": valid_s,
     }
+
+
+def rate_for(task: str, method: str, args) -> float | None:
+    """The learning rate for one task: ``--rates`` (a grid's tuned_rates.json, key ``task/method``) first,
+    then ``--lr``; None leaves the method's default. With ``--rates`` a pair not chosen yet gets None."""
+    if args.rates:
+        path = Path(args.rates)
+        chosen = json.loads(path.read_text()).get(f"{task}/{method}") if path.is_file() else None
+        return float(chosen["lr"]) if chosen else None
+    return args.lr
 
 
 def _done(out: str) -> set[tuple]:
@@ -276,7 +294,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--lr", type=float, default=None, help="learning rate (default: unipelt 5e-4, others 1e-3)"
     )
+    p.add_argument(
+        "--rates",
+        default=None,
+        help="JSON of rates per task/method (a grid's tuned_rates.json; re-read per run); overrides --lr",
+    )
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=0,
+        help="stop after this many epochs without a better validation score",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--eval-batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, default=128)
@@ -313,6 +342,9 @@ def main(argv: list[str] | None = None) -> None:
             for seed in (int(x) for x in args.seeds.split(",")):
                 for method in methods:
                     if (task, k, seed, method) in done:
+                        continue
+                    if args.rates and rate_for(task, method, args) is None:
+                        print(f"[{task} k={k} seed={seed} {method}] deferred: no rate in {args.rates} yet")
                         continue
                     rec = run_one(task, k, seed, method, args, data_mod, metrics_mod, device)
                     with open(args.out, "a") as f:
