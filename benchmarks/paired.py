@@ -5,14 +5,16 @@ and prints, per task and K: every method's test mean and std over seeds, then fo
 per-seed differences on the seeds both have (same seed = same K-shot sample, so the difference removes the
 sample's luck), their mean and std, and how many seeds APL won. "Best single method" is, per task, the one of
 adapter / prefix / LoRA with the best mean over the seeds APL also has (chosen with hindsight, which favours
-the rival). Output is Markdown tables.
+the rival). ``--peer`` adds AdapterHub ``adapters``' UniPELT (``peer_accuracy.py`` JSON lines, same samples) as
+one more rival. Output is Markdown tables.
 
-    python benchmarks/paired.py benchmarks/out/grid_k1000
+    python benchmarks/paired.py benchmarks/out/grid_k1000 --peer benchmarks/out/peer_accuracy_k1000_tuned.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -23,6 +25,24 @@ from grid import LABELS, TASK_TITLES, TASKS, gather  # noqa: E402
 
 SINGLE = ("adapter", "prefix", "lora")
 APL = "unipelt"
+PEER = "adapters-unipelt"
+TITLES = {**LABELS, PEER: "adapters' UniPELT"}
+
+
+def peer_rows(path: Path) -> list[dict]:
+    """``peer_accuracy.py``'s UniPELT runs as grid rows (test = its main metric on the same GLUE dev split)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if record.get("method") == "unipelt":
+            rows.append(
+                {
+                    **{key: record[key] for key in ("task", "k", "seed")},
+                    "method": PEER,
+                    "test": record["test_main"],
+                }
+            )
+    return rows
 
 
 def _std(xs: list[float]) -> float:
@@ -64,14 +84,14 @@ def report(rows: list[dict]) -> str:
             "|---|---|---|---|---|",
         ]
         for task in TASKS:
-            for method in LABELS:
+            for method in TITLES:
                 cell = table.get((task, k, method))
                 if not cell:
                     continue
                 per_seed = " / ".join(f"{cell[s]:.2f}" for s in sorted(cell))
                 values = list(cell.values())
                 lines.append(
-                    f"| {TASK_TITLES[task]} | {LABELS[method]} | {per_seed} (seeds {sorted(cell)}) | "
+                    f"| {TASK_TITLES[task]} | {TITLES[method]} | {per_seed} (seeds {sorted(cell)}) | "
                     f"{statistics.fmean(values):.2f} | {_std(values):.2f} |"
                 )
         lines += [
@@ -84,7 +104,7 @@ def report(rows: list[dict]) -> str:
             if not apl:
                 continue
             rivals = [("best single: " + m, m) for m in [best_single(table, task, k, set(apl))] if m]
-            rivals.append(("fine-tune", "ft"))
+            rivals += [("fine-tune", "ft"), (TITLES[PEER], PEER)]
             for title, method in rivals:
                 seeds, diffs = paired(apl, table.get((task, k, method), {}))
                 if not diffs:
@@ -116,7 +136,7 @@ def average_rows(table, k: int) -> list[str]:
     if singles:
         best = max(singles, key=lambda m: statistics.fmean(singles[m][s] for s in apl))
         rivals.append(("best single on average: " + best, best))
-    rivals.append(("fine-tune", "ft"))
+    rivals += [("fine-tune", "ft"), (TITLES[PEER], PEER)]
     lines = [
         "| five-task average | APL vs | seeds | APL - rival, per seed | mean diff | std diff | APL wins |",
         "|---|---|---|---|---|---|---|",
@@ -134,8 +154,10 @@ def average_rows(table, k: int) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--peer", type=Path, help="peer_accuracy.py JSON lines (adapters' UniPELT)")
     args = parser.parse_args()
     rows = [row for folder in args.folders for row in gather(folder)]
+    rows += peer_rows(args.peer) if args.peer else []
     if not rows:
         print("no finished cells")
         return 1
