@@ -6,6 +6,9 @@
 #      validation score wins, and its run becomes the seed-1 cell (OUT/tuned_rates.json, OUT/tuning.md);
 #   3. seeds 2 and 3 at the chosen rates (grid.py --tuned defers a cell whose rate is not chosen yet; the stage
 #      runs twice so the second pass catches cells another worker's candidates held up).
+# After the four main methods, one worker (flock) runs the peer row: AdapterHub `adapters`' UniPELT on the same
+# samples, seeds 1-3, at APL's chosen rate per task, with the same early stopping (peer_accuracy.py, in
+# benchmarks/.venv-adapters; skipped when that environment is missing) while the other goes on to prefix and AP.
 # Every stage skips finished cells and claims the cell it trains (flock), so the script can be killed and
 # restarted at any time, and two copies of it (one per core) share the work:
 #   for w in 1 2; do nohup nice -n 10 benchmarks/k1000_queue.sh > benchmarks/out/k1000_queue$w.log 2>&1 & done
@@ -34,4 +37,11 @@ for methods in unipelt,adapter,lora,ft prefix,unipelt-ap; do
             --tuned "$OUT/tuned_rates.json"
         $PY "$CODE/benchmarks/grid_tune.py" "${FLAGS[@]}" --seed 1 --report
     done
+    PEER_PY=benchmarks/.venv-adapters/bin/python
+    if [ "$methods" = unipelt,adapter,lora,ft ] && [ -x "$PEER_PY" ]; then
+        flock -n "$OUT/.peer.lock" "$PEER_PY" "$CODE/benchmarks/peer_accuracy.py" --tasks $TASKS --ks "$K" \
+            --seeds 1,2,3 --methods unipelt --epochs 10 --patience 3 --n-valid "$N_VALID" --threads 1 \
+            --rates "$OUT/tuned_rates.json" --data-dir "$DATA" --verbose --resume \
+            --out "benchmarks/out/peer_accuracy_k${K}_tuned.jsonl"
+    fi
 done
