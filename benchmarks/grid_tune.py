@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from grid import LABELS, TASK_TITLES, TASKS, cell_dir, cell_overrides, claim, kshot_config, read_hyper  # noqa: E402
 
+from unipelt.checkpoint import write_json  # noqa: E402
 from unipelt.training.config import DEFAULT_LR  # noqa: E402
 
 
@@ -64,9 +65,9 @@ def candidates(args: argparse.Namespace, hyper: dict, task: str, method: str) ->
     return list(dict.fromkeys(rates))
 
 
-def valid_score(folder: Path) -> float:
+def score(folder: Path, split: str = "valid") -> float:
     metrics = json.loads((folder / "metrics.json").read_text())
-    return float(metrics["valid"][metrics["metric"]])
+    return float(metrics[split][metrics["metric"]])
 
 
 def _move(source: Path, target: Path) -> None:
@@ -76,7 +77,7 @@ def _move(source: Path, target: Path) -> None:
     config_path = target / "config.json"
     config = json.loads(config_path.read_text())
     config["output_dir"] = str(target)
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_json(config_path, config)
 
 
 def choose(args: argparse.Namespace, hyper: dict, task: str, method: str) -> dict | None:
@@ -87,8 +88,9 @@ def choose(args: argparse.Namespace, hyper: dict, task: str, method: str) -> dic
     runs = {rate: find_run(args.out, task, k, method, rate, seed) for rate in rates}
     if any(folder is None for folder in runs.values()):
         return None
-    scores = {rate: valid_score(folder) for rate, folder in runs.items()}
+    scores = {rate: score(folder) for rate, folder in runs.items()}
     best = max(rates, key=lambda rate: scores[rate])  # max keeps the first of equals: the grid's rate
+    tests = {rate: score(folder, "test") for rate, folder in runs.items()}  # reported after the fact only
     cell = cell_dir(args.out, task, k, method, seed)
     if runs[best] != cell:
         with claim(args.out / "tune" / task / f"k{k}" / method) as mine:
@@ -97,7 +99,15 @@ def choose(args: argparse.Namespace, hyper: dict, task: str, method: str) -> dic
                 if held is not None:
                     _move(cell, candidate_dir(args.out, task, k, method, held, seed))
                 _move(runs[best], cell)
-    return {"task": task, "k": k, "method": method, "seed": seed, "scores": scores, "lr": best}
+    return {
+        "task": task,
+        "k": k,
+        "method": method,
+        "seed": seed,
+        "scores": scores,
+        "tests": tests,
+        "lr": best,
+    }
 
 
 def train_candidates(args: argparse.Namespace, hyper: dict) -> None:
@@ -127,8 +137,13 @@ def train_candidates(args: argparse.Namespace, hyper: dict) -> None:
 
 
 def report(args: argparse.Namespace, hyper: dict) -> None:
-    """tuning.md (every candidate's validation score) and tuned_rates.json (the ``--hyper`` file of winners)."""
-    rows, tuned = [], {}
+    """tuning.md (every candidate's validation score) and tuned_rates.json (the ``--hyper`` file of winners).
+
+    tuning.md also lists the candidates' test scores, which play no part in the choice: they show how often the
+    validation split picked the rate that was best on test, per method, i.e. how much of a method's score is
+    the luck of the choice.
+    """
+    rows, test_rows, tuned, agree = [], [], {}, {}
     for task in TASKS:
         for method in LABELS:
             if not (args.out / task / f"k{args.k}" / method).is_dir():
@@ -142,6 +157,14 @@ def report(args: argparse.Namespace, hyper: dict) -> None:
                 for rate, score in chosen["scores"].items()
             )
             rows.append(f"| {TASK_TITLES[task]} | {LABELS[method]} | {scores} |")
+            best_test = max(chosen["tests"], key=chosen["tests"].get)
+            agree.setdefault(method, []).append(best_test == chosen["lr"])
+            tests = " / ".join(
+                f"{rate:g}: {100 * value:.2f}" + (" (chosen)" if rate == chosen["lr"] else "")
+                for rate, value in chosen["tests"].items()
+            )
+            test_rows.append(f"| {TASK_TITLES[task]} | {LABELS[method]} | {tests} |")
+    hits = ", ".join(f"{LABELS[m]} {sum(a)}/{len(a)}" for m, a in agree.items())
     text = "\n".join(
         [
             f"Validation score per learning rate (K = {args.k}, seed {args.seed}; first = the grid's rate)",
@@ -149,10 +172,19 @@ def report(args: argparse.Namespace, hyper: dict) -> None:
             "| task | method | rate: validation score |",
             "|---|---|---|",
             *rows,
+            "",
+            "Test score of the same runs, after the fact (never used to choose)",
+            "",
+            "| task | method | rate: test score |",
+            "|---|---|---|",
+            *test_rows,
+            "",
+            f"Validation chose the rate that was best on test in: {hits}.",
         ]
     )
     (args.out / "tuning.md").write_text(text + "\n")
-    (args.out / "tuned_rates.json").write_text(json.dumps(tuned, indent=2, sort_keys=True) + "\n")
+    # atomic: other workers' grid.py --tuned read it before every cell
+    write_json(args.out / "tuned_rates.json", tuned)
     print(text)
     print(f"{len(tuned)} tuned; {args.out / 'tuned_rates.json'}")
 
