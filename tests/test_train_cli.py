@@ -322,6 +322,34 @@ def test_autopelt_holds_its_gates_for_a_third_then_moves_them_at_a_constant_rate
     assert int(steps.best.rsplit("-", 1)[1]) > held
 
 
+def test_prefix_encoder_trains_at_its_own_rate_and_the_groups_partition_the_trainable_weights(
+    tiny_model_dir, glue_dir, tmp_path
+):
+    from transformers import TrainerCallback
+
+    class Groups(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+            self.model = model
+            self.initial = [
+                (group["initial_lr"], {id(p) for p in group["params"]}) for group in optimizer.param_groups
+            ]
+
+    seen = Groups()
+    config = _tiny_config(tiny_model_dir, glue_dir, tmp_path / "run", lr=1e-3, lr_prefix=2e-4, epochs=1)
+    train(config, callbacks=[seen])
+    groups = seen.model.parameter_groups()
+    trainable = {id(p) for p in seen.model.parameters() if p.requires_grad}
+    ids = [{id(p) for p in params} for params in groups.values()]
+    assert sum(map(len, ids)) == len(trainable) and set().union(*ids) == trainable  # disjoint, complete
+    assert groups["prefix"] and all(p.requires_grad for p in groups["prefix"])
+    prefix_ids = {id(p) for p in groups["prefix"]}
+    assert [rate for rate, group in seen.initial if group == prefix_ids] == [2e-4]
+    assert [rate for rate, group in seen.initial if group == {id(p) for p in groups["added"]}] == [1e-3]
+    assert (
+        TrainConfig(method="unipelt", lr=1e-3).learning_rates()["prefix"] == 1e-3
+    )  # default: the modules' rate
+
+
 def test_sparsity_penalty_pushes_gates_down(tiny_model_dir, glue_dir, tmp_path):
     def mean_gate(folder):
         stats = json.loads((folder / "gates.json").read_text())

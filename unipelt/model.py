@@ -253,13 +253,17 @@ class UniPELTModel(nn.Module):
         return [p for t in tasks for p in t.gate_parameters()]
 
     def parameter_groups(self, task: str | None = None) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters by kind: added modules, gates, head (for separate learning rates)."""
+        """Trainable parameters by kind, for separate learning rates: the prefix encoder, the other added
+        modules, gates and head. The prefix has its own group because its MLP can grow the prefix keys until
+        attention goes mostly to the prefix and every input gets the same representation (benchmarks/RESULTS.md,
+        STS-B seed 2 at K = 1000)."""
         tasks = [self._task(task)] if task else list(self.tasks.values())
         gate_ids = {id(p) for t in tasks for p in t.gate_parameters()}
         head = [p for t in tasks for p in t.head.parameters()]
-        head_ids = {id(p) for p in head}
-        added = [p for t in tasks for p in t.parameters() if id(p) not in gate_ids and id(p) not in head_ids]
-        return {"added": added, "gates": self.gate_parameters(task), "head": head}
+        prefix = [p for t in tasks if t.prefix is not None for p in t.prefix.parameters()]
+        other = gate_ids | {id(p) for p in head} | {id(p) for p in prefix}
+        added = [p for t in tasks for p in t.parameters() if id(p) not in other]
+        return {"added": added, "prefix": prefix, "gates": self.gate_parameters(task), "head": head}
 
     def parameter_counts(self, task: str | None = None) -> dict[str, int]:
         """Trainable parameters of a task per sub-module, and totals with and without the prefix MLP.

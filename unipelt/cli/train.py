@@ -115,6 +115,7 @@ def _flag_fields(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr,
         "lr_gates": args.lr_gates,
         "lr_head": args.lr_head,
+        "lr_prefix": args.lr_prefix,
         "lr_backbone": args.lr_backbone,
         "weight_decay": args.weight_decay,
         "warmup_ratio": args.warmup_ratio,
@@ -270,6 +271,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="learning rate of the added modules (default per method)")
     p.add_argument("--lr-gates", type=float)
     p.add_argument("--lr-head", type=float)
+    p.add_argument("--lr-prefix", type=float, help="learning rate of the prefix encoder (default: --lr)")
     p.add_argument("--lr-backbone", type=float, help="backbone learning rate for --method ft")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--warmup-ratio", type=float, default=0.06)

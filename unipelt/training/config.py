@@ -99,6 +99,7 @@ class TrainConfig:
     lr: float | None = None
     lr_gates: float | None = None
     lr_head: float | None = None
+    lr_prefix: float | None = None  # the prefix encoder's rate; None: the added modules' rate
     lr_backbone: float | None = None
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
@@ -182,6 +183,7 @@ class TrainConfig:
             "added": base,
             "gates": self.lr_gates if self.lr_gates is not None else self._default_gate_lr(base),
             "head": self.lr_head if self.lr_head is not None else base,
+            "prefix": self.lr_prefix if self.lr_prefix is not None else base,
             "backbone": self.lr_backbone if self.lr_backbone is not None else base,
         }
 

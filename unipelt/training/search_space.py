@@ -33,6 +33,7 @@ TRAIN_PARAMETERS = (
     "lr",
     "lr_gates",
     "lr_head",
+    "lr_prefix",
     "lr_backbone",
     "weight_decay",
     "warmup_ratio",

@@ -108,6 +108,7 @@ def make_trainer_class() -> type[Trainer]:
                 groups = self.unipelt.parameter_groups()
                 param_groups = [
                     {"params": groups["added"], "lr": rates["added"], "weight_decay": decay},
+                    {"params": groups["prefix"], "lr": rates["prefix"], "weight_decay": decay},
                     {"params": groups["gates"], "lr": rates["gates"], "weight_decay": 0.0, "name": "gates"},
                     {"params": groups["head"], "lr": rates["head"], "weight_decay": decay},
                 ]
