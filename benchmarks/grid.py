@@ -124,6 +124,20 @@ def claim(folder: Path):
         yield True
 
 
+def set_aside_if_stale(folder: Path, rate: float, out: Path) -> None:
+    """Move a finished cell trained at another rate than the chosen one (the choice changed after it ran) to
+    OUT/stale/, so that it is trained again at the chosen rate and the old run stays for comparison."""
+    trained = json.loads((folder / "config.json").read_text()).get("lr")
+    if trained is not None and abs(trained - rate) <= 1e-12 + 1e-6 * rate:
+        return
+    target = out / "stale" / folder.relative_to(out).parent / f"{folder.name}-lr-{trained:g}"
+    with claim(folder) as mine:
+        if mine and (folder / "metrics.json").is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(folder, target)
+            print(f"{folder}: trained at {trained:g}, the chosen rate is now {rate:g}; moved to {target}")
+
+
 def run_grid(args: argparse.Namespace) -> None:
     from unipelt.training import train
 
@@ -148,6 +162,8 @@ def run_grid(args: argparse.Namespace) -> None:
         tuned = tuned_rates()  # read again per cell: grid_tune.py workers add to it while this one runs
         config = config_of(task, k, method, seed, tuned)
         done = Path(config.output_dir) / "metrics.json"
+        if done.is_file() and args.tuned and f"{task}/{method}" in tuned:
+            set_aside_if_stale(Path(config.output_dir), config.lr, args.out)
         if done.is_file():
             continue
         if args.tuned and f"{task}/{method}" not in tuned:

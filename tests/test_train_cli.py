@@ -18,7 +18,7 @@ from tiny_runs import tiny_run_config
 from unipelt.cli import main
 from unipelt.errors import UniPELTError
 from unipelt.training import TrainConfig, train
-from unipelt.training.config import AUTOPELT_GATE_LR
+from unipelt.training.config import AUTOPELT_GATE_LR, PREFIX_LR_CAP
 from unipelt.training.model_init import regression_output_layer
 from unipelt.training.run import build_model, load_splits
 
@@ -345,9 +345,14 @@ def test_prefix_encoder_trains_at_its_own_rate_and_the_groups_partition_the_trai
     prefix_ids = {id(p) for p in groups["prefix"]}
     assert [rate for rate, group in seen.initial if group == prefix_ids] == [2e-4]
     assert [rate for rate, group in seen.initial if group == {id(p) for p in groups["added"]}] == [1e-3]
-    assert (
-        TrainConfig(method="unipelt", lr=1e-3).learning_rates()["prefix"] == 1e-3
-    )  # default: the modules' rate
+    # default: the modules' rate, at most PREFIX_LR_CAP where the prefix shares the model; prefix-only keeps lr
+    assert TrainConfig(method="unipelt", lr=5e-4).learning_rates()["prefix"] == 5e-4
+    assert TrainConfig(method="unipelt", lr=3e-3).learning_rates()["prefix"] == PREFIX_LR_CAP == 1e-3
+    assert TrainConfig(method="unipelt-ap", lr=3e-3).learning_rates()["prefix"] == PREFIX_LR_CAP
+    assert TrainConfig(method="prefix", lr=3e-3).learning_rates()["prefix"] == 3e-3
+    only_prefix = TrainConfig(method="unipelt", lr=3e-3, unipelt={"modules": ["prefix"]})
+    assert only_prefix.learning_rates()["prefix"] == 3e-3
+    assert TrainConfig(method="unipelt", lr=3e-3, lr_prefix=2e-3).learning_rates()["prefix"] == 2e-3
 
 
 def test_sparsity_penalty_pushes_gates_down(tiny_model_dir, glue_dir, tmp_path):

@@ -372,3 +372,18 @@ def test_grid_tune_keeps_the_grid_rate_on_a_tie(tmp_path, monkeypatch):
     _finished_run(grid.cell_dir(tmp_path, "mrpc", 100, "adapter", 1), 2e-3, 0.7)
     _finished_run(grid_tune.candidate_dir(tmp_path, "mrpc", 100, "adapter", 1e-3, 1), 1e-3, 0.7)
     assert grid_tune.choose(args, hyper, "mrpc", "adapter")["lr"] == 2e-3
+
+
+def test_grid_sets_aside_a_cell_trained_at_a_rate_no_longer_chosen(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import grid
+
+    cell = grid.cell_dir(tmp_path, "rte", 1000, "unipelt", 2)
+    _finished_run(cell, 5e-4, 0.6)
+    grid.set_aside_if_stale(cell, 5e-4, tmp_path)  # the chosen rate: kept
+    assert (cell / "metrics.json").is_file()
+    grid.set_aside_if_stale(cell, 1.5e-3, tmp_path)  # the choice changed: moved aside, to be trained again
+    assert not (cell / "metrics.json").is_file()
+    moved = tmp_path / "stale" / "rte" / "k1000" / "unipelt" / "seed-2-lr-0.0005"
+    assert json.loads((moved / "config.json").read_text())["lr"] == 5e-4
+    assert grid.gather(tmp_path) == []  # set-aside runs stay out of the grid's table

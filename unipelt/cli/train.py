@@ -271,7 +271,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, help="learning rate of the added modules (default per method)")
     p.add_argument("--lr-gates", type=float)
     p.add_argument("--lr-head", type=float)
-    p.add_argument("--lr-prefix", type=float, help="learning rate of the prefix encoder (default: --lr)")
+    p.add_argument(
+        "--lr-prefix",
+        type=float,
+        help="learning rate of the prefix encoder (default: --lr, at most 1e-3 next to other modules)",
+    )
     p.add_argument("--lr-backbone", type=float, help="backbone learning rate for --method ft")
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--warmup-ratio", type=float, default=0.06)
