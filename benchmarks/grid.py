@@ -157,7 +157,7 @@ def run_grid(args: argparse.Namespace) -> None:
 
     for cell in mine:  # a bad method, task or override fails here, before hours of other cells
         config_of(*cell).validate()
-    start = time.time()
+    start, failed = time.time(), []
     for n, (task, k, method, seed) in enumerate(mine, 1):
         tuned = tuned_rates()  # read again per cell: grid_tune.py workers add to it while this one runs
         config = config_of(task, k, method, seed, tuned)
@@ -172,12 +172,19 @@ def run_grid(args: argparse.Namespace) -> None:
         with claim(Path(config.output_dir)) as mine_now:
             if not mine_now or done.is_file():  # another worker is training it, or has just finished it
                 continue
-            result = train(config, resume=True)
+            try:
+                result = train(config, resume=True)
+            except Exception as error:  # one broken cell must not stop hours of others; said, then exit 1
+                failed.append(f"{task} k={k} {method} seed={seed}: {type(error).__name__}: {error}")
+                print(f"FAILED {failed[-1]}", flush=True)
+                continue
         print(
             f"[{n}/{len(mine)} {time.time() - start:.0f}s] {task} k={k} {method} seed={seed}: "
             f"test {result['metric']} {100 * result['test'][result['metric']]:.2f}",
             flush=True,
         )
+    if failed:
+        raise SystemExit("failed cells:\n" + "\n".join(failed))
 
 
 def gather(out: Path) -> list[dict]:

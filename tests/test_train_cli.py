@@ -345,6 +345,11 @@ def test_prefix_encoder_trains_at_its_own_rate_and_the_groups_partition_the_trai
     prefix_ids = {id(p) for p in groups["prefix"]}
     assert [rate for rate, group in seen.initial if group == prefix_ids] == [2e-4]
     assert [rate for rate, group in seen.initial if group == {id(p) for p in groups["added"]}] == [1e-3]
+    # at one rate the prefix stays in the added modules' group: checkpoints of earlier versions still resume
+    same = Groups()
+    train(dataclasses.replace(config, output_dir=str(tmp_path / "same"), lr_prefix=None), callbacks=[same])
+    merged = {id(p) for name in ("added", "prefix") for p in same.model.parameter_groups()[name]}
+    assert [rate for rate, group in same.initial if group == merged] == [1e-3] and len(same.initial) == 3
     # default: the modules' rate, at most PREFIX_LR_CAP where the prefix shares the model; prefix-only keeps lr
     assert TrainConfig(method="unipelt", lr=5e-4).learning_rates()["prefix"] == 5e-4
     assert TrainConfig(method="unipelt", lr=3e-3).learning_rates()["prefix"] == PREFIX_LR_CAP == 1e-3

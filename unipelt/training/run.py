@@ -277,7 +277,16 @@ def train(
     )
     trainer.class_weights = weights  # for ft, whose loss is the base model's own (UniPELT tasks hold theirs)
     start = time.time()
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except ValueError as error:
+        if resume_from is None or "parameter groups" not in str(error):
+            raise
+        raise UniPELTError(
+            f"{resume_from} was saved with other optimizer groups than this version makes (earlier versions "
+            "trained the prefix at the added modules' rate above 1e-3 too): resume with --lr-prefix equal to "
+            "--lr, or start the run again without --resume"
+        ) from error
     train_seconds = time.time() - start
     if guard.event is not None and guard.action == "stop":
         stop_diverged(

@@ -106,9 +106,11 @@ def make_trainer_class() -> type[Trainer]:
             decay = self.args.weight_decay
             if self.unipelt is not None:
                 groups = self.unipelt.parameter_groups()
+                if rates["prefix"] == rates["added"]:  # one group, as before the prefix had its own rate, so
+                    groups["added"] += groups.pop("prefix")  # checkpoints of older versions still resume
                 param_groups = [
                     {"params": groups["added"], "lr": rates["added"], "weight_decay": decay},
-                    {"params": groups["prefix"], "lr": rates["prefix"], "weight_decay": decay},
+                    {"params": groups.get("prefix", []), "lr": rates["prefix"], "weight_decay": decay},
                     {"params": groups["gates"], "lr": rates["gates"], "weight_decay": 0.0, "name": "gates"},
                     {"params": groups["head"], "lr": rates["head"], "weight_decay": decay},
                 ]
