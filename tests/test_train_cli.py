@@ -350,6 +350,14 @@ def test_prefix_encoder_trains_at_its_own_rate_and_the_groups_partition_the_trai
     train(dataclasses.replace(config, output_dir=str(tmp_path / "same"), lr_prefix=None), callbacks=[same])
     merged = {id(p) for name in ("added", "prefix") for p in same.model.parameter_groups()[name]}
     assert [rate for rate, group in same.initial if group == merged] == [1e-3] and len(same.initial) == 3
+    # a run folder written before lr_prefix existed reads back with the prefix at the modules' rate, as it trained
+    from unipelt.training.run_files import read_run_config
+
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert read_run_config(tmp_path / "run").lr_prefix == 2e-4
+    del saved["lr_prefix"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**saved, "lr": 3e-3}))
+    assert read_run_config(tmp_path / "run").learning_rates()["prefix"] == 3e-3
     # default: the modules' rate, at most PREFIX_LR_CAP where the prefix shares the model; prefix-only keeps lr
     assert TrainConfig(method="unipelt", lr=5e-4).learning_rates()["prefix"] == 5e-4
     assert TrainConfig(method="unipelt", lr=3e-3).learning_rates()["prefix"] == PREFIX_LR_CAP == 1e-3

@@ -283,9 +283,8 @@ def train(
         if resume_from is None or "parameter groups" not in str(error):
             raise
         raise UniPELTError(
-            f"{resume_from} was saved with other optimizer groups than this version makes (earlier versions "
-            "trained the prefix at the added modules' rate above 1e-3 too): resume with --lr-prefix equal to "
-            "--lr, or start the run again without --resume"
+            f"{resume_from} was saved with other optimizer groups than this run's configuration makes (was "
+            f"{run_dir / 'config.json'} edited?); start the run again without --resume"
         ) from error
     train_seconds = time.time() - start
     if guard.event is not None and guard.action == "stop":

@@ -95,6 +95,8 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
         )
     check_fields(data, TrainConfig, path)
     config = TrainConfig.from_dict(data)
+    if "lr_prefix" not in data:  # written before the prefix had its own rate: it learnt at the modules' rate
+        config = dataclasses.replace(config, lr_prefix=config.learning_rates()["added"])
     try:
         config.validate()
     except UniPELTError as error:
