@@ -358,6 +358,8 @@ def test_prefix_encoder_trains_at_its_own_rate_and_the_groups_partition_the_trai
     del saved["lr_prefix"]
     (tmp_path / "run" / "config.json").write_text(json.dumps({**saved, "lr": 3e-3}))
     assert read_run_config(tmp_path / "run").learning_rates()["prefix"] == 3e-3
+    with pytest.raises(UniPELTError, match="lr_prefix must be > 0"):
+        TrainConfig(method="unipelt", task="rte", lr_prefix=-1e-3).validate()
     # default: the modules' rate, at most PREFIX_LR_CAP where the prefix shares the model; prefix-only keeps lr
     assert TrainConfig(method="unipelt", lr=5e-4).learning_rates()["prefix"] == 5e-4
     assert TrainConfig(method="unipelt", lr=3e-3).learning_rates()["prefix"] == PREFIX_LR_CAP == 1e-3

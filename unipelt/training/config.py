@@ -146,6 +146,10 @@ class TrainConfig:
             raise UniPELTError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
         if self.lr is None and self.method not in DEFAULT_LR:
             raise UniPELTError(f"method {self.method!r} has no default learning rate yet; give one with --lr")
+        for name in ("lr", "lr_gates", "lr_head", "lr_prefix", "lr_backbone"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:  # AdamW would only fail later, with a traceback
+                raise UniPELTError(f"{name} must be > 0, got {value}")
         if self.task is None and self.train_file is None:
             raise UniPELTError("give a GLUE task (--task rte) or your own data (--train FILE)")
         if self.task is not None and not is_glue_task(self.task) and self.task_type != "token-classification":
