@@ -124,11 +124,16 @@ def claim(folder: Path):
         yield True
 
 
+def same_rate(a: float, b: float) -> bool:
+    """Whether two learning rates are the same one (rates pass through ``:g`` folder names and JSON)."""
+    return abs(a - b) <= 1e-12 + 1e-6 * b
+
+
 def set_aside_if_stale(folder: Path, rate: float, out: Path) -> None:
     """Move a finished cell trained at another rate than the chosen one (the choice changed after it ran) to
     OUT/stale/, so that it is trained again at the chosen rate and the old run stays for comparison."""
     trained = json.loads((folder / "config.json").read_text()).get("lr")
-    if trained is not None and abs(trained - rate) <= 1e-12 + 1e-6 * rate:
+    if trained is not None and same_rate(trained, rate):
         return
     target = out / "stale" / folder.relative_to(out).parent / f"{folder.name}-lr-{trained:g}"
     with claim(folder) as mine:

@@ -28,7 +28,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grid import LABELS, TASK_TITLES, TASKS, cell_dir, cell_overrides, claim, kshot_config, read_hyper  # noqa: E402
+from grid import (  # noqa: E402
+    LABELS,
+    TASK_TITLES,
+    TASKS,
+    cell_dir,
+    cell_overrides,
+    claim,
+    kshot_config,
+    read_hyper,
+    same_rate,
+)
 
 from unipelt.checkpoint import write_json  # noqa: E402
 from unipelt.training.config import DEFAULT_LR  # noqa: E402
@@ -54,7 +64,7 @@ def find_run(out: Path, task: str, k: int, method: str, rate: float, seed: int) 
     """The finished run at this rate: the grid's cell if it has this rate, else the candidate folder."""
     for folder in (cell_dir(out, task, k, method, seed), candidate_dir(out, task, k, method, rate, seed)):
         found = run_rate(folder)
-        if found is not None and abs(found - rate) <= 1e-12 + 1e-6 * rate:
+        if found is not None and same_rate(found, rate):
             return folder
     return None
 
@@ -136,6 +146,12 @@ def train_candidates(args: argparse.Namespace, hyper: dict) -> None:
             choose(args, hyper, task, method)
 
 
+def _per_rate(values: dict[float, float], chosen: float, mark: str) -> str:
+    return " / ".join(
+        f"{rate:g}: {100 * value:.2f}" + (mark if rate == chosen else "") for rate, value in values.items()
+    )
+
+
 def report(args: argparse.Namespace, hyper: dict) -> None:
     """tuning.md (every candidate's validation score) and tuned_rates.json (the ``--hyper`` file of winners).
 
@@ -152,18 +168,11 @@ def report(args: argparse.Namespace, hyper: dict) -> None:
             if chosen is None:
                 continue
             tuned[f"{task}/{method}"] = {"lr": chosen["lr"]}
-            scores = " / ".join(
-                f"{rate:g}: {100 * score:.2f}" + (" **chosen**" if rate == chosen["lr"] else "")
-                for rate, score in chosen["scores"].items()
-            )
-            rows.append(f"| {TASK_TITLES[task]} | {LABELS[method]} | {scores} |")
+            title = f"| {TASK_TITLES[task]} | {LABELS[method]} |"
+            rows.append(f"{title} {_per_rate(chosen['scores'], chosen['lr'], ' **chosen**')} |")
             best_test = max(chosen["tests"], key=chosen["tests"].get)
             agree.setdefault(method, []).append(best_test == chosen["lr"])
-            tests = " / ".join(
-                f"{rate:g}: {100 * value:.2f}" + (" (chosen)" if rate == chosen["lr"] else "")
-                for rate, value in chosen["tests"].items()
-            )
-            test_rows.append(f"| {TASK_TITLES[task]} | {LABELS[method]} | {tests} |")
+            test_rows.append(f"{title} {_per_rate(chosen['tests'], chosen['lr'], ' (chosen)')} |")
     hits = ", ".join(f"{LABELS[m]} {sum(a)}/{len(a)}" for m, a in agree.items())
     text = "\n".join(
         [

@@ -54,7 +54,7 @@ def in_length_order(dataset: datasets.Dataset) -> datasets.Dataset:
 
     The collator pads a batch to its longest row, so a batch of 64 rows in file order pads most rows to nearly
     the longest in the split. In length order each batch holds rows of about one length: on MiniLM at one
-    thread, evaluating GLUE dev took 1.5-1.8x less time this way (about half the padded tokens). Scores over a
+    thread, evaluating GLUE dev took 1.5-1.9x less time this way (about half the padded tokens). Scores over a
     whole split do not depend on row order; only rounding in the padded positions' arithmetic can differ. Rows
     keep their labels, and ties keep their file order.
     """

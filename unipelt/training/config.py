@@ -42,7 +42,7 @@ DEFAULT_LR: dict[str, float] = {
 
 # The prefix encoder's rate when the prefix shares the model with other modules (unipelt, AP, autopelt, ...) and
 # --lr-prefix is not given: the modules' rate, at most this. Its reparameterisation MLP grows the prefix keys
-# fast: on STS-B (K = 1000, seed 2) at the validation-chosen rate 3e-3 they grew from norm 5 to 60-90 (token keys
+# fast: on STS-B (K = 1000, seed 2) at the validation-chosen rate 3e-3 they grew from norm 5 to 53-90 (token keys
 # about 20), layers 2 and 4 put 83 % of their attention on the prefix, every input got the same representation,
 # and the run stayed at the labels' mean (validation Spearman 0.19, test 4.02). With the prefix at 1e-3 and the
 # rest at 3e-3 the same run reached validation 0.797 (benchmarks/RESULTS.md, "The prefix that captures
