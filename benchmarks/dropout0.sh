@@ -5,7 +5,8 @@
 #   STAGE=stsb (default): the cells of the STS-B bias study (K = 100, label-mean start) and SST-2 K = 1000, at
 #     rates/k100_tuned.json, into benchmarks/out/dropout0;
 #   STAGE=grid: the K = 1000 grid's cells (GRID, default benchmarks/out/grid_k1000) at their chosen rates
-#     (GRID/tuned_rates.json), APL then the adapter, 5 tasks, seeds 1-3, into GRID_dropout0.
+#     (GRID/tuned_rates.json), APL then the adapter (METHODS="unipelt adapter"), 5 tasks, seeds 1-3, into
+#     GRID_dropout0.
 #   CODE=<frozen copy> STAGE=grid nohup nice -n 10 benchmarks/dropout0.sh > benchmarks/out/dropout0_grid.log 2>&1 &
 set -u
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ json.dump({key: {**value, "backbone_dropout": 0.0} for key, value in rates.items
           open(f"{sys.argv[1]}/hyper.json", "w"), indent=1)
 PYEOF
 if [ "$STAGE" = grid ]; then
-    for methods in unipelt adapter; do
+    for methods in ${METHODS:-unipelt adapter}; do
         $PY "$CODE/benchmarks/grid.py" --out "$OUT" --tasks rte,mrpc,stsb,cola,sst2 --methods $methods --k 1000 \
             --seeds 1,2,3 --n-valid 1000 --epochs 10 --patience 3 --threads 1 --hyper "$OUT/hyper.json" \
             --tuned "$GRID/tuned_rates.json" --data-dir "$DATA"

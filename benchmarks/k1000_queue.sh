@@ -27,9 +27,11 @@ K=${K:-1000}
 N_VALID=${N_VALID:-1000}
 OUT=${OUT:-benchmarks/out/grid_k$K}
 TASKS=rte,mrpc,stsb,cola,sst2
+# METHOD_GROUPS: the groups of methods to run, in order (each group tuned, then seeded, before the next)
+METHOD_GROUPS=${METHOD_GROUPS:-"unipelt,adapter,lora,ft prefix,unipelt-ap"}
 FLAGS=(--out "$OUT" --k "$K" --n-valid "$N_VALID" --epochs 10 --patience 3 --threads 1
     --hyper benchmarks/rates/k100_tuned.json --data-dir "$DATA")
-for methods in unipelt,adapter,lora,ft prefix,unipelt-ap; do
+for methods in $METHOD_GROUPS; do
     $PY "$CODE/benchmarks/grid.py" "${FLAGS[@]}" --tasks $TASKS --methods $methods --seeds 1
     $PY "$CODE/benchmarks/grid_tune.py" "${FLAGS[@]}" --tasks $TASKS --methods $methods --seed 1
     for pass in 1 2; do
