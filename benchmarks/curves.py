@@ -38,12 +38,27 @@ def evaluations(cell: Path, metric: str) -> list[dict]:
     return rows
 
 
-def gate_summary(cell: Path) -> str:
+def gate_rows(cell: Path) -> list[dict]:
+    """The cell's gates.csv (layer, site, mean, std over test inputs); empty for a method without gates."""
     path = cell / "gates.csv"
     if not path.is_file():
-        return ""
+        return []
     with open(path) as handle:
-        rows = list(csv.DictReader(handle))
+        return list(csv.DictReader(handle))
+
+
+def site_means(cell: Path) -> dict[str, float]:
+    """Each gate site's mean over layers: which module the model leans on, layer by layer averaged."""
+    by_site: dict[str, list[float]] = {}
+    for row in gate_rows(cell):
+        by_site.setdefault(row["site"], []).append(float(row["mean"]))
+    return {site: statistics.fmean(values) for site, values in by_site.items()}
+
+
+def gate_summary(cell: Path) -> str:
+    rows = gate_rows(cell)
+    if not rows:
+        return ""
     means = [float(r["mean"]) for r in rows]
     stds = [float(r["std"]) for r in rows]
     median_std = statistics.median(stds)
@@ -72,6 +87,7 @@ def cell_rows(out: Path) -> list[dict]:
                 "last": curve[-1],
                 "test": 100 * metrics["test"][metrics["metric"]],
                 "gates": gate_summary(cell),
+                "sites": site_means(cell),
             }
         )
     return rows
@@ -93,6 +109,45 @@ def table(rows: list[dict]) -> str:
             f"| {TASK_TITLES.get(r['task'], r['task'])} | {LABELS.get(r['method'], r['method'])} | {r['seed']} | "
             f"{r['lr']:g} | {last['epoch']:.0f} | {best['epoch']:.0f} | {100 * best['score']:.2f} / "
             f"{100 * last['score']:.2f} | {best['loss']:.3f} / {last['loss']:.3f} | {r['test']:.2f} | {r['gates']} |"
+        )
+    return "\n".join(lines)
+
+
+SINGLE = ("adapter", "prefix", "lora")
+
+
+def lean_table(rows: list[dict]) -> str:
+    """Per task, the gated method's mean gate per module (over layers and seeds) next to how the single methods
+    did on test: do the gates open the module that wins alone? (Hindsight, for the analysis only.)"""
+    gated = [r for r in rows if r["sites"]]
+    sites = sorted({site for r in gated for site in r["sites"]})
+    lines = [
+        "| task | method | seeds | "
+        + " | ".join(f"gate {s}" for s in sites)
+        + " | single methods on test (mean) |",
+        "|---|---|---|" + "---|" * len(sites) + "---|",
+    ]
+    order = {t: i for i, t in enumerate(TASKS)}
+    for key in sorted(
+        {(r["k"], r["task"], r["method"]) for r in gated}, key=lambda k: (k[0], order.get(k[1], 99))
+    ):
+        mine = [r for r in gated if (r["k"], r["task"], r["method"]) == key]
+        gates = [
+            f"{statistics.fmean(r['sites'][s] for r in mine if s in r['sites']):.2f}"
+            if any(s in r["sites"] for r in mine)
+            else ""
+            for s in sites
+        ]
+        singles = []
+        for method in SINGLE:
+            tests = [r["test"] for r in rows if (r["k"], r["task"], r["method"]) == (key[0], key[1], method)]
+            if tests:
+                singles.append((statistics.fmean(tests), LABELS.get(method, method)))
+        ranking = ", ".join(f"{name} {score:.2f}" for score, name in sorted(singles, reverse=True))
+        lines.append(
+            f"| {TASK_TITLES.get(key[1], key[1])} | {LABELS.get(key[2], key[2])} | {len(mine)} | "
+            + " | ".join(gates)
+            + f" | {ranking} |"
         )
     return "\n".join(lines)
 
@@ -139,6 +194,9 @@ def main() -> int:
         print(f"no finished cells under {args.out}")
         return 1
     print(table(rows))
+    if any(r["sites"] for r in rows):
+        print("\nGates per module (mean over layers, test inputs and seeds):\n")
+        print(lean_table(rows))
     if args.plot:
         plot(rows, args.plot)
         print(f"\n{args.plot}")

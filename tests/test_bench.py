@@ -84,3 +84,39 @@ def test_paired_differences_best_single_and_five_task_average(tmp_path, monkeypa
     assert "| Avg | best single on average: lora | [1, 2] | +2.80 / +1.00 | +1.90 | 1.27 | 2/2 |" in text
     assert "| Avg | fine-tune | [1, 2] | +0.80 / -1.00 | -0.10 | 1.27 | 1/2 |" in text
     assert f"| {paired.TASK_TITLES[tasks[0]]} | adapters' UniPELT | [1, 2] | +20.00 / +12.00 |" in text
+
+
+def write_cell(
+    root: Path, task: str, method: str, seed: int, test: float, gates: dict[str, list[float]]
+) -> None:
+    """A finished grid cell as grid.py leaves it: metrics, config, log with two evaluations, gates.csv."""
+    cell = root / task / "k1000" / method / f"seed-{seed}"
+    cell.mkdir(parents=True)
+    (cell / "metrics.json").write_text(
+        json.dumps({"seed": seed, "metric": "accuracy", "test": {"accuracy": test}})
+    )
+    (cell / "config.json").write_text(json.dumps({"lr": 1e-3}))
+    log = [{"epoch": e, "eval_accuracy": 0.5 + 0.1 * e, "eval_loss": 1.0 / e} for e in (1, 2)]
+    (cell / "log.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
+    if gates:
+        lines = ["layer,site,mean,std,count"]
+        lines += [f"{layer},{site},{m},0.02,10" for site, ms in gates.items() for layer, m in enumerate(ms)]
+        (cell / "gates.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_curves_gate_lean_table_averages_layers_and_seeds_and_ranks_single_methods(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import curves
+
+    write_cell(tmp_path, "rte", "unipelt", 1, 0.55, {"lora_query": [0.8, 1.0], "prefix": [0.2, 0.4]})
+    write_cell(tmp_path, "rte", "unipelt", 2, 0.53, {"lora_query": [0.6, 0.6], "prefix": [0.3, 0.3]})
+    write_cell(tmp_path, "rte", "lora", 1, 0.56, {})
+    write_cell(tmp_path, "rte", "adapter", 1, 0.50, {})
+    rows = curves.cell_rows(tmp_path)
+    assert {r["method"] for r in rows} == {"unipelt", "lora", "adapter"}
+    unipelt = next(r for r in rows if r["method"] == "unipelt" and r["seed"] == 1)
+    assert unipelt["sites"] == pytest.approx({"lora_query": 0.9, "prefix": 0.3})
+    assert unipelt["best"]["epoch"] == 2 and unipelt["test"] == pytest.approx(55)
+    text = curves.lean_table(rows)
+    # lora_query: (0.9 + 0.6) / 2; prefix: (0.3 + 0.3) / 2; singles ranked by test
+    assert "| RTE | UniPELT (APL) | 2 | 0.75 | 0.30 | LoRA 56.00, Adapter 50.00 |" in text
