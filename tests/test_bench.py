@@ -120,3 +120,21 @@ def test_curves_gate_lean_table_averages_layers_and_seeds_and_ranks_single_metho
     text = curves.lean_table(rows)
     # lora_query: (0.9 + 0.6) / 2; prefix: (0.3 + 0.3) / 2; singles ranked by test
     assert "| RTE | UniPELT (APL) | 2 | 0.75 | 0.30 | LoRA 56.00, Adapter 50.00 |" in text
+
+
+def test_decision_balance_separates_threshold_from_ranking(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import numpy as np
+    from decision_balance import balance
+
+    labels = np.array([1, 1, 1, 1, 1, 1, 0, 0])  # label 0 is the rarer one
+    # perfectly ordered scores for label 0, but a threshold that calls everything label 1
+    logits = np.stack([np.array([-3, -3, -3, -3, -3, -3, -1, -0.5]), np.zeros(8)], axis=1)
+    stats = balance(labels, logits)
+    assert stats["rare"] == 0 and stats["gold_rare"] == pytest.approx(0.25)
+    assert stats["predicted_rare"] == 0 and stats["recall_rare"] == 0
+    assert stats["accuracy"] == pytest.approx(0.75) and stats["matthews"] == 0
+    assert stats["auc"] == pytest.approx(1.0)  # the ranking is perfect: only the threshold is wrong
+    shifted = logits + np.array([[2.0, 0.0]])  # move the threshold: label 0 for the two rare rows only
+    assert balance(labels, shifted)["matthews"] == pytest.approx(1.0)
+    assert balance(labels, shifted)["auc"] == pytest.approx(1.0)
