@@ -101,7 +101,19 @@ def test_compute_task_metrics_classification() -> None:
     assert result == pytest.approx({"f1": 0.75, "accuracy": 4 / 6, "f1_macro": (0.75 + 0.5) / 2})
     assert all(isinstance(v, float) for v in result.values())
     logits = np.array([[0.1, 0.9], [2.0, -1.0], [0.0, 3.0], [-1, 1], [5, 0], [0, 0.5]])
-    assert compute_task_metrics("mrpc", logits, labels) == result  # arg-maxed logits give the same ids
+    from_logits = compute_task_metrics("mrpc", logits, labels)
+    # arg-maxed logits give the same ids; binary logits add the AUC of class 1's log-odds
+    # (0.8, -3, 3, 2, -5, 0.5): of the 4 x 2 (positive, negative) pairs, 3 are ordered right
+    assert from_logits == pytest.approx({**result, "auc": 3 / 8})
+
+
+def test_auc_only_for_binary_logits_with_both_classes() -> None:
+    logits = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 2.0]])
+    assert "auc" not in compute_task_metrics("sst2", [1, 0, 1], [1, 0, 1])  # ids alone have no ranking
+    assert "auc" not in compute_task_metrics("sst2", logits, [1, 1, 1])  # one class: AUC is undefined
+    assert compute_task_metrics("sst2", logits, [1, 0, 1])["auc"] == 1.0
+    three = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
+    assert "auc" not in compute_task_metrics("classification", three, [1, 0, 2])
 
 
 def test_compute_task_metrics_regression_and_ranges() -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy import stats
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef, roc_auc_score
 
 from unipelt.data import glue_task, is_glue_task
 from unipelt.errors import UniPELTError
@@ -86,6 +86,14 @@ METRICS: dict[str, Callable[[ArrayLike, ArrayLike], float]] = {
 }
 
 
+def auc(scores: ArrayLike, labels: ArrayLike) -> float:
+    """ROC AUC of a binary model's score for class 1 (0.5 = chance): how well it orders the examples, whatever
+    the threshold. Accuracy, F1 and Matthews see only the labels a model commits to, so on a skewed task a model
+    that ranks well but rarely predicts the rarer class scores like the majority class; AUC tells the two apart
+    (benchmarks/RESULTS.md, "Where APL does not win")."""
+    return float(roc_auc_score(np.asarray(labels), np.asarray(scores, dtype=float)))
+
+
 def _kind(task_or_kind: str) -> str | None:
     key = task_or_kind.strip().lower()
     return key if key in _KIND_METRICS else None
@@ -129,7 +137,8 @@ def compute_task_metrics(task_or_kind: str, predictions: ArrayLike, labels: Arra
     """All metrics of a task as ``{name: value}``.
 
     ``predictions`` may be class ids or raw logits of shape (n, classes), which are arg-maxed, so a trainer can
-    pass model output straight in; for regression a (n, 1) array is flattened.
+    pass model output straight in; for regression a (n, 1) array is flattened. Binary logits (n, 2) also give
+    ``auc`` (class 1's log-odds ranked against the labels) when both classes occur among the labels.
     """
     names = metric_names(task_or_kind)
     if _kind(task_or_kind) == TOKEN_CLASSIFICATION:
@@ -138,10 +147,13 @@ def compute_task_metrics(task_or_kind: str, predictions: ArrayLike, labels: Arra
         )
     preds = np.asarray(predictions)
     gold = np.asarray(labels)
+    extra: dict[str, float] = {}
     if _is_regression(task_or_kind):
         if preds.ndim == 2 and preds.shape[1] == 1:
             preds = preds[:, 0]
     elif preds.ndim == 2:
+        if preds.shape[1] == 2 and gold.ndim == 1 and len(gold) == len(preds) and len(np.unique(gold)) == 2:
+            extra["auc"] = auc(preds[:, 1].astype(float) - preds[:, 0], gold)
         preds = preds.argmax(axis=-1)
     if preds.ndim != 1 or gold.ndim != 1:
         raise UniPELTError(
@@ -151,7 +163,7 @@ def compute_task_metrics(task_or_kind: str, predictions: ArrayLike, labels: Arra
         raise UniPELTError(f"{len(preds)} predictions for {len(gold)} labels: they must be the same length.")
     if len(gold) == 0:
         raise UniPELTError("No predictions to score: the evaluation set is empty.")
-    return {name: METRICS[name](preds, gold) for name in names}
+    return {**{name: METRICS[name](preds, gold) for name in names}, **extra}
 
 
 def entity_metrics(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict[str, float]:
