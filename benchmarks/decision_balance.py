@@ -18,11 +18,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import matthews_corrcoef, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from grid import LABELS, TASK_TITLES  # noqa: E402
+
+from unipelt.metrics import accuracy, auc, matthews  # noqa: E402
 
 
 def balance(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
@@ -36,9 +37,9 @@ def balance(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
         "gold_rare": float(np.mean(labels == rare)),
         "predicted_rare": float(np.mean(predicted == rare)),
         "recall_rare": float(np.mean(predicted[labels == rare] == rare)),
-        "accuracy": float(np.mean(predicted == labels)),
-        "matthews": float(matthews_corrcoef(labels, predicted)),
-        "auc": float(roc_auc_score(labels == rare, score)),
+        "accuracy": accuracy(predicted, labels),
+        "matthews": matthews(predicted, labels),
+        "auc": auc(score, labels == rare),
     }
 
 
