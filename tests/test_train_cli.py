@@ -94,6 +94,9 @@ def test_eval_reproduces_the_test_score(trained_run, glue_dir, capsys):
     expected = json.loads((trained_run / "metrics.json").read_text())["test"]["accuracy"]
     assert result["examples"] == 277
     assert result["accuracy"] == pytest.approx(expected, abs=1e-9)
+    # a two-class run also reports the ROC AUC, in training's metrics.json and again in `eval`
+    expected_auc = json.loads((trained_run / "metrics.json").read_text())["test"]["auc"]
+    assert 0.0 <= expected_auc <= 1.0 and result["auc"] == pytest.approx(expected_auc, abs=1e-9)
 
 
 def test_predict_from_file_and_stdin(trained_run, tmp_path, capsys, monkeypatch):

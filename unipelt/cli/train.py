@@ -174,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"majority class (always the commonest training label): {split} {metric} {_score(majority, metric)}"
         )
+    if "auc" in result[split] and metric != "auc":  # two classes: how well it ranks, whatever the threshold
+        print(f"ranking of the two classes (ROC AUC, 50 = chance): {split} {_score(result[split], 'auc')}")
     folder = Path(config.output_dir)
     print(f"run folder: {folder}")
     if (folder / "gates.png").is_file():
