@@ -12,7 +12,6 @@ differ in where they put the decision, not in what they learned. Binary tasks on
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -85,7 +84,6 @@ def main() -> int:
             f"{100 * statistics.fmean(r['auc'] for r in mine):.2f} | "
             f"{100 * statistics.fmean(r['predicted_rare'] for r in mine):.1f} % |"
         )
-    print(json.dumps(rows), file=sys.stderr)
     return 0
 
 
