@@ -112,6 +112,8 @@ def test_auc_only_for_binary_logits_with_both_classes() -> None:
     assert "auc" not in compute_task_metrics("sst2", [1, 0, 1], [1, 0, 1])  # ids alone have no ranking
     assert "auc" not in compute_task_metrics("sst2", logits, [1, 1, 1])  # one class: AUC is undefined
     assert compute_task_metrics("sst2", logits, [1, 0, 1])["auc"] == 1.0
+    diverged = np.array([[np.nan, np.nan], [1.0, 0.0], [0.0, 2.0]])
+    assert "auc" not in compute_task_metrics("sst2", diverged, [1, 0, 1])  # NaN logits have no order
     three = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 2.0]])
     assert "auc" not in compute_task_metrics("classification", three, [1, 0, 2])
 

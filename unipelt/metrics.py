@@ -138,7 +138,8 @@ def compute_task_metrics(task_or_kind: str, predictions: ArrayLike, labels: Arra
 
     ``predictions`` may be class ids or raw logits of shape (n, classes), which are arg-maxed, so a trainer can
     pass model output straight in; for regression a (n, 1) array is flattened. Binary logits (n, 2) also give
-    ``auc`` (class 1's log-odds ranked against the labels) when both classes occur among the labels.
+    ``auc`` (class 1's log-odds ranked against the labels) when both classes occur among the labels and the
+    logits are finite.
     """
     names = metric_names(task_or_kind)
     if _kind(task_or_kind) == TOKEN_CLASSIFICATION:
@@ -152,8 +153,15 @@ def compute_task_metrics(task_or_kind: str, predictions: ArrayLike, labels: Arra
         if preds.ndim == 2 and preds.shape[1] == 1:
             preds = preds[:, 0]
     elif preds.ndim == 2:
-        if preds.shape[1] == 2 and gold.ndim == 1 and len(gold) == len(preds) and len(np.unique(gold)) == 2:
-            extra["auc"] = auc(preds[:, 1].astype(float) - preds[:, 0], gold)
+        score = preds[:, 1].astype(float) - preds[:, 0] if preds.shape[1] == 2 else None
+        # no AUC for a diverged model (NaN logits still arg-max to a label; they have no order)
+        if (
+            score is not None
+            and np.isfinite(score).all()
+            and len(gold) == len(score)
+            and len(np.unique(gold)) == 2
+        ):
+            extra["auc"] = auc(score, gold)
         preds = preds.argmax(axis=-1)
     if preds.ndim != 1 or gold.ndim != 1:
         raise UniPELTError(
