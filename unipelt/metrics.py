@@ -148,20 +148,13 @@ def compute_task_metrics(task_or_kind: str, predictions: ArrayLike, labels: Arra
         )
     preds = np.asarray(predictions)
     gold = np.asarray(labels)
-    extra: dict[str, float] = {}
+    score = None  # class 1's log-odds, for binary logits: the order AUC ranks
     if _is_regression(task_or_kind):
         if preds.ndim == 2 and preds.shape[1] == 1:
             preds = preds[:, 0]
     elif preds.ndim == 2:
-        score = preds[:, 1].astype(float) - preds[:, 0] if preds.shape[1] == 2 else None
-        # no AUC for a diverged model (NaN logits still arg-max to a label; they have no order)
-        if (
-            score is not None
-            and np.isfinite(score).all()
-            and len(gold) == len(score)
-            and len(np.unique(gold)) == 2
-        ):
-            extra["auc"] = auc(score, gold)
+        if preds.shape[1] == 2:
+            score = preds[:, 1].astype(float) - preds[:, 0]
         preds = preds.argmax(axis=-1)
     if preds.ndim != 1 or gold.ndim != 1:
         raise UniPELTError(
@@ -171,7 +164,11 @@ def compute_task_metrics(task_or_kind: str, predictions: ArrayLike, labels: Arra
         raise UniPELTError(f"{len(preds)} predictions for {len(gold)} labels: they must be the same length.")
     if len(gold) == 0:
         raise UniPELTError("No predictions to score: the evaluation set is empty.")
-    return {**{name: METRICS[name](preds, gold) for name in names}, **extra}
+    result = {name: METRICS[name](preds, gold) for name in names}
+    # no AUC for a diverged model (NaN logits still arg-max to a label; they have no order)
+    if score is not None and np.isfinite(score).all() and len(np.unique(gold)) == 2:
+        result["auc"] = auc(score, gold)
+    return result
 
 
 def entity_metrics(gold: Sequence[Sequence[str]], predicted: Sequence[Sequence[str]]) -> dict[str, float]:
