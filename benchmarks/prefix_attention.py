@@ -22,6 +22,7 @@ def measure(run: Path, task: str, data_dir: str, rows: int) -> dict:
 
     from unipelt import load_unipelt
     from unipelt.data import load_glue
+    from unipelt.inference.onnx_runtime import encode_batches
     from unipelt.pretrained import resolve_model
 
     config = json.loads((run / "config.json").read_text())
@@ -29,15 +30,11 @@ def measure(run: Path, task: str, data_dir: str, rows: int) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(path)
     data = load_glue(task, data_dir, "dev")
     examples = data.examples[:rows]
-    pairs = [e.text_b for e in examples] if examples[0].text_b is not None else None
-    batch = tokenizer(
-        [e.text_a for e in examples],
-        pairs,
-        padding=True,
-        truncation=True,
-        max_length=128,
-        return_tensors="pt",
-    )
+    # one padded batch of all rows, truncated as training truncates
+    batch = {
+        k: torch.from_numpy(v)
+        for k, v in next(encode_batches(examples, tokenizer, 128, len(examples))).items()
+    }
     labels = 1 if data.regression else len(data.label_list)
     base = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=labels, attn_implementation="eager"
