@@ -5,7 +5,8 @@
 #   2. the backbone-dropout-0 cells of APL in the K = 1000 grid (dropout0.sh STAGE=grid), cheap tasks first, to
 #      decide the default;
 #   3. the K = 100 row of the four, the same way (1000 validation examples, its own peer row);
-#   4. prefix-tuning and UniPELT (AP) at K = 1000, then at K = 100;
+#   4. prefix-tuning and UniPELT (AP) at K = 100 (cells of a few minutes, so the K = 100 row is complete first),
+#      then at K = 1000;
 #   5. the backbone-dropout-0 cells of the adapter.
 # Each stage skips finished cells and claims the cell it trains, so copies share the work and a killed queue
 # starts again where it stopped:
@@ -17,6 +18,6 @@ MAIN=unipelt,adapter,lora,ft
 METHOD_GROUPS=$MAIN K=1000 benchmarks/k1000_queue.sh
 STAGE=grid METHODS=unipelt TASKS=sst2,cola,mrpc,stsb,rte benchmarks/dropout0.sh
 METHOD_GROUPS=$MAIN K=100 N_VALID=1000 benchmarks/k1000_queue.sh
-METHOD_GROUPS=prefix,unipelt-ap K=1000 benchmarks/k1000_queue.sh
 METHOD_GROUPS=prefix,unipelt-ap K=100 N_VALID=1000 benchmarks/k1000_queue.sh
+METHOD_GROUPS=prefix,unipelt-ap K=1000 benchmarks/k1000_queue.sh
 STAGE=grid METHODS=adapter benchmarks/dropout0.sh
