@@ -130,6 +130,45 @@ def predict(model, data: Encoded, collate, batch_size: int, device) -> np.ndarra
     return result
 
 
+def prefix_probe(
+    model, method: str, num_labels: int, data: Encoded, collate, rows: int, model_dir: str, device
+) -> dict:
+    """Per layer, the share of attention that real tokens give to the prefix, and the spread of the outputs,
+    on the first ``rows`` rows: the probe ``prefix_attention.py`` applies to our runs, so that a peer run
+    stuck at the mean can be told apart from one whose prefix took the attention.
+
+    ``adapters`` puts its (gated) prefix keys in front of the tokens'. Its SDPA attention, asked for
+    ``output_attentions``, falls back to transformers' own eager attention, which knows nothing of the prefix;
+    so the trained weights are copied into a twin built with eager attention, whose weights cover
+    [prefix; tokens]. ``twin_max_abs_diff`` checks that the twin computes the trained model's outputs, and
+    ``sdpa_output_attentions_max_abs_diff`` records how far the SDPA model's outputs move when attentions are
+    requested (the prefix dropped)."""
+    rows = min(rows, len(data))
+    batch, _ = next(data.batches(collate, rows, np.arange(rows)))
+    batch = {k: v.to(device) for k, v in batch.items()}
+    twin = AutoAdapterModel.from_pretrained(model_dir, attn_implementation="eager")
+    twin.add_adapter(HEAD, config=METHODS[method][0]())
+    twin.add_classification_head(HEAD, num_labels=num_labels)
+    twin.train_adapter(HEAD)
+    twin.load_state_dict(trainable_state(model), strict=False)
+    twin.to(device).eval()
+    model.eval()
+    with torch.no_grad():
+        plain = model(**batch).logits.float()
+        dropped = model(**batch, output_attentions=True).logits.float()
+        out = twin(**batch, output_attentions=True)
+    real = batch["attention_mask"].bool()
+    length = out.attentions[0].shape[-1] - batch["input_ids"].shape[1]
+    shares = [float(w[..., :length].sum(-1).mean(1)[real].mean()) for w in out.attentions]
+    return {
+        "prefix_length": length,
+        "attention_on_prefix": shares,
+        "output_std": float(plain.std(0).mean()),
+        "twin_max_abs_diff": float((out.logits.float() - plain).abs().max()),
+        "sdpa_output_attentions_max_abs_diff": float((dropped - plain).abs().max()),
+    }
+
+
 def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -219,7 +258,13 @@ def run_one(task: str, k: int, seed: int, method: str, args, data_mod, metrics_m
     test_scores = metrics_mod.compute_task_metrics(
         task, predict(model, enc["test"], collate, args.eval_batch_size, device), enc["test"].labels
     )
+    probe = {}
+    if args.probe_rows:
+        probe = prefix_probe(
+            model, method, num_labels, enc["test"], collate, args.probe_rows, args.model_dir, device
+        )
     return {
+        **probe,
         "library": "adapters",
         "library_version": adapters.__version__,
         "transformers": transformers.__version__,
@@ -316,6 +361,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     p.add_argument("--device", default="auto")
     p.add_argument("--verbose", action="store_true", help="print one line per epoch")
+    p.add_argument(
+        "--probe-rows",
+        type=int,
+        default=0,
+        help="also record the attention share of the prefix per layer on this many test rows (0: no probe)",
+    )
     args = p.parse_args(argv)
     args.model_dir = args.model_dir or minilm_dir()
     transformers.logging.set_verbosity_error()
