@@ -3,6 +3,7 @@ the backbone's dropout): for every (task, K, method, seed) finished in both, the
 and the training wall time; then per (task, K, method) the mean difference over the seeds both have.
 
 Same seed = same K-shot sample and same initialisation, so the difference is the setting's effect on that cell.
+``--split valid`` compares the best validation scores instead: the split a default may be chosen on.
 
     python benchmarks/compare_runs.py benchmarks/out/stsb_bias/zero benchmarks/out/stsb_bias/label-mean \
         --names "zero start,label-mean start"
@@ -20,11 +21,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grid import LABELS, TASK_TITLES, gather  # noqa: E402
 
 
-def index(folder: Path) -> dict[tuple, dict]:
-    return {(r["task"], r["k"], r["method"], r["seed"]): r for r in gather(folder) if r["test"] is not None}
+def index(folder: Path, split: str = "test") -> dict[tuple, dict]:
+    return {(r["task"], r["k"], r["method"], r["seed"]): r for r in gather(folder) if r[split] is not None}
 
 
-def compare(a: dict[tuple, dict], b: dict[tuple, dict], names: tuple[str, str]) -> str:
+def compare(a: dict[tuple, dict], b: dict[tuple, dict], names: tuple[str, str], split: str = "test") -> str:
     common = sorted(set(a) & set(b))
     lines = [
         f"| task | K | method | seed | {names[0]} | {names[1]} | difference | wall s ({names[0]} / {names[1]}) |",
@@ -33,7 +34,7 @@ def compare(a: dict[tuple, dict], b: dict[tuple, dict], names: tuple[str, str]) 
     groups: dict[tuple, list[float]] = {}
     for key in common:
         task, k, method, seed = key
-        x, y = 100 * a[key]["test"], 100 * b[key]["test"]
+        x, y = 100 * a[key][split], 100 * b[key][split]
         groups.setdefault((task, k, method), []).append(y - x)
         lines.append(
             f"| {TASK_TITLES.get(task, task)} | {k} | {LABELS.get(method, method)} | {seed} | {x:.2f} | {y:.2f} | "
@@ -53,13 +54,14 @@ def main() -> int:
     parser.add_argument("first", type=Path)
     parser.add_argument("second", type=Path)
     parser.add_argument("--names", default="first,second", help="two column titles, comma-separated")
+    parser.add_argument("--split", choices=("test", "valid"), default="test", help="which score to compare")
     args = parser.parse_args()
     names = tuple(args.names.split(",", 1))
-    a, b = index(args.first), index(args.second)
+    a, b = index(args.first, args.split), index(args.second, args.split)
     if not set(a) & set(b):
         print("no cell finished in both folders")
         return 1
-    print(compare(a, b, names))
+    print(compare(a, b, names, args.split))
     return 0
 
 
