@@ -138,3 +138,33 @@ def test_decision_balance_separates_threshold_from_ranking(monkeypatch):
     shifted = logits + np.array([[2.0, 0.0]])  # move the threshold: label 0 for the two rare rows only
     assert balance(labels, shifted)["matthews"] == pytest.approx(1.0)
     assert balance(labels, shifted)["auc"] == pytest.approx(1.0)
+
+
+def test_compare_runs_pairs_cells_on_the_chosen_split(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import compare_runs
+
+    def cell(root: Path, seed: int, valid: float, test: float) -> None:
+        folder = root / "stsb" / "k100" / "unipelt" / f"seed-{seed}"
+        folder.mkdir(parents=True)
+        metrics = {"seed": seed, "metric": "spearman", "steps": 70, "train_seconds": 60.0}
+        metrics |= {"test": {"spearman": test}, "valid": {"spearman": valid}}
+        (folder / "metrics.json").write_text(json.dumps(metrics))
+        (folder / "config.json").write_text(json.dumps({"lr": 3e-3}))
+
+    cell(tmp_path / "a", 1, valid=0.40, test=0.30)
+    cell(tmp_path / "a", 2, valid=0.20, test=0.10)
+    cell(tmp_path / "b", 1, valid=0.45, test=0.20)
+    cell(tmp_path / "b", 3, valid=0.90, test=0.90)  # no partner in "a": left out
+    on_valid = compare_runs.compare(
+        compare_runs.index(tmp_path / "a", "valid"),
+        compare_runs.index(tmp_path / "b", "valid"),
+        ("a", "b"),
+        "valid",
+    )
+    assert "| STS-B | 100 | UniPELT (APL) | 1 | 40.00 | 45.00 | +5.00 |" in on_valid
+    assert "| STS-B | 100 | UniPELT (APL) | 1 | +5.00 |" in on_valid
+    on_test = compare_runs.compare(
+        compare_runs.index(tmp_path / "a"), compare_runs.index(tmp_path / "b"), ("a", "b")
+    )
+    assert "| STS-B | 100 | UniPELT (APL) | 1 | 30.00 | 20.00 | -10.00 |" in on_test
