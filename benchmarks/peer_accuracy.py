@@ -130,6 +130,15 @@ def predict(model, data: Encoded, collate, batch_size: int, device) -> np.ndarra
     return result
 
 
+def build_model(model_dir: str, method: str, num_labels: int, **load) -> AutoAdapterModel:
+    """The base model with the method's adapter and a task head; the base frozen, adapter and head trainable."""
+    model = AutoAdapterModel.from_pretrained(model_dir, **load)
+    model.add_adapter(HEAD, config=METHODS[method][0]())
+    model.add_classification_head(HEAD, num_labels=num_labels)
+    model.train_adapter(HEAD)
+    return model
+
+
 def prefix_probe(
     model, method: str, num_labels: int, data: Encoded, collate, rows: int, model_dir: str, device
 ) -> dict:
@@ -146,10 +155,7 @@ def prefix_probe(
     rows = min(rows, len(data))
     batch, _ = next(data.batches(collate, rows, np.arange(rows)))
     batch = {k: v.to(device) for k, v in batch.items()}
-    twin = AutoAdapterModel.from_pretrained(model_dir, attn_implementation="eager")
-    twin.add_adapter(HEAD, config=METHODS[method][0]())
-    twin.add_classification_head(HEAD, num_labels=num_labels)
-    twin.train_adapter(HEAD)
+    twin = build_model(model_dir, method, num_labels, attn_implementation="eager")
     twin.load_state_dict(trainable_state(model), strict=False)
     twin.to(device).eval()
     model.eval()
@@ -191,13 +197,8 @@ def run_one(task: str, k: int, seed: int, method: str, args, data_mod, metrics_m
     }
 
     transformers.set_seed(seed)
-    model = AutoAdapterModel.from_pretrained(args.model_dir)
-    cfg_factory, default_lr = METHODS[method]
-    model.add_adapter(HEAD, config=cfg_factory())
-    model.add_classification_head(HEAD, num_labels=num_labels)
-    model.train_adapter(HEAD)  # freezes the base model; the adapter and the head stay trainable
-    model.to(device)
-    lr = rate_for(task, method, args) or default_lr
+    model = build_model(args.model_dir, method, num_labels).to(device)
+    lr = rate_for(task, method, args) or METHODS[method][1]
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=args.weight_decay)
