@@ -4,7 +4,7 @@ Each cell (task, K, method, seed) is one ``unipelt.training.train`` run into
 OUT/<task>/k<K>/<method>/seed-<S>; a cell whose metrics.json exists is skipped, so the script can be stopped and
 restarted at will, and ``--shard i/n`` splits the cells over n processes (or machines sharing OUT). ``--report``
 only gathers what has finished into OUT/results.jsonl, OUT/table.md (per task, average, std of the average over
-seeds) and OUT/table.png.
+seeds), OUT/seeds.md (every seed's score per cell) and OUT/table.png.
 
 Methods come from the library's own list (``unipelt.training.METHODS``); by default every method that has a
 default learning rate, others need one from ``--hyper``. Every cell is checked before the first one runs.
@@ -260,6 +260,65 @@ def table(rows: list[dict], tasks: list[str], methods: list[str]) -> str:
     return "\n".join(lines)
 
 
+METRIC_TITLES = {"mrpc": " (F1)", "stsb": " (Spearman)", "cola": " (Matthews)"}
+
+
+def _seed_cell(scores: dict[int, float], bold: bool = False, with_mean: bool = True) -> str:
+    """ "s1 / s2 / s3: mean (std)" of one cell's test scores x 100, so a reader sees each sample, not only the mean;
+    without the mean (the majority class) one value stands for seeds that agree."""
+    values = [scores[seed] for seed in sorted(scores)]
+    if not with_mean:
+        return f"{values[0]:.2f}" if len(set(values)) == 1 else " / ".join(f"{v:.2f}" for v in values)
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    mean = f"{statistics.fmean(values):.2f}"
+    return " / ".join(f"{v:.2f}" for v in values) + f": {f'**{mean}**' if bold else mean} ({spread:.2f})"
+
+
+def _best(means: dict[str, dict[int, float]]) -> str | None:
+    """The method with the best mean over its seeds (ties: the first)."""
+    means = {m: statistics.fmean(v.values()) for m, v in means.items() if v}
+    return max(means, key=means.get) if means else None
+
+
+def seed_table(rows: list[dict], tasks: list[str], methods: list[str]) -> str:
+    """Tasks down, methods across, every seed's test score and then mean (std over seeds); the best mean of each
+    row in bold, the majority class last. The Avg row is each seed's mean over the tasks (only for a method with
+    every task on that seed), so its std is the spread of the whole protocol over samples, as in Table 1."""
+    lines = []
+    for k in sorted({r["k"] for r in rows}):
+        at_k = [r for r in rows if r["k"] == k]
+        shown = [m for m in methods if any(r["method"] == m for r in at_k)]
+        trained = [m for m in shown if m != "majority"]
+        lines += [f"K = {k}, test x 100, seeds s1 / s2 / s3: mean (std over seeds)", ""]
+        lines += [
+            "| task | " + " | ".join(LABELS.get(m, m) for m in shown) + " |",
+            "|---" * (len(shown) + 1) + "|",
+        ]
+        per_seed: dict[str, dict[int, list[float]]] = {m: {} for m in trained}
+        for task in tasks:
+            scores = {
+                m: {r["seed"]: 100 * r["test"] for r in at_k if r["task"] == task and r["method"] == m}
+                for m in shown
+            }
+            for m in trained:
+                for seed, value in scores[m].items():
+                    per_seed[m].setdefault(seed, []).append(value)
+            best = _best({m: scores[m] for m in trained})
+            cells_ = [
+                _seed_cell(scores[m], bold=m == best, with_mean=m != "majority") if scores[m] else "–"
+                for m in shown
+            ]
+            lines.append(f"| {TASK_TITLES[task]}{METRIC_TITLES.get(task, '')} | " + " | ".join(cells_) + " |")
+        averages = {
+            m: {seed: statistics.fmean(v) for seed, v in by_seed.items() if len(v) == len(tasks)}
+            for m, by_seed in per_seed.items()
+        }
+        best = _best(averages)
+        cells_ = [_seed_cell(averages[m], bold=m == best) if averages.get(m) else "" for m in shown]
+        lines += ["| **Avg**, per seed | " + " | ".join(cells_) + " |", ""]
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], tasks: list[str], methods: list[str], path: Path) -> None:
     import matplotlib
 
@@ -303,6 +362,7 @@ def report(args: argparse.Namespace) -> None:
     methods = [m for m in [*args.methods, "majority"] if any(r["method"] == m for r in rows)]
     text = table(rows, tasks, methods)
     (args.out / "table.md").write_text(text + "\n")
+    (args.out / "seeds.md").write_text(seed_table(rows, tasks, methods) + "\n")
     plot(rows, tasks, methods, args.out / "table.png")
     hours = sum(r["train_seconds"] for r in rows) / 3600
     trained = sum(r["method"] != "majority" for r in rows)

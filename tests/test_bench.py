@@ -86,6 +86,37 @@ def test_paired_differences_best_single_and_five_task_average(tmp_path, monkeypa
     assert f"| {paired.TASK_TITLES[tasks[0]]} | adapters' UniPELT | [1, 2] | +20.00 / +12.00 |" in text
 
 
+def test_grid_seed_table_shows_every_seed_bolds_the_best_mean_and_averages_complete_seeds(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import grid
+
+    tasks = ["rte", "stsb"]
+    rows = [
+        {"task": t, "k": 1000, "method": m, "seed": s, "test": base + 0.01 * s + (0.1 if t == "stsb" else 0)}
+        for t in tasks
+        for m, base in (("adapter", 0.50), ("unipelt", 0.52))
+        for s in (1, 2)
+    ]
+    rows.append({"task": "rte", "k": 1000, "method": "lora", "seed": 1, "test": 0.90})  # one task only
+    rows += [{"task": "rte", "k": 1000, "method": "majority", "seed": s, "test": 0.47} for s in (1, 2)]
+    text = grid.seed_table(rows, tasks, ["adapter", "lora", "unipelt", "majority"])
+    lines = text.splitlines()
+    assert lines[2] == "| task | Adapter | LoRA | UniPELT (APL) | Majority class |"
+    # LoRA's single seed is the best RTE mean; the majority class is one value where the seeds agree
+    assert (
+        lines[4]
+        == "| RTE | 51.00 / 52.00: 51.50 (0.71) | 90.00: **90.00** (0.00) | 53.00 / 54.00: 53.50 (0.71) | 47.00 |"
+    )
+    assert lines[5].startswith(
+        "| STS-B (Spearman) | 61.00 / 62.00: 61.50 (0.71) | – | 63.00 / 64.00: **63.50**"
+    )
+    # LoRA lacks STS-B, so it has no average; APL's per-seed averages are (53 + 63) / 2 and (54 + 64) / 2
+    assert (
+        lines[6]
+        == "| **Avg**, per seed | 56.00 / 57.00: 56.50 (0.71) |  | 58.00 / 59.00: **58.50** (0.71) |  |"
+    )
+
+
 def write_cell(
     root: Path, task: str, method: str, seed: int, test: float, gates: dict[str, list[float]]
 ) -> None:
