@@ -31,7 +31,7 @@ def _mean_prediction(model, tokenizer, texts) -> float:
         return float(model(**batch).logits.mean())
 
 
-@pytest.mark.parametrize("method", ["unipelt", "lora", "ft"])
+@pytest.mark.parametrize("method", ["unipelt", "lora", "prefix", "ft"])
 def test_regression_head_starts_at_the_training_label_mean(tiny_model_dir, glue_dir, tmp_path, method):
     config = _config(tiny_model_dir, glue_dir, tmp_path, method=method, regression_bias="label-mean")
     splits = load_splits(config)
@@ -45,9 +45,13 @@ def test_regression_head_starts_at_the_training_label_mean(tiny_model_dir, glue_
     texts = [(e.text_a, e.text_b) for e in splits.valid.examples]
     assert _mean_prediction(model, tokenizer, texts) == pytest.approx(mean, abs=0.3)
 
-    zero = _config(tiny_model_dir, glue_dir, tmp_path, method=method)  # the default start
+    zero = _config(tiny_model_dir, glue_dir, tmp_path, method=method, regression_bias="zero")
     model, _, _ = build_model(zero, splits)
     assert abs(_mean_prediction(model, tokenizer, texts)) < 0.3
+    default = _config(tiny_model_dir, glue_dir, tmp_path, method=method)  # prefix-only starts at the mean
+    model, _, _ = build_model(default, splits)
+    expected = mean if method == "prefix" else 0.0
+    assert _mean_prediction(model, tokenizer, texts) == pytest.approx(expected, abs=0.3)
 
 
 def test_classification_heads_are_left_alone(tiny_model_dir, glue_dir, tmp_path):

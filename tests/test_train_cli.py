@@ -404,6 +404,10 @@ def test_autopelt_starts_a_regression_head_at_the_label_mean_and_warns_when_told
     default = _tiny_config(tiny_model_dir, glue_dir, tmp_path / "a", task="stsb", method="autopelt")
     assert default.regression_start() == "label-mean"
     assert _tiny_config(tiny_model_dir, glue_dir, tmp_path / "u", task="stsb").regression_start() == "zero"
+    # prefix-only too: its zero start ends at the mean on STS-B (RESULTS.md); a flag still wins
+    prefix = _tiny_config(tiny_model_dir, glue_dir, tmp_path / "p", task="stsb", method="prefix")
+    assert prefix.regression_start() == "label-mean"
+    assert dataclasses.replace(prefix, regression_bias="zero").regression_start() == "zero"
     zero = _tiny_config(
         tiny_model_dir,
         glue_dir,

@@ -322,7 +322,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "--regression-bias",
         choices=["zero", "label-mean"],
         help="start a regression head's output bias at zero or at the training labels' mean (default: zero; "
-        "label-mean for autopelt)",
+        "label-mean for prefix and autopelt)",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument(

@@ -8,7 +8,8 @@ Two things, both decided by the run's :class:`~unipelt.training.TrainConfig`:
   seed 1; benchmarks/RESULTS.md): with the offset gone the loss can only fall through the input-dependent part,
   whose gradient is scaled by the head's tiny initial weights, while the zero start's large error grows the head
   first. So it is opt-in; the default is ``zero`` (at K = 1000 it changed nothing beyond seed noise either),
-  except for ``--method autopelt``, whose runs leave the mean more often with it (TrainConfig.regression_start).
+  except for ``--method autopelt``, whose runs leave the mean more often with it, and ``--method prefix``, whose
+  only path to the zero start's constant offset is a prefix that takes the attention (config.LABEL_MEAN_START).
 - ``backbone_dropout``: the dropout probability of the frozen base model (hidden, attention and its own
   classifier dropout). The base model's dropout RNG is a quarter of a CPU training step; the added modules
   (LoRA dropout, the prefix MLP) keep their own settings, since they are built by UniPELT after this runs.
