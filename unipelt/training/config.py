@@ -68,7 +68,7 @@ AUTOPELT_GATE_WARMUP = 1 / 3
 #   constant output, which the prefix gets by taking the attention (59-95 % of it per layer, output std 0.000).
 #   With a zero start every STS-B run of the K = 1000 grid stayed at the mean at every rate tried (validation
 #   Spearman 17.7-24.5, test 3.9-6.8); with the mean start the same configs reached validation 78-81 (RESULTS.md,
-#   "K = 1000 row complete, session 11").
+#   "Prefix-tuning's STS-B", session 11).
 LABEL_MEAN_START = frozenset({"autopelt", "prefix"})
 
 
