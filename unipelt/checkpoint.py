@@ -219,12 +219,15 @@ def task_info(meta: dict[str, Any], base_kind: str) -> dict[str, Any]:
 def task_settings(meta: dict[str, Any], path: str | Path, base_kind: str) -> tuple[Any, dict[str, Any], Any]:
     """(UniPELT config, task info, head module paths) of a checkpoint's JSON, each checked: a value edited to
     nonsense is one error naming the file, not a TypeError from deep inside building the task."""
-    from unipelt.config import UniPELTConfig
+    from unipelt.config import LEGACY_GATE_INPUT, UniPELTConfig
     from unipelt.errors import UniPELTError
 
     config_file = Path(path) / CONFIG_NAME
     try:
-        config = UniPELTConfig.from_dict(meta["unipelt"])
+        saved = meta["unipelt"]
+        if isinstance(saved, dict) and "gate_input" not in saved:
+            saved = {**saved, "gate_input": LEGACY_GATE_INPUT}  # written before the field: raw-state gates
+        config = UniPELTConfig.from_dict(saved)
         config.validate()
         info = task_info(meta, base_kind)
     except UniPELTError as error:
