@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from unipelt.gates.normalise import rms_normalise
+from unipelt.gates.normalise import init_normalised_linear, rms_normalise
 from unipelt.gates.pooling import masked_mean
 
 
@@ -31,6 +31,8 @@ class SoftmaxRouter(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(hidden_size, hidden), nn.ReLU(), nn.Linear(hidden, len(self.sites))
         )
+        if normalise:  # outputs start near uniform (1/n each) at any width
+            init_normalised_linear(self.mlp[2])
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, pooling: str) -> dict[str, torch.Tensor]:
         if self.normalise:
