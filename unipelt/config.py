@@ -88,6 +88,7 @@ class UniPELTConfig:
         return "adapter" in self.modules
 
     def has(self, kind: str) -> bool:
+        """Whether the config includes the module ``kind`` (``lora``, ``prefix``, ``adapter``, ...)."""
         return kind in self.modules
 
     def option(self, name: str) -> Any:
@@ -181,6 +182,7 @@ class UniPELTConfig:
         return cls(**{**copy.deepcopy(PRESETS[name]), "preset": name}).replace(**overrides)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON values, module options flattened beside the core fields."""
         data = asdict(self)
         data.update(data.pop("options"))
         return data
@@ -202,6 +204,7 @@ class UniPELTConfig:
             raise UniPELTError(f"config has a field of the wrong type: {error}") from error
 
     def to_json(self, path: str | Path | None = None) -> str:
+        """The config as JSON text, also written to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
             Path(path).write_text(text + "\n")
