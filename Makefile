@@ -41,4 +41,4 @@ test: lint
 	UNIPELT_DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python benchmarks/cost.py --model minilm
+	$(BIN)/python -m benchmarks.cost --model minilm
