@@ -35,6 +35,7 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 test: lint
 	UNIPELT_DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -q

@@ -232,7 +232,7 @@ def estimated_ratios(out: Path, task: str, seeds: list[int]) -> dict[str, float]
 
     A fallback when the timing stage cannot run; gate computations are not in the tables, so gated models
     are estimated slightly low."""
-    from unipelt.autopelt.plan import Plan
+    from unipelt.plan import Plan
 
     runs = runs_of(out, task, seeds)
     tables = [

@@ -225,14 +225,18 @@ class UniPELTConfig:
             raise UniPELTError(f"config is not valid JSON: {error}") from error
 
 
+# The module registry is imported when first needed, not at the top: it needs torch, and this file is read by
+# the command line's start-up (`unipelt --help`) and by light tools that never build a model.
+
+
 def _module_kinds() -> list[str]:
-    from unipelt.modules import MODULES  # imported late: the registry needs torch, this file does not
+    from unipelt.modules import MODULES
 
     return list(MODULES)
 
 
 def _module_options() -> dict[str, Any]:
-    from unipelt.modules import MODULES
+    from unipelt.modules import MODULES  # late: see above
 
     return {name: default for cls in MODULES.values() for name, default in cls.options.items()}
 

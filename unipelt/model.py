@@ -26,7 +26,16 @@ from unipelt.config import UniPELTConfig
 from unipelt.errors import UniPELTError
 from unipelt.heads import LABELLED, base_kind, compatible, find_head_paths, with_task_loss
 from unipelt.inject.architectures import architecture_for, layer_list, model_dims
-from unipelt.inject.context import ACTIVE, COLLECT, DISABLED, LAST_GATES, ROUTE, set_for_model
+from unipelt.inject.context import (
+    ACTIVE,
+    COLLECT,
+    DISABLED,
+    LAST_GATES,
+    OBSERVE,
+    ROUTE,
+    Observer,
+    set_for_model,
+)
 from unipelt.inject.hooks import Injector
 from unipelt.tasks import TaskModules, build_task
 
@@ -236,6 +245,17 @@ class UniPELTModel(nn.Module):
         finally:
             COLLECT.reset(token)
 
+    @contextlib.contextmanager
+    def observe(self, observer: Observer) -> Iterator[None]:
+        """Show ``observer`` what every added module changes in the forwards run in this block (this thread
+        only; see :class:`~unipelt.inject.context.Observer`). Meant for analysis passes: it costs a copy per
+        module call and, with a prefix, a second attention call per layer."""
+        token = set_for_model(OBSERVE, self.injector.key, observer)
+        try:
+            yield
+        finally:
+            OBSERVE.reset(token)
+
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Gradient (activation) checkpointing of the base model; the re-entrant kind also needs inputs that
         require grad. Non-re-entrant is the default: a gate penalty needs the first run's graph."""
@@ -357,7 +377,7 @@ class UniPELTModel(nn.Module):
         A checkpoint with an autopelt plan (``unipelt optimize``, ``--method autopelt``) is pruned and folded
         as it says; with ``merge_plan`` its folded LoRA pairs are merged into the base weights (the model then
         takes no other task; ``from_pretrained`` of a single-task checkpoint does this), otherwise they stay
-        as ungated LoRA pairs so that other tasks can share the backbone. See :mod:`unipelt.autopelt.plan`."""
+        as ungated LoRA pairs so that other tasks can share the backbone. See :mod:`unipelt.plan`."""
         return checkpoint.load_into(self, name, path, merge_plan)
 
     @classmethod
