@@ -142,7 +142,7 @@ def test_bottleneck_adapters_are_refused_by_name(tmp_path) -> None:
 
 @pytest.mark.parametrize("arch", ["bert", "llama"])
 def test_gates_folded_by_optimize_export_exactly(tmp_path, arch: str) -> None:
-    from unipelt.autopelt.plan import Plan, apply_plan, task_units
+    from unipelt.plan import Plan, apply_plan, task_units
 
     method = "lora" if arch == "bert" else "prefix"
     model = trained(arch, method, gate="sigmoid", prefix_reparam=False)

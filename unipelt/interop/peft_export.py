@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from unipelt.checkpoint import atomic_directory, write_json
+from unipelt.atomic import atomic_directory, write_json
 from unipelt.errors import UniPELTError
 from unipelt.inject.architectures import layer_list
 from unipelt.interop.naming import exact_regex, module_paths, role_paths, target_expression
