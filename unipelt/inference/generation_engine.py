@@ -126,7 +126,7 @@ class GenerationEngine:
         """A request's generation settings; a prompt that leaves no room in the context is a 400."""
         room = None if self.context is None else self.context - len(prompt)
         if room is not None and (room < 1 or (max_tokens is not None and max_tokens > room)):
-            asked = f" plus {max_tokens} tokens to generate" if max_tokens is not None else ""
+            asked = f" and max_tokens asks for {max_tokens} more" if max_tokens is not None else ""
             raise InputError(
                 f"This model's maximum context length is {self.context} tokens; the prompt has "
                 f"{len(prompt)} tokens{asked}. Shorten the prompt or ask for fewer tokens."

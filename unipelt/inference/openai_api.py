@@ -68,7 +68,7 @@ class Generation:
             while self.finish is None:
                 try:
                     kind, value = await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL_S)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # noqa: UP041 - Python 3.10 raises its own class
                     if gone is not None and await gone():
                         return
                     continue
