@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from unipelt.errors import DataError
+from unipelt.errors import DataError, plural
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 """Extensions read as JSON lines (one object per line)."""
@@ -101,7 +101,7 @@ def _fields_to_record(
     extra = fields[len(header) :]
     if len(fields) < len(header) or any(f.strip() for f in extra):
         raise DataError(
-            f"{path}, line {line}: {len(fields)} fields, but the header has {len(header)}. A field probably "
+            f"{path}, line {line}: {plural(len(fields), 'field')}, but the header has {len(header)}. A field probably "
             f"contains an unquoted separator, or a value is missing: fix or remove that line."
         )
     index = {name: i for i, name in enumerate(header)}
@@ -109,12 +109,33 @@ def _fields_to_record(
 
 
 def _check_columns(path: Path, present: Sequence[str], wanted: Sequence[str]) -> None:
+    """Refuse a header that lacks a wanted column or names one twice (which of the two is meant is a guess)."""
+    for name in dict.fromkeys(wanted):
+        places = [i + 1 for i, column in enumerate(present) if column == name]
+        if len(places) > 1:
+            raise DataError(
+                f"{path}: the header names column {name!r} {len(places)} times (columns "
+                f"{', '.join(map(str, places))}); rename or remove all but the one to use"
+            )
     missing = [name for name in wanted if name not in present]
     if missing:
         raise DataError(
             f"{path}: no column named {', '.join(repr(m) for m in missing)}. Columns present: "
             f"{', '.join(repr(p) for p in present)}. Pass the right column names (they are case-sensitive)."
         )
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object names a key twice (json keeps the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise _DuplicateKey(key)
+        record[key] = value
+    return record
 
 
 def _jsonl_records(
@@ -125,7 +146,11 @@ def _jsonl_records(
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw)
+            record = json.loads(raw, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as err:
+            raise DataError(
+                f"{path}, line {line}: key {err.args[0]!r} appears twice in one object; keep only the one to use"
+            ) from None
         except json.JSONDecodeError as err:
             raise DataError(
                 f"{path}, line {line}: not valid JSON ({err.msg} at column {err.colno}). Each line of a .jsonl "
