@@ -1,6 +1,8 @@
 """``unipelt eval``: score a finished run on its own test set, another GLUE task's dev set, or a labelled file.
 
-A causal-LM run (``--task-type causal-lm``) is scored on chats: its test file or ``--data``.
+A causal-LM run (``--task-type causal-lm``) is scored on chats: its test file or ``--data``; with
+``--retention`` it is instead asked a file of facts, and compared with its base model
+(:mod:`unipelt.inference.retention`); the result is also stored in the run's metrics.json.
 """
 
 from __future__ import annotations
@@ -17,7 +19,11 @@ def run(args: argparse.Namespace) -> int:
     from unipelt.inference.generation import is_chat_run
 
     if is_chat_run(args.run):
-        return _evaluate_chat_run(args)
+        return _retention(args) if args.retention else _evaluate_chat_run(args)
+    if args.retention:
+        from unipelt.errors import UniPELTError
+
+        raise UniPELTError(f"--retention measures chat models; {args.run} is not a causal-lm run")
     trained = Run(args.run)
     data = trained.data(task=args.task, data_dir=args.data_dir, path=args.data, encoding=args.encoding)
     metrics = trained.evaluate(data)
@@ -56,6 +62,39 @@ def _evaluate_chat_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _retention(args: argparse.Namespace) -> int:
+    """How many facts the base model answers correctly the run still answers correctly; kept in metrics.json."""
+    from pathlib import Path
+
+    from unipelt.backbones import load_base_model
+    from unipelt.checkpoint import write_json
+    from unipelt.inference.generation import ChatRun
+    from unipelt.inference.retention import facts_path, measure_retention, read_facts, retention_line
+
+    facts = read_facts(facts_path(args.retention))
+    trained = ChatRun(args.run)
+    model, tokenizer = trained.load()
+    base = None
+    if not hasattr(model, "disabled"):  # full fine-tuning: the base is a fresh copy of the model
+        base = load_base_model(trained.config.model, "causal-lm", pad_token_id=tokenizer.pad_token_id).eval()
+    result = measure_retention(
+        model, tokenizer, facts, base=base, task=trained.check_task(args.task), batch_size=16
+    )
+    result = {"file": str(facts_path(args.retention)), **result}
+    metrics_file = Path(args.run) / "metrics.json"
+    if metrics_file.is_file():
+        metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
+        if isinstance(metrics, dict):
+            write_json(metrics_file, {**metrics, "retention": result})
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(retention_line(result))
+    for lost in result["lost"]:
+        print(f"  lost: {lost['prompt']!r}: base {lost['base']!r}, run {lost['run']!r}")
+    return 0
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("eval", help="evaluate a trained run (its test set, or --task / --data)")
     p.add_argument("run")
@@ -67,6 +106,15 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--data", help="a labelled file with the run's columns (a causal-lm run: chats, JSON lines)"
     )
     p.add_argument("--encoding", help="text encoding of --data (default: the run's --encoding, else utf-8)")
+    p.add_argument(
+        "--retention",
+        nargs="?",
+        const="facts",
+        metavar="FACTS.jsonl",
+        help="causal-lm: ask JSON lines of {prompt, answer} facts and report how many the base model answers "
+        "correctly that the run still answers correctly (also written to metrics.json); without a file, "
+        "the packaged facts",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
     return p

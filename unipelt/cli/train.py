@@ -105,6 +105,7 @@ def _flag_fields(args: argparse.Namespace) -> dict[str, Any]:
         "answer_choices": args.answer_choices,
         "packing": args.packing,
         "max_new_tokens": args.max_new_tokens,
+        "retention": args.retention,
         "gradient_checkpointing": args.gradient_checkpointing,
         "k": args.k,
         "n_valid": args.n_valid,
@@ -277,6 +278,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--packing", action="store_true", help="causal-lm: pack several chats into one row")
     p.add_argument(
         "--max-new-tokens", type=int, default=16, help="causal-lm: tokens generated when scoring answers"
+    )
+    p.add_argument(
+        "--retention",
+        nargs="?",
+        const="facts",
+        metavar="FACTS.jsonl",
+        help="causal-lm: after training, how many facts the base model answers correctly the run still "
+        "answers correctly (metrics.json 'retention'); without a file, the packaged facts",
     )
     p.add_argument(
         "--gradient-checkpointing",

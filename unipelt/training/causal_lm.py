@@ -35,6 +35,7 @@ from unipelt.data.chat import (
 )
 from unipelt.errors import UniPELTError
 from unipelt.inference.chat_scoring import score_chats
+from unipelt.inference.retention import facts_path, measure_retention, read_facts
 from unipelt.training.config import TrainConfig
 
 
@@ -157,6 +158,8 @@ def train_causal_lm(
         torch.set_num_threads(config.threads)
     resolve_model(config.model)  # a bad model fails here, before any data is read
     splits = load_chat_splits(config)
+    if config.retention:  # a bad facts file fails before training, not after it
+        read_facts(facts_path(config.retention))
     set_seed(config.seed)
     model, unipelt, tokenizer = build_causal_model(config)
     datasets = {  # what the Trainer needs; the final scores tokenise their split themselves (score_chats)
@@ -234,6 +237,8 @@ def train_causal_lm(
         "train_seconds": round(train_seconds, 2),
         "parameters": unipelt.parameter_counts() if unipelt is not None else _ft_counts(model),
     }
+    if config.retention:
+        result["retention"] = _retention(config, model, unipelt, tokenizer)
     if trainer.is_world_process_zero():
         _save_final(model, unipelt, tokenizer, run_dir, info)
         _write_learning_curves(run_dir)
@@ -241,6 +246,17 @@ def train_causal_lm(
         if not config.keep_trainer_checkpoints:
             shutil.rmtree(trainer_dir, ignore_errors=True)
     return result
+
+
+def _retention(config: TrainConfig, model: Any, unipelt: Any, tokenizer: Any) -> dict[str, Any]:
+    """The finished run's retention of the facts file against its base model (the modules switched off)."""
+    from unipelt.backbones import load_base_model
+
+    facts = read_facts(facts_path(config.retention))
+    base = None
+    if unipelt is None:  # full fine-tuning changed the base weights: compare with a fresh copy
+        base = load_base_model(config.model, "causal-lm", pad_token_id=tokenizer.pad_token_id).eval()
+    return measure_retention(model, tokenizer, facts, base=base, batch_size=config.eval_batch_size)
 
 
 def _save_final(model: Any, unipelt: Any, tokenizer: Any, run_dir: Path, info: dict[str, Any]) -> None:

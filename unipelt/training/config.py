@@ -102,6 +102,9 @@ class TrainConfig:
     answer_choices: str = "auto"
     packing: bool = False
     max_new_tokens: int = 16
+    # causal-lm: a facts file (unipelt.inference.retention; "facts" = the packaged one) whose retention against
+    # the base model the finished run reports in metrics.json; None skips the measure
+    retention: str | None = None
     gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
     # the paper's low-resource protocol
     k: int | None = None
@@ -164,6 +167,8 @@ class TrainConfig:
             raise UniPELTError(f"gate_penalty must be none, sparsity or entropy, not {self.gate_penalty!r}")
         if self.task_type not in TASK_TYPES:
             raise UniPELTError(f"task_type must be one of {', '.join(TASK_TYPES)}, not {self.task_type!r}")
+        if self.retention and self.task_type != "causal-lm":
+            raise UniPELTError("--retention measures chat models: it needs --task-type causal-lm")
         if self.gate_warmup_steps is not None and self.gate_warmup_steps < 0:
             raise UniPELTError(f"gate_warmup_steps must be 0 or more, got {self.gate_warmup_steps}")
         if self.backbone_dropout is not None and not 0.0 <= self.backbone_dropout < 1.0:
