@@ -109,9 +109,9 @@ def engine(runs):
 def client(engine):
     from fastapi.testclient import TestClient
 
-    from unipelt.inference.serve import create_app
+    from unipelt.inference.serve import ServeOptions, create_app
 
-    with TestClient(create_app(engine, max_batch=16, max_wait_ms=1, max_inputs=4)) as test_client:
+    with TestClient(create_app(engine, ServeOptions(max_batch=16, max_inputs=4))) as test_client:
         yield test_client
 
 
@@ -172,7 +172,8 @@ def test_bad_requests_get_clear_answers_and_are_counted(client):
     assert post({"task": "sst2", "inputs": [["a", "b"]]}).status_code == 400
     assert client.get("/health").status_code == 200  # still up
     text = client.get("/metrics").text
-    assert 'unipelt_requests_total{status="413",task="sst2"}' in text
+    assert 'unipelt_requests_total{route="/v1/predict",status="413",task="sst2"} 1.0' in text
+    assert 'unipelt_requests_total{route="/v1/predict",status="404",task=""} 1.0' in text
     assert 'unipelt_request_errors_total{status="422"} 3.0' in text
     assert "unipelt_request_latency_seconds_bucket" in text and "unipelt_batch_rows_bucket" in text
 
@@ -211,7 +212,8 @@ def _free_port() -> int:
 def test_real_server_batches_concurrent_requests_of_three_tasks(runs):
     port = _free_port()
     command = [sys.executable, "-m", "unipelt.cli", "serve", *(str(runs[t]) for t in ("rte", "sst2", "stsb"))]
-    command += ["--port", str(port), "--max-wait-ms", "200", "--max-batch", "64", "--threads", "1"]
+    command += ["--port", str(port), "--batching", "wait", "--max-wait-ms", "200", "--max-batch", "64"]
+    command += ["--threads", "1"]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
     base = f"http://127.0.0.1:{port}"
     try:
