@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from unipelt.autopelt.measure import UnitStats, measure_units
-from unipelt.autopelt.plan import Plan, apply_plan, read_plan, write_plan
+from unipelt.autopelt.plan import read_plan, write_plan
 from unipelt.autopelt.search import plan_from_thresholds, search
 from unipelt.checkpoint import atomic_directory, write_json
 from unipelt.errors import UniPELTError
+from unipelt.plan import Plan, apply_plan, task_units
 
 REPORT_JSON = "optimize.json"
 REPORT_PNG = "optimize.png"
@@ -69,7 +70,6 @@ def planned_copy(model: Any, name: str, plan: Plan) -> Any:
 
 def _router_filter(model: Any, name: str) -> Any:
     """Under a softmax router, drop folds from layers where some unit would still be kept (see plan.py)."""
-    from unipelt.autopelt.plan import task_units
 
     task = model.tasks[name]
     if task.config.gate != "softmax":
