@@ -34,6 +34,72 @@ def build_engine(specs: list[str], runtime: str, threads: int | None = None, int
     return TorchEngine(specs)
 
 
+class NoEncoderTasks:
+    """The engine of a server that answers only causal-LM tasks: /v1/predict knows no task."""
+
+    runtime = "torch"
+    tasks: dict[str, Any] = {}
+
+    def forward(self, rows: Any, gates: bool = False) -> Any:
+        raise UniPELTError("this server has no classification tasks")
+
+
+def build_generation(specs: list[str], args: argparse.Namespace) -> Any:
+    """The causal-LM runs among ``specs`` on one backbone, or None when there are none."""
+    if not specs:
+        return None
+    if args.runtime == "onnx":
+        raise UniPELTError(
+            f"{specs[0]} is a causal-LM run: generation is served with PyTorch only (drop --runtime onnx)"
+        )
+    from unipelt.inference.generation_engine import GenerationEngine
+
+    return GenerationEngine(specs, max_rows=args.max_running_rows, max_step_tokens=args.max_step_tokens)
+
+
+def _base_of(spec: str) -> str:
+    from unipelt.inference.served_tasks import split_name
+    from unipelt.pretrained import resolve_model
+    from unipelt.training.run_files import read_run_config
+
+    model = read_run_config(split_name(spec)[1]).model
+    return str(Path(resolve_model(model)).resolve())
+
+
+def build_app(args: argparse.Namespace, key: str | None) -> tuple[Any, list[Any]]:
+    """(the app, every served task): encoder runs on /v1/predict, causal-LM runs on the OpenAI routes."""
+    from unipelt.inference.generation import is_chat_run
+    from unipelt.inference.served_tasks import split_name
+
+    chat = [spec for spec in args.runs if is_chat_run(split_name(spec)[1])]
+    encoders = [spec for spec in args.runs if spec not in chat]
+    if chat and encoders and args.runtime == "torch" and _base_of(chat[0]) != _base_of(encoders[0]):
+        raise UniPELTError(
+            f"{chat[0]} and {encoders[0]} were trained on different base models; one server shares one backbone"
+        )
+    generation = build_generation(chat, args)
+    engine = build_engine(encoders, args.runtime, args.threads, args.int8) if encoders else NoEncoderTasks()
+    served = [*engine.tasks.values(), *(generation.tasks.values() if generation else [])]
+    return assemble(engine, generation, options_from(args, key)), served
+
+
+def assemble(engine: Any, generation: Any = None, options: Any = None) -> Any:
+    """The app of an encoder engine and, when given, a generation engine on the OpenAI-compatible routes
+    (errors there in OpenAI's shape; its scheduler's state in /metrics)."""
+    from unipelt.inference.serve import create_app
+
+    if generation is None:
+        return create_app(engine, options)
+    from unipelt.inference.http_errors import openai_error
+    from unipelt.inference.openai_api import openai_router, scheduler_metrics
+
+    app = create_app(
+        engine, options, routers=[(openai_router(generation), openai_error)], on_shutdown=[generation.close]
+    )
+    scheduler_metrics(app.state.metrics.registry, generation.scheduler)
+    return app
+
+
 def api_key(args: argparse.Namespace) -> str | None:
     """The key from --api-key, else --api-key-file (its first line), else $UNIPELT_API_KEY; None without one."""
     if args.api_key:
@@ -114,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from unipelt.inference.serve import create_app
+        import unipelt.inference.serve  # noqa: F401 - its imports are the serve extra
     except ImportError as error:
         raise UniPELTError(
             f"`unipelt serve` needs the serve extra: pip install 'unipelt[serve]' ({error})"
@@ -127,12 +193,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.int8 and args.runtime != "onnx":
         raise UniPELTError("--int8 serves quantised ONNX models: add --runtime onnx")
-    engine = build_engine(args.runs, args.runtime, args.threads, args.int8)
-    app = create_app(engine, options_from(args, key))
+    app, served = build_app(args, key)
     request_log(args.log_level)
     scheme = "https" if args.ssl_certfile else "http"
-    names = ", ".join(f"{name} ({task.source})" for name, task in engine.tasks.items())
-    print(f"serving {len(engine.tasks)} task(s) on {scheme}://{args.host}:{args.port}: {names}", flush=True)
+    names = ", ".join(f"{task.name} ({task.source})" for task in served)
+    print(f"serving {len(served)} task(s) on {scheme}://{args.host}:{args.port}: {names}", flush=True)
     uvicorn.run(
         app,
         host=args.host,
@@ -166,6 +231,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--max-wait-ms", type=float, default=5.0, help="--batching wait: the first request's wait"
     )
     batching.add_argument("--no-batching", action="store_true", help="the same as --batching none")
+    batching.add_argument(
+        "--max-running-rows",
+        type=int,
+        default=16,
+        help="causal-LM runs: most requests generating at once (continuous batching; default 16)",
+    )
+    batching.add_argument(
+        "--max-step-tokens",
+        type=int,
+        default=512,
+        help="causal-LM runs: most tokens through the model in one step, prefill included (default 512)",
+    )
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-inputs", type=int, default=64, help="most inputs in one request (more: 413)")
     limits.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body (413)")
