@@ -163,16 +163,23 @@ class TorchEngine:
         with torch.inference_mode():
             logits = model(**batch, task=names).logits.float().numpy()
             values = row_gates(model.gate_values(), batch["attention_mask"]) if gates else None
-        width = logits.shape[1] if logits.ndim == 3 else 0
-        out = []
-        for i, row in enumerate(rows):
-            labels = self.tasks[row.task].num_labels
-            if logits.ndim == 3:  # per token: this row's real positions only
-                lo = width - row.length if self.padding_side == "left" else 0
-                out.append(logits[i, lo : lo + row.length, :labels])
-            else:
-                out.append(logits[i, :labels])
-        return out, values
+        return row_outputs(logits, rows, self.tasks, self.padding_side), values
+
+
+def row_outputs(
+    logits: np.ndarray, rows: Sequence[Row], tasks: dict[str, Any], side: str
+) -> list[np.ndarray]:
+    """Each row's logits cut to its task's labels: (labels,) per sequence, or (its tokens, labels) per token
+    (the padding positions left out, on whichever side the tokenizer pads)."""
+    out = []
+    for i, row in enumerate(rows):
+        labels = tasks[row.task].num_labels
+        if logits.ndim == 3:
+            lo = logits.shape[1] - row.length if side == "left" else 0
+            out.append(logits[i, lo : lo + row.length, :labels])
+        else:
+            out.append(logits[i, :labels])
+    return out
 
 
 def share_backbone(source: torch.nn.Module, target: torch.nn.Module) -> None:
