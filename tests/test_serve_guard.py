@@ -343,3 +343,90 @@ def test_serve_on_an_export_folder_gives_the_runtime_hint(tmp_path, capsys):
     (tmp_path / "export.json").write_text("{}")
     assert main(["serve", str(tmp_path)]) != 0
     assert f"{tmp_path} is an ONNX export; serve it with --runtime onnx" in capsys.readouterr().err
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def self_signed(folder) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 signed by its own key, made here: (cert file, key file)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return str(cert_file), str(key_file)
+
+
+def test_tls_round_trip_and_the_openai_client_with_right_and_wrong_keys(tmp_path):
+    pytest.importorskip("cryptography")
+    openai = pytest.importorskip("openai")
+    import httpx
+    import uvicorn
+
+    cert, key = self_signed(tmp_path)
+    app, _ = app_with(api_key=KEY)
+    port = free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="error", ssl_certfile=cert, ssl_keyfile=key
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"https://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 30
+        while not server.started:
+            assert thread.is_alive() and time.time() < deadline
+            time.sleep(0.05)
+        with httpx.Client(verify=cert) as web:
+            assert web.get(f"{base}/health").json()["status"] == "ok"
+            answer = web.post(
+                f"{base}/v1/predict",
+                json={"task": "one", "inputs": ["over TLS"]},
+                headers={"Authorization": f"Bearer {KEY}"},
+            )
+            assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == "long"
+            with pytest.raises(httpx.ConnectError):  # an unknown certificate is refused by default
+                httpx.get(f"{base}/health")
+            good = openai.OpenAI(base_url=f"{base}/v1", api_key=KEY, http_client=web, max_retries=0)
+            assert [m.id for m in good.models.list()] == ["one"]
+            bad = openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", http_client=web, max_retries=0)
+            with pytest.raises(openai.AuthenticationError) as refused:
+                bad.models.list()
+        assert refused.value.status_code == 401 and "API key" in refused.value.message
+    finally:
+        server.should_exit = True
+        thread.join(30)
