@@ -36,6 +36,7 @@ from unipelt.data.chat import (
 from unipelt.errors import UniPELTError
 from unipelt.inference.chat_scoring import score_chats
 from unipelt.training.config import TrainConfig
+from unipelt.training.model_card import write_card
 
 
 @dataclass
@@ -238,6 +239,7 @@ def train_causal_lm(
         _save_final(model, unipelt, tokenizer, run_dir, info)
         _write_learning_curves(run_dir)
         write_json(run_dir / "metrics.json", result)
+        write_card(run_dir)  # README.md: the Hub model card of the finished run
         if not config.keep_trainer_checkpoints:
             shutil.rmtree(trainer_dir, ignore_errors=True)
     return result

@@ -41,6 +41,7 @@ from unipelt.training.config import TrainConfig
 from unipelt.training.data_report import data_report
 from unipelt.training.faults import kill_point
 from unipelt.training.guards import make_divergence_guard, stop_diverged
+from unipelt.training.model_card import write_card
 from unipelt.training.model_init import init_regression_bias, regression_output_layer, set_backbone_dropout
 from unipelt.training.resume import finished_run, prepare_resume
 from unipelt.training.run_files import read_run_config
@@ -324,6 +325,7 @@ def train(
             _write_gate_report(unipelt, trainer, scored.get("test") or scored["valid"], run_dir)
         _write_learning_curves(run_dir)
         write_json(run_dir / "metrics.json", result)
+        write_card(run_dir)  # README.md: the Hub model card of the finished run
         kill_point("final-metrics")
         if not config.keep_trainer_checkpoints:
             shutil.rmtree(trainer_dir, ignore_errors=True)
