@@ -318,7 +318,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lr-prefix",
         type=float,
-        help="learning rate of the prefix encoder (default: --lr, at most 1e-3 next to other modules)",
+        help="learning rate of the prefix encoder (default: --lr, at most 1e-3 next to other modules, at most "
+        "1e-4 there for --task-type causal-lm)",
     )
     p.add_argument("--lr-backbone", type=float, help="backbone learning rate for --method ft")
     p.add_argument("--weight-decay", type=float, default=0.0)

@@ -49,6 +49,13 @@ DEFAULT_LR: dict[str, float] = {
 # attention"). 1e-3 is the prefix-only method's validation-tuned rate. The prefix-only method keeps --lr: there
 # the one rate is the prefix's, and its search sees the collapse.
 PREFIX_LR_CAP = 1e-3
+# The same cap when instruction-tuning a causal LM (--task-type causal-lm). Adam's first steps move every weight
+# of the ~10 M-parameter reparameterisation MLP by about the rate, so the prefix keys and values of all layers
+# shift together; a decoder generating open text is far more fragile to that than a classifier head. On
+# SmolLM2-135M, four steps at 5e-4 on eight chats turned "Paris" into "Boulanger" (unipelt, seed 1; the prefix
+# alone did it: with its gate closed the run answered "Paris"), and 1e-4 kept the answer. Prefix-tuning on GPT-2
+# (Li & Liang 2021) used 5e-5 to 8e-5.
+CAUSAL_LM_PREFIX_LR_CAP = 1e-4
 
 AUTOPELT_GATE_LR = 0.05
 # autopelt holds its gates for this share of the training steps (when --gate-warmup-steps is not given). Its
@@ -208,7 +215,9 @@ class TrainConfig:
         if self.method == "ft":
             return base
         modules = UniPELTConfig.from_preset(self.method, **self.unipelt).modules
-        return min(base, PREFIX_LR_CAP) if "prefix" in modules and len(modules) > 1 else base
+        if "prefix" not in modules or len(modules) == 1:
+            return base
+        return min(base, CAUSAL_LM_PREFIX_LR_CAP if self.task_type == "causal-lm" else PREFIX_LR_CAP)
 
     def learning_rates(self) -> dict[str, float]:
         base = self.lr if self.lr is not None else DEFAULT_LR[self.method]
