@@ -202,9 +202,9 @@ def train(
         return train_causal_lm(config, resume, callbacks)
     if config.threads:
         torch.set_num_threads(config.threads)
-    from unipelt.pretrained import resolve_model
+    from unipelt.backbones import check_model
 
-    resolve_model(config.model)  # a bad model path fails here, before any data is read
+    check_model(config.model)  # a bad path or a model of another kind fails here, before any data is read
     splits = load_splits(config)  # bad data fails here, before the run folder exists
     set_seed(config.seed)
     model, unipelt, tokenizer = build_model(config, splits)
