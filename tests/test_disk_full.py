@@ -52,7 +52,9 @@ def _cli(args: list[str], **env: str) -> subprocess.CompletedProcess:
 def _error_lines(stderr: str) -> list[str]:
     assert "Traceback" not in stderr, stderr[-3000:]
     # progress bars share the terminal line: the error starts where its prefix does
-    return [line[line.index("unipelt: error:") :] for line in stderr.splitlines() if "unipelt: error:" in line]
+    return [
+        line[line.index("unipelt: error:") :] for line in stderr.splitlines() if "unipelt: error:" in line
+    ]
 
 
 def _assert_same_end(resumed_dir: Path, straight: dict) -> None:
