@@ -33,8 +33,10 @@ from unipelt.inject.context import (
     LAST_GATES,
     OBSERVE,
     ROUTE,
+    TRACED,
     Observer,
     set_for_model,
+    tracing,
 )
 from unipelt.inject.hooks import Injector
 from unipelt.tasks import TaskModules, build_task
@@ -180,6 +182,8 @@ class UniPELTModel(nn.Module):
 
     def forward(self, *args: Any, task: str | list[str] | None = None, **kwargs: Any) -> Any:
         """Call the base model with the chosen task(s); with ``labels``, the loss of each row's task."""
+        if tracing():
+            return self._traced_forward(args, kwargs, task)
         names = self._names(task)
         labels = kwargs.get("labels")
         own_loss = labels is not None and names and all(self.tasks[n].kind in LABELLED for n in names)
@@ -192,6 +196,27 @@ class UniPELTModel(nn.Module):
             ROUTE.reset(token)
         if own_loss:
             output = with_task_loss(output, labels, self.tasks, task, names)
+        return output
+
+    def _traced_forward(self, args: tuple, kwargs: dict, task: str | list[str] | None) -> Any:
+        """``forward`` while ``torch.compile`` traces it: one task (``task=`` or the default), routed through
+        :data:`~unipelt.inject.context.TRACED` since a graph cannot read context variables."""
+        if task is not None and not isinstance(task, str):
+            raise UniPELTError(
+                "a compiled model runs one task per call; run mixed-task batches on the uncompiled model"
+            )
+        name = (
+            task or self.injector.default_task or (next(iter(self.tasks)) if len(self.tasks) == 1 else None)
+        )
+        labels = kwargs.get("labels")
+        own_loss = labels is not None and name is not None and self.tasks[name].kind in LABELLED
+        if own_loss:
+            kwargs = {k: v for k, v in kwargs.items() if k != "labels"}
+        TRACED.route = (self.injector.key, name)
+        output = self.base_model(*args, **kwargs)
+        TRACED.route = None
+        if own_loss:
+            output = with_task_loss(output, labels, self.tasks, name, [name])
         return output
 
     def _names(self, task: str | list[str] | None) -> list[str]:
