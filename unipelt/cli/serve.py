@@ -11,17 +11,22 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from unipelt.cli.common import add_compile_flag
 from unipelt.errors import UniPELTError
 
 
-def build_engine(specs: list[str], runtime: str, threads: int | None = None, int8: bool = False) -> Any:
+def build_engine(
+    specs: list[str], runtime: str, threads: int | None = None, int8: bool = False, compile: str | None = None
+) -> Any:
     if runtime == "onnx":
+        if compile:
+            raise UniPELTError("--compile applies to the torch runtime, not to --runtime onnx")
         from unipelt.inference.onnx_runtime import OnnxEngine
 
         return OnnxEngine(specs, quantized=int8, threads=threads)
     from unipelt.inference.engine import TorchEngine
 
-    return TorchEngine(specs)
+    return TorchEngine(specs, compile=compile)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.int8 and args.runtime != "onnx":
         raise UniPELTError("--int8 serves quantised ONNX models: add --runtime onnx")
-    engine = build_engine(args.runs, args.runtime, args.threads, args.int8)
+    engine = build_engine(args.runs, args.runtime, args.threads, args.int8, args.compile)
     app = create_app(
         engine,
         max_batch=args.max_batch,
@@ -75,5 +80,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
     )
+    add_compile_flag(p)
     p.set_defaults(func=run)
     return p

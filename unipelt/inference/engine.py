@@ -11,6 +11,7 @@ The engine is not thread-safe on purpose: exactly one thread (the batcher's work
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ class TorchEngine:
 
     runtime = "torch"
 
-    def __init__(self, specs: Sequence[str | Path]) -> None:
+    def __init__(self, specs: Sequence[str | Path], compile: str | None = None) -> None:
         from unipelt.backbones import load_base_model, load_tokenizer
         from unipelt.inference.runs import Run
         from unipelt.model import UniPELTModel
@@ -106,6 +107,8 @@ class TorchEngine:
                 parameters=self.model.parameter_counts(name),
             )
         self.model.eval()
+        if compile:  # batches of one task run the compiled graph, mixed ones and gate readouts stay eager
+            self.model.compile(backend=compile)
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.padding_side = getattr(self.tokenizer, "padding_side", "right")
 
@@ -113,7 +116,7 @@ class TorchEngine:
         """Logits of every row (cut to its task's outputs) and, when asked, its gate values per layer and site."""
         batch = {k: torch.from_numpy(v) for k, v in pad_rows(rows, self.pad_id, self.padding_side).items()}
         names = [r.task for r in rows]
-        with torch.inference_mode():
+        with torch.inference_mode(), self.model.eager() if gates else contextlib.nullcontext():
             logits = self.model(**batch, task=names).logits.float().numpy()
             values = row_gates(self.model.gate_values(), batch["attention_mask"]) if gates else None
         return [logits[i, : self.tasks[n].num_labels] for i, n in enumerate(names)], values

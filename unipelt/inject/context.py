@@ -57,6 +57,8 @@ LAST_GATES: contextvars.ContextVar[Mapping[int, dict]] = contextvars.ContextVar(
     "unipelt_last_gates", default=_EMPTY
 )
 
+# ids of models that run uncompiled in this thread (``with model.eager():``).
+EAGER: contextvars.ContextVar[Mapping[int, bool]] = contextvars.ContextVar("unipelt_eager", default=_EMPTY)
 # An observer per model id (``with model.observe(fn):``): it sees what each added module changes.
 OBSERVE: contextvars.ContextVar[Mapping[int, Observer]] = contextvars.ContextVar(
     "unipelt_observe", default=_EMPTY

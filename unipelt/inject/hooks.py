@@ -147,7 +147,7 @@ class Injector:
     def active_task(self) -> str | None:
         return ACTIVE.get().get(self.key) or self.default_task
 
-    def _batch_size(self, args: tuple, kwargs: dict) -> int | None:
+    def batch_size(self, args: tuple, kwargs: dict) -> int | None:
         for name in _BATCH_KEYS:
             value = kwargs.get(name)
             if isinstance(value, torch.Tensor):
@@ -203,7 +203,7 @@ class Injector:
         groups = []
         if enabled:
             device = next((v.device for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
-            groups = self.groups(request, self._batch_size(args, kwargs), device or torch.device("cpu"))
+            groups = self.groups(request, self.batch_size(args, kwargs), device or torch.device("cpu"))
         context = ForwardContext(model_id=self.key, groups=groups, enabled=enabled and bool(groups))
         context.tasks = self.tasks
         context.live = COLLECT.get().get(self.key)
