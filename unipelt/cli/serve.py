@@ -88,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
             f"{chat[0]} and {encoders[0]} were trained on different base models; one server shares one backbone"
         )
     generation = build_generation(chat, args)
-    engine = build_engine(encoders, args.runtime, args.threads, args.int8, args.compile) if encoders else NoEncoderTasks()
+    engine = (
+        build_engine(encoders, args.runtime, args.threads, args.int8, args.compile)
+        if encoders
+        else NoEncoderTasks()
+    )
     app = create_app(
         engine,
         max_batch=args.max_batch,
