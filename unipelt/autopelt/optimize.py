@@ -29,6 +29,8 @@ from unipelt.autopelt.plan import Plan, apply_plan, read_plan, write_plan
 from unipelt.autopelt.search import plan_from_thresholds, search
 from unipelt.checkpoint import atomic_directory, write_json
 from unipelt.errors import UniPELTError
+from unipelt.kinds import Splits, load_splits
+from unipelt.methods import get_method
 
 REPORT_JSON = "optimize.json"
 REPORT_PNG = "optimize.png"
@@ -49,15 +51,14 @@ def labelled_batches(data: Any, tokenizer: Any, max_length: int, batch_size: int
 
 
 @torch.inference_mode()
-def score_batches(model: torch.nn.Module, batches: list[dict], metric_kind: str) -> dict[str, float]:
-    from unipelt.metrics import compute_task_metrics
-
+def score_batches(model: torch.nn.Module, batches: list[dict], splits: Splits) -> dict[str, float]:
+    """Every metric of the run's kind for ``model`` on collated, labelled batches."""
     logits, labels = [], []
     for batch in batches:
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits.append(model(**inputs).logits.float().numpy())
         labels.append(batch["labels"].numpy())
-    return compute_task_metrics(metric_kind, np.concatenate(logits), np.concatenate(labels))
+    return splits.kind.scores(splits, np.concatenate(logits), np.concatenate(labels))
 
 
 def planned_copy(model: Any, name: str, plan: Plan) -> Any:
@@ -99,12 +100,10 @@ def optimize_run(
 ) -> dict[str, Any]:
     """Optimize the run at ``run_dir`` into ``out`` (default: ``RUN-optimized``) and return the report."""
     from unipelt.inference import Run
-    from unipelt.metrics import main_metric
-    from unipelt.training.run import load_splits
 
     run_dir = Path(run_dir)
     run = Run(run_dir)
-    if run.config.method == "ft":
+    if not get_method(run.config.method).adds_modules:
         raise UniPELTError("a fully fine-tuned run has no sub-modules to prune; optimize a UniPELT run")
     if read_plan(run_dir / "checkpoint") is not None:
         raise UniPELTError(
@@ -127,15 +126,15 @@ def optimize_run(
     test = (
         labelled_batches(splits.test, tokenizer, run.config.max_length) if splits.test is not None else None
     )
-    metric = main_metric(splits.metric_kind)
+    metric = splits.kind.main_metric(splits)
     log(f"measuring {name!r} on {len(splits.valid)} validation examples")
     stats = measure_units(model, name, valid)
-    before_valid = score_batches(model, valid, splits.metric_kind)
+    before_valid = score_batches(model, valid, splits)
     baseline = before_valid[metric]
     gated = model.tasks[name].config.gate != "none"
 
     def evaluate(plan: Plan) -> float:
-        value = score_batches(planned_copy(model, name, plan), valid, splits.metric_kind)[metric]
+        value = score_batches(planned_copy(model, name, plan), valid, splits)[metric]
         log(f"  prune {len(plan.prune):3d}  fold {len(plan.fold):3d}  -> valid {metric} {100 * value:.2f}")
         return value
 
@@ -155,9 +154,9 @@ def optimize_run(
             "trace": choice.trace,
         }
     optimized = planned_copy(model, name, plan)
-    after_valid = score_batches(optimized, valid, splits.metric_kind)
-    before_test = score_batches(model, test, splits.metric_kind) if test else {}
-    after_test = score_batches(optimized, test, splits.metric_kind) if test else {}
+    after_valid = score_batches(optimized, valid, splits)
+    before_test = score_batches(model, test, splits) if test else {}
+    after_test = score_batches(optimized, test, splits) if test else {}
     ratios = _ratios(run, model, optimized) if timing else {}
     report = {
         "run": str(run_dir),
@@ -183,9 +182,7 @@ def _ratios(run: Any, model: Any, optimized: Any) -> dict[str, Any]:
     from unipelt.autopelt.latency import inference_ratios
     from unipelt.backbones import load_base_model
 
-    base = load_base_model(
-        run.config.model, "regression" if run.regression else "classification", labels=run.labels
-    ).eval()
+    base = load_base_model(run.config.model, run.kind.head, labels=run.labels).eval()
     vocab = int(base.config.vocab_size)
     return inference_ratios(base, {"before": model, "after": optimized}, vocab)
 

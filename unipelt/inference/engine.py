@@ -64,7 +64,7 @@ class TorchEngine:
         runs = [Run(folder) for _, folder in named]
         first = runs[0]
         for run in runs:
-            if run.config.method == "ft":
+            if not run.method.adds_modules:
                 raise UniPELTError(
                     f"{run.folder} is a full fine-tuning run: it has its own backbone and cannot share one; "
                     "serve runs trained with a UniPELT method"
@@ -80,7 +80,7 @@ class TorchEngine:
         self.tokenizer = load_tokenizer(first.folder / "tokenizer")
         base = load_base_model(
             first.config.model,
-            "regression" if first.regression else "classification",
+            first.kind.head,
             labels=first.labels,
             pad_token_id=self.tokenizer.pad_token_id,
         )

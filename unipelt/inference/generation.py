@@ -183,22 +183,21 @@ class ChatRun:
     def load(self) -> tuple[Any, Any]:
         """(model in eval mode, tokenizer), loaded on first use."""
         if self._model is None:
-            from transformers import AutoModelForCausalLM
             from transformers.utils import logging as hf_logging
 
             from unipelt.backbones import load_base_model, load_tokenizer
-            from unipelt.model import UniPELTModel
+            from unipelt.kinds import get_kind
+            from unipelt.methods import get_method
 
             hf_logging.set_verbosity_error()
-            self._tokenizer = load_tokenizer(self.folder / "tokenizer")
-            checkpoint = self.folder / "checkpoint"
-            if self.config.method == "ft":
-                self._model = AutoModelForCausalLM.from_pretrained(checkpoint)
-            else:
-                base = load_base_model(
-                    self.config.model, "causal-lm", pad_token_id=self._tokenizer.pad_token_id
-                )
-                self._model = UniPELTModel.from_pretrained(base, checkpoint)
+            tokenizer = load_tokenizer(self.folder / "tokenizer")
+            kind = get_kind("causal-lm")
+
+            def base() -> Any:
+                return load_base_model(self.config.model, kind.head, pad_token_id=tokenizer.pad_token_id)
+
+            self._tokenizer = tokenizer
+            self._model = get_method(self.config.method).load(self.folder / "checkpoint", kind, base)
             self._model.config.use_cache = True
             self._model.eval()
         return self._model, self._tokenizer

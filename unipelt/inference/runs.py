@@ -20,6 +20,8 @@ from unipelt.data import Example, TaskData, load_glue, load_table, tokenize_exam
 from unipelt.data.files import _read_text
 from unipelt.data.glue import glue_task, is_glue_task
 from unipelt.errors import UniPELTError
+from unipelt.kinds import kind_of_run
+from unipelt.methods import get_method
 from unipelt.metrics import compute_task_metrics
 from unipelt.training.run_files import read_labels, read_run_config
 
@@ -38,37 +40,30 @@ class Run:
         labels = read_labels(self.folder)
         self.labels: list[str] | None = labels["labels"]
         self.regression: bool = labels["regression"]
-        self.metric_kind: str = labels["metric_kind"]
-        self.is_tagger = self.metric_kind == "token-classification"  # a token-classification run
+        self.metric_kind: str = labels["metric_kind"]  # the GLUE task or the kind whose metrics score it
+        self.kind = kind_of_run(labels)
+        self.method = get_method(self.config.method)
+        self.is_tagger = self.kind.name == "token-classification"
         self._model = None
         self._tokenizer = None
 
     def load(self) -> tuple[torch.nn.Module, Any]:
         """(model in eval mode, tokenizer), loaded on first use."""
-        from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
         from transformers.utils import logging as hf_logging
 
         from unipelt.backbones import load_base_model, load_tokenizer
-        from unipelt.model import UniPELTModel
 
         if self._model is None:
             hf_logging.set_verbosity_error()
-            self._tokenizer = load_tokenizer(self.folder / "tokenizer")
-            checkpoint = self.folder / "checkpoint"
-            if self.config.method == "ft":  # the whole fine-tuned model was saved: nothing to rebuild
-                auto = (
-                    AutoModelForTokenClassification if self.is_tagger else AutoModelForSequenceClassification
+            tokenizer = load_tokenizer(self.folder / "tokenizer")
+
+            def base() -> torch.nn.Module:
+                return load_base_model(
+                    self.config.model, self.kind.head, labels=self.labels, pad_token_id=tokenizer.pad_token_id
                 )
-                self._model = _load_full_model(auto, checkpoint)
-            else:
-                base = load_base_model(
-                    self.config.model,
-                    self.task_kind,
-                    labels=self.labels,
-                    pad_token_id=self._tokenizer.pad_token_id,
-                )
-                self._model = UniPELTModel.from_pretrained(base, checkpoint)
-            self._model.eval()
+
+            self._model = self.method.load(self.folder / "checkpoint", self.kind, base).eval()
+            self._tokenizer = tokenizer
         return self._model, self._tokenizer
 
     @property
@@ -83,9 +78,7 @@ class Run:
 
     @property
     def task_kind(self) -> str:
-        if self.is_tagger:
-            return "token-classification"
-        return "regression" if self.regression else "classification"
+        return self.kind.name
 
     def data(
         self,
@@ -178,19 +171,6 @@ class Run:
             record["label"] = self.labels[best]
             record["probabilities"] = {name: round(float(p), 6) for name, p in zip(self.labels, row)}
             yield record
-
-
-def _load_full_model(auto: Any, checkpoint: Path) -> torch.nn.Module:
-    """A fully fine-tuned run's model, with one clear error when its files are damaged."""
-    from safetensors import SafetensorError
-
-    try:
-        return auto.from_pretrained(checkpoint)
-    except (OSError, ValueError, SafetensorError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UniPELTError(
-            f"{checkpoint} cannot be loaded ({first}); the run's model files are truncated or damaged"
-        ) from None
 
 
 def read_inputs(

@@ -9,7 +9,8 @@ Two things, both decided by the run's :class:`~unipelt.training.TrainConfig`:
   whose gradient is scaled by the head's tiny initial weights, while the zero start's large error grows the head
   first. So it is opt-in; the default is ``zero`` (at K = 1000 it changed nothing beyond seed noise either),
   except for ``--method autopelt``, whose runs leave the mean more often with it, and ``--method prefix``, whose
-  only path to the zero start's constant offset is a prefix that takes the attention (config.LABEL_MEAN_START).
+  only path to the zero start's constant offset is a prefix that takes the attention (their method objects'
+  ``label_mean_start``, :mod:`unipelt.methods`).
 - ``backbone_dropout``: the dropout probability of the frozen base model (hidden, attention and its own
   classifier dropout). The base model's dropout RNG is a quarter of a CPU training step; the added modules
   (LoRA dropout, the prefix MLP) keep their own settings, since they are built by UniPELT after this runs.
@@ -88,3 +89,22 @@ def set_backbone_dropout(model: nn.Module, probability: float) -> int:
         if config is not None and isinstance(getattr(config, name, None), float):
             setattr(config, name, probability)
     return changed
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant checkpointing of a base model or a UniPELT model (gates and prefix see the recomputed
+    forward exactly as the first one: the per-call state lives in context variables)."""
+    from unipelt.model import UniPELTModel
+
+    if isinstance(model, UniPELTModel):
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    elif getattr(model, "supports_gradient_checkpointing", False):
+        enable = getattr(
+            model, "activation_checkpointing_enable", None
+        )  # the newer name in transformers 5.2x
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        raise UniPELTError(f"{type(model).__name__} does not support gradient checkpointing")

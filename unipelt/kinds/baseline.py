@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from unipelt.metrics import compute_task_metrics
-
 
 def majority_class_scores(splits: Any) -> dict[str, dict[str, float]] | None:
     """Metrics of the constant most-frequent-training-class prediction on the validation and test splits, or
@@ -25,5 +23,5 @@ def majority_class_scores(splits: Any) -> dict[str, dict[str, float]] | None:
         if data is None or not data.examples or any(e.label is None for e in data.examples):
             continue
         gold = [example.label for example in data.examples]
-        scores[name] = compute_task_metrics(splits.metric_kind, [majority] * len(gold), gold)
+        scores[name] = splits.kind.scores(splits, [majority] * len(gold), gold)
     return scores or None
