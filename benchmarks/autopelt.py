@@ -1,6 +1,7 @@
-"""AutoPELT numbers (issue 11): APL, APL + optimize, autopelt at several latency weights, single methods, base.
+"""AutoPELT numbers: APL, APL + optimize, autopelt at several latency weights, single methods, base.
 
-Trainings come from benchmarks/autopelt_queue.sh (OUT/TASK/k1000/METHOD/seed-S). This script
+Trainings are grid cells (``python -m benchmarks.grid --out OUT --methods autopelt --set latency_weight=3 --tag lw3``
+and the APL cells; OUT/TASK/k1000/METHOD/seed-S). This script
 
 1. optimizes every APL run (``unipelt optimize`` at each ``--max-drop``) into OUT/TASK/k1000/unipelt-optimized-dD/,
 2. times every model against the base model at 1 x 128 and 32 x 128 (interleaved medians; run it under
@@ -10,7 +11,7 @@ Trainings come from benchmarks/autopelt_queue.sh (OUT/TASK/k1000/METHOD/seed-S).
 
 Every stage skips what is done, so the script can be rerun after more trainings finish.
 
-    flock /tmp/unipelt-bench.lock nice -n 10 .venv/bin/python benchmarks/autopelt.py --tasks sst2 --seeds 1
+    flock /tmp/unipelt-bench.lock nice -n 10 .venv/bin/python -m benchmarks.autopelt --tasks sst2 --seeds 1
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def runs_of(out: Path, task: str, seeds: list[int]) -> dict[str, list[Path]]:
     for folder in sorted((out / task / "k1000").glob("*/seed-*")):
         if (
             folder.is_dir()
-            and folder.name.split("-")[1].isdigit()  # not a queue's seed-N.claim folder
+            and folder.name.split("-")[1].isdigit()  # not a seed-N.claim folder
             and int(folder.name.split("-")[1]) in seeds
             and (folder / "metrics.json").is_file()
         ):
@@ -191,7 +192,10 @@ def _pareto(rows: list[dict], tasks: list[str], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        epilog="Time: optimizing and timing one task's runs takes 10-30 min on 2 cores (trainings are grid cells).",
+        description=__doc__.splitlines()[0],
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/autopelt"))
     parser.add_argument("--tasks", default="sst2")
     parser.add_argument("--seeds", default="1")
@@ -228,7 +232,7 @@ def estimated_ratios(out: Path, task: str, seeds: list[int]) -> dict[str, float]
 
     A fallback when the timing stage cannot run; gate computations are not in the tables, so gated models
     are estimated slightly low."""
-    from unipelt.autopelt.plan import Plan
+    from unipelt.plan import Plan
 
     runs = runs_of(out, task, seeds)
     tables = [

@@ -5,7 +5,7 @@ and the training wall time; then per (task, K, method) the mean difference over 
 Same seed = same K-shot sample and same initialisation, so the difference is the setting's effect on that cell.
 ``--split valid`` compares the best validation scores instead: the split a default may be chosen on.
 
-    python benchmarks/compare_runs.py benchmarks/out/stsb_bias/zero benchmarks/out/stsb_bias/label-mean \
+    python -m benchmarks.compare_runs benchmarks/out/stsb_bias/zero benchmarks/out/stsb_bias/label-mean \
         --names "zero start,label-mean start"
 """
 
@@ -16,9 +16,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from grid import LABELS, TASK_TITLES, gather  # noqa: E402
+from benchmarks.grid import LABELS, TASK_TITLES, gather
 
 
 def index(folder: Path, split: str = "test") -> dict[tuple, dict]:
@@ -50,7 +48,9 @@ def compare(a: dict[tuple, dict], b: dict[tuple, dict], names: tuple[str, str], 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        epilog="Time: seconds (reads finished run folders).", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("first", type=Path)
     parser.add_argument("second", type=Path)
     parser.add_argument("--names", default="first,second", help="two column titles, comma-separated")

@@ -6,24 +6,20 @@ parameters (with and without the prefix MLP), inference latency at 1 x 128 and 3
 model), one training step (ratio to full fine-tuning), and peak memory per method in a fresh subprocess.
 Inference uses the deployable form (prefix MLP ejected; ``lora_merged`` also merged).
 
-    python benchmarks/cost.py --model minilm --out benchmarks/out/cost_minilm.jsonl
-    python benchmarks/cost.py --model mpnet --device cuda --out benchmarks/out/cost_mpnet_gpu.jsonl
+    python -m benchmarks.cost --model minilm --out benchmarks/out/cost_minilm.jsonl
+    python -m benchmarks.cost --model mpnet --device cuda --out benchmarks/out/cost_mpnet_gpu.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the cost modules next to this script; our unipelt
-import cost_protocol  # noqa: E402
-from cost_protocol import Method  # noqa: E402
-
 import unipelt  # noqa: E402
+from benchmarks import cost_protocol
+from benchmarks.cost_protocol import Method
 from unipelt.config import PRESETS  # noqa: E402
 
 
@@ -53,7 +49,9 @@ def make_builders(model_dir: str, random_init: bool, seed: int) -> list[Method]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        epilog="Time: about 5 min for three methods on MiniLM (longer with memory children and more repeats).",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cost_protocol.add_cli_args(parser)
     args = parser.parse_args(argv)

@@ -12,12 +12,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-import machine
-import timing
 import torch
 
+from benchmarks import machine, timing
+
 if TYPE_CHECKING:
-    from cost_protocol import Method
+    from benchmarks.cost_protocol import Method
 
 
 def _delta(after: float | None, before: float | None) -> float | None:

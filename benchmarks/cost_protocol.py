@@ -36,16 +36,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import machine
-import timing
 import torch
-from cost_measures import make_optimizer, memory_child, param_record, resolve_device, timed_loop, timing_stats
+
+from benchmarks import machine, timing
+from benchmarks.cost_measures import (
+    make_optimizer,
+    memory_child,
+    param_record,
+    resolve_device,
+    timed_loop,
+    timing_stats,
+)
 
 BASE = "base"
 FULL_FT = "full_ft"
@@ -311,7 +317,7 @@ def main(
 
     # ---- peak memory, one fresh process per method and phase
     if not args.no_memory:
-        script = os.path.abspath(sys.argv[0])
+        entry = machine.entry_point()
         argv = list(sys.argv[1:])
         phases = [p for p, skip in (("infer", args.no_infer), ("train", args.no_train)) if not skip]
         for phase in phases:
@@ -321,7 +327,7 @@ def main(
                     continue
                 try:
                     results[m.name] = machine.run_json_child(
-                        [sys.executable, script, *argv, "--child", f"{m.name}:{phase}"], timeout=3600
+                        [*entry, *argv, "--child", f"{m.name}:{phase}"], timeout=3600, env=machine.child_env()
                     )
                 except Exception as e:  # noqa: BLE001
                     emit(

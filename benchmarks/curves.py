@@ -7,7 +7,7 @@ learning when it stopped), and for UniPELT the spread of its gates over test inp
 median per-input std; a std near 0 means the gates no longer depend on the input). Markdown to stdout; with
 ``--plot`` one figure per task of the validation curves (mean over seeds, one line per method).
 
-    python benchmarks/curves.py benchmarks/out/grid_k1000 --plot benchmarks/figures/k1000_curves.png
+    python -m benchmarks.curves benchmarks/out/grid_k1000 --plot benchmarks/figures/k1000_curves.png
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from grid import LABELS, TASK_TITLES, TASKS  # noqa: E402
+from benchmarks.grid import LABELS, TASK_TITLES, TASKS
 
 COLLAPSED_STD = 0.005  # per-input gate std below this: the gate is a constant
 
@@ -185,7 +183,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        epilog="Time: seconds (reads finished run folders).", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("out", type=Path)
     parser.add_argument("--plot", type=Path, help="PNG of the validation curves per task")
     args = parser.parse_args()

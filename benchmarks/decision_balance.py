@@ -6,7 +6,7 @@ Matthews correlation (CoLA) and accuracy reward a model only for the labels it c
 its scores order the examples whatever the threshold. Two methods with the same AUC but different Matthews
 differ in where they put the decision, not in what they learned. Binary tasks only.
 
-    python benchmarks/decision_balance.py benchmarks/out/grid_k1000 --task cola
+    python -m benchmarks.decision_balance benchmarks/out/grid_k1000 --task cola
 """
 
 from __future__ import annotations
@@ -18,10 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from grid import LABELS, TASK_TITLES  # noqa: E402
-
+from benchmarks.grid import LABELS, TASK_TITLES
 from unipelt.metrics import accuracy, auc, matthews  # noqa: E402
 
 
@@ -43,7 +40,9 @@ def balance(labels: np.ndarray, logits: np.ndarray) -> dict[str, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        epilog="Time: seconds to a minute (reads finished run folders).", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("out", type=Path, help="grid.py output folder")
     parser.add_argument("--task", required=True)
     parser.add_argument("--data-dir", default="../shared/data/glue")

@@ -1,5 +1,5 @@
 """Training-step time with the frozen backbone's dropout on (the model's own 0.1) and off (``--backbone-dropout 0``),
-against a full fine-tuning step with dropout on, MiniLM, interleaved in one process (issue 15).
+against a full fine-tuning step with dropout on, MiniLM, interleaved in one process.
 
 The models are built the way ``unipelt train`` builds them (``unipelt.training.run.build_model`` semantics:
 ``set_backbone_dropout`` on the base model before UniPELT wraps it, so the added modules keep their dropout).
@@ -7,7 +7,7 @@ Each step is forward + loss + backward + AdamW step on the trainable parameters 
 the methods run round-robin with the order rotated each round (``timing.time_until_clean``), so drifts of a
 shared machine hit every method alike. Run it under ``flock /tmp/unipelt-bench.lock``.
 
-    flock /tmp/unipelt-bench.lock .venv/bin/python benchmarks/dropout_step.py --batch 16 --seq 128 --threads 1
+    flock /tmp/unipelt-bench.lock .venv/bin/python -m benchmarks.dropout_step --batch 16 --seq 128 --threads 1
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import timing  # noqa: E402
-from cost_measures import make_optimizer  # noqa: E402
+from benchmarks import timing
+from benchmarks.cost_measures import make_optimizer
 
 
 def build(method: str, dropout: float | None):
@@ -39,7 +37,7 @@ def build(method: str, dropout: float | None):
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(epilog="Time: about 2 min.", description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)

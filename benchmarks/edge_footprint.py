@@ -6,7 +6,7 @@ forwards of a 1 x 128 batch with one thread, and reports the median latency and 
 numbers are what a process serving only that model needs. The APL model is the SST-2 run of
 ``benchmarks/serve_load.py``; its export (with int8) also gives the accuracy change of quantisation.
 
-    flock /tmp/unipelt-bench.lock .venv/bin/python benchmarks/edge_footprint.py
+    flock /tmp/unipelt-bench.lock .venv/bin/python -m benchmarks.edge_footprint
 """
 
 from __future__ import annotations
@@ -107,7 +107,9 @@ def measure(kind: str, path: Path | str, repeats: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        epilog="Time: about 5 min (exports one run, then times it).", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--run", type=Path, default=OUT / "runs" / "sst2")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--out", type=Path, default=OUT / "edge.jsonl")

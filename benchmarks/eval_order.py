@@ -6,7 +6,7 @@ length. This script measures what that saves: MiniLM with a classification head,
 ``--repeats`` times so that drifts of a shared machine hit both. It prints the padded tokens and the median
 seconds of each order, and their ratio.
 
-    .venv/bin/python benchmarks/eval_order.py --tasks rte,mrpc,stsb,cola,sst2 --threads 1
+    .venv/bin/python -m benchmarks.eval_order --tasks rte,mrpc,stsb,cola,sst2 --threads 1
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ def seconds(model, collate, rows: list[dict], batch_size: int) -> tuple[float, i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        epilog="Time: a few minutes (re-evaluates finished runs).", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--tasks", default="rte,mrpc,stsb,cola,sst2")
     parser.add_argument("--data-dir", default="../shared/data/glue")
     parser.add_argument("--rows", type=int, default=1000)

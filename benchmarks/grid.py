@@ -11,8 +11,8 @@ default learning rate, others need one from ``--hyper``. Every cell is checked b
 
 Cells run seed-major (every cell with seed 1 first), so a grid cut short still covers every task and method.
 
-    python benchmarks/grid.py --out benchmarks/out/grid --k 100 --seeds 1,2,3 --data-dir ../shared/data/glue
-    python benchmarks/grid.py --out benchmarks/out/grid --report
+    python -m benchmarks.grid --out benchmarks/out/grid --k 100 --seeds 1,2,3 --data-dir ../shared/data/glue
+    python -m benchmarks.grid --out benchmarks/out/grid --report
 """
 
 from __future__ import annotations
@@ -147,6 +147,8 @@ def run_grid(args: argparse.Namespace) -> None:
     from unipelt.training import train
 
     hyper = read_hyper(args.hyper or [])
+    for method in args.methods:  # --set applies to every cell, over the --hyper files
+        hyper[method] = {**hyper.get(method, {}), **dict(args.set or [])}
     todo = list(cells(args.tasks, args.k, args.methods, args.seeds))
     index, count = args.shard
     mine = [cell for i, cell in enumerate(todo) if i % count == index]
@@ -156,9 +158,8 @@ def run_grid(args: argparse.Namespace) -> None:
 
     def config_of(task: str, k: int, method: str, seed: int, tuned: dict[str, dict] | None = None):
         overrides = {**cell_overrides(hyper, task, method), **cell_overrides(tuned or {}, task, method)}
-        return kshot_config(
-            args, cell_dir(args.out, task, k, method, seed), task, method, k, seed, **overrides
-        )
+        folder = cell_dir(args.out, task, k, f"{method}-{args.tag}" if args.tag else method, seed)
+        return kshot_config(args, folder, task, method, k, seed, **overrides)
 
     for cell in mine:  # a bad method, task or override fails here, before hours of other cells
         config_of(*cell).validate()
@@ -372,8 +373,21 @@ def report(args: argparse.Namespace) -> None:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _setting(text: str) -> tuple[str, object]:
+    """KEY=VALUE of ``--set``: the value read as JSON when it parses (numbers, booleans), else as a string."""
+    key, _, value = text.partition("=")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="Time: a MiniLM cell takes 1-10 min on 2 CPU cores (K = 100: ~1-2 min, K = 1000 with 10 epochs: "
+        "5-10 min); a full row of Table 1 (5 tasks x 4 methods x 3 seeds) is several hours.",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/grid"))
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--data-dir", default=os.environ.get("UNIPELT_DATA_DIR"))
@@ -406,8 +420,18 @@ def main() -> None:
         default=(0, 1),
         help="i/n: run every n-th cell starting at i",
     )
+    parser.add_argument(
+        "--set",
+        type=_setting,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a TrainConfig field for every cell, e.g. --set backbone_dropout=0 or --set latency_weight=3",
+    )
+    parser.add_argument(
+        "--tag", help="cells go to <method>-<tag>/ folders (variants of a method side by side)"
+    )
     parser.add_argument("--report", action="store_true", help="only gather finished cells into tables")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.report:
         report(args)
     else:

@@ -6,7 +6,7 @@ set, so a model that leans to the majority class loses macro-F1 there. Each sett
 method for several seeds; runs are resumable (a run with a metrics.json is not trained again) and the table is
 printed as Markdown at the end.
 
-    nice -n 10 .venv/bin/python benchmarks/imbalance.py --out benchmarks/out/imbalance --threads 1
+    nice -n 10 .venv/bin/python -m benchmarks.imbalance --out benchmarks/out/imbalance --threads 1
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ def write_slice(glue: Path, out: Path, positives: int, valid_positives: int, rat
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        epilog="Time: about 30 min (several training runs).",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="benchmarks/out/imbalance")
     parser.add_argument("--data-dir", default=None, help=f"GLUE folder (default ${DATA_DIR_ENV})")

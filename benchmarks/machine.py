@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
+from pathlib import Path
 
 import torch
 
@@ -128,6 +129,26 @@ def measure_peak(
 def emit_child_result(result: Mapping[str, object]) -> None:
     """Print ``result`` as the one JSON line that :func:`run_json_child` picks up."""
     print(CHILD_MARKER + json.dumps(result), flush=True)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def entry_point() -> list[str]:
+    """The command that starts the running benchmark again (``python -m benchmarks.NAME``), for child processes."""
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    if spec is None:
+        raise RuntimeError(
+            "run the benchmarks as modules from the repository root: python -m benchmarks.NAME"
+        )
+    return [sys.executable, "-m", spec.name]
+
+
+def child_env() -> dict[str, str]:
+    """This process's environment with the repository root on PYTHONPATH (children import ``benchmarks``)."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{path}" if path else str(ROOT)}
 
 
 def run_json_child(

@@ -8,7 +8,7 @@ Measured on MiniLM (packaged) with 4 UniPELT (APL) tasks, inference in the deplo
 - memory: peak RSS of a fresh process that loads the model and runs one 32 x 128 forward, for 1 task, 4 tasks
   on one backbone, and 4 separate single-task models.
 
-    python benchmarks/multitask_cost.py --out benchmarks/out/multitask_cost.jsonl
+    python -m benchmarks.multitask_cost --out benchmarks/out/multitask_cost.jsonl
 """
 
 from __future__ import annotations
@@ -21,10 +21,7 @@ import sys
 
 import torch
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [HERE, os.path.dirname(HERE)]
-import machine  # noqa: E402
-import timing  # noqa: E402
+from benchmarks import machine, timing
 
 TASKS = ("a", "b", "c", "d")
 
@@ -70,7 +67,7 @@ def child(kind: str, seq_len: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        epilog="Time: about 5 min.", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", help="JSON-lines output file (overwritten)")
     parser.add_argument("--seq-len", type=int, default=128)

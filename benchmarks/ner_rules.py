@@ -15,7 +15,7 @@ The model cannot read the rules: it sees only the words and learns to reproduce 
 well a PEFT-tuned MiniLM learns a sequence-labelling task from a thousand sentences, not how good the rules are.
 Sentences come from MRPC train (train / valid) and MRPC dev (test), each sentence once.
 
-    nice -n 10 .venv/bin/python benchmarks/ner_rules.py --out benchmarks/out/ner --threads 1
+    nice -n 10 .venv/bin/python -m benchmarks.ner_rules --out benchmarks/out/ner --threads 1
 """
 
 from __future__ import annotations
@@ -190,7 +190,9 @@ def write_conll(path: Path, sentences: list[list[str]]) -> Counter:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        epilog="Time: about 20 min (several training runs).",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="benchmarks/out/ner")
     parser.add_argument("--data-dir", default=None)

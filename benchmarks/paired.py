@@ -8,7 +8,7 @@ seeds APL won. "Best single method" is, per task, the one of adapter / prefix / 
 seeds APL also has (chosen with hindsight, which favours the rival). ``--peer`` adds AdapterHub ``adapters``'
 UniPELT (``peer_accuracy.py`` JSON lines, same samples) as one more rival. Output is Markdown tables.
 
-    python benchmarks/paired.py benchmarks/out/grid_k1000 --peer benchmarks/out/peer_accuracy_k1000_tuned.jsonl
+    python -m benchmarks.paired benchmarks/out/grid_k1000 --peer benchmarks/out/peer_accuracy_k1000_tuned.jsonl
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from grid import LABELS, TASK_TITLES, TASKS, gather  # noqa: E402
+from benchmarks.grid import LABELS, TASK_TITLES, TASKS, gather
 
 SINGLE = ("adapter", "prefix", "lora")
 APL = "unipelt"
@@ -155,7 +153,9 @@ def average_rows(table, k: int) -> list[str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        epilog="Time: seconds (reads finished run folders).", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("folders", nargs="+", type=Path)
     parser.add_argument("--peer", type=Path, help="peer_accuracy.py JSON lines (adapters' UniPELT)")
     args = parser.parse_args()

@@ -2,7 +2,7 @@
 
 Runs inside ``benchmarks/.venv-adapters`` (see ``peer_env.sh``)::
 
-    benchmarks/.venv-adapters/bin/python benchmarks/peer_accuracy.py --tasks rte --ks 100 --seeds 1 \
+    benchmarks/.venv-adapters/bin/python -m benchmarks.peer_accuracy --tasks rte --ks 100 --seeds 1 \
         --epochs 2 --out benchmarks/out/peer_accuracy.jsonl
 
 Protocol (Mao et al. 2022, low-resource setting), identical to our trainer's:
@@ -325,7 +325,11 @@ def _done(out: str) -> set[tuple]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        epilog="Time: a run takes as long as unipelt's (1-10 min for MiniLM); in benchmarks/.venv-adapters.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--tasks", default="rte", help=f"comma-separated subset of {','.join(TASKS)}")
     p.add_argument("--ks", default="100", help="comma-separated K values (training examples)")
     p.add_argument("--seeds", default="1", help="comma-separated seeds")

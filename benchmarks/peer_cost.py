@@ -2,8 +2,8 @@
 
 Runs inside ``benchmarks/.venv-adapters`` (see ``peer_env.sh``; adapters pins transformers 4.57.x)::
 
-    benchmarks/.venv-adapters/bin/python benchmarks/peer_cost.py --out benchmarks/out/peer_cost_minilm.jsonl
-    benchmarks/.venv-adapters/bin/python benchmarks/peer_cost.py --model mpnet --model-dir /path/to/mpnet \
+    benchmarks/.venv-adapters/bin/python -m benchmarks.peer_cost --out benchmarks/out/peer_cost_minilm.jsonl
+    benchmarks/.venv-adapters/bin/python -m benchmarks.peer_cost --model mpnet --model-dir /path/to/mpnet \
         --out benchmarks/out/peer_cost_mpnet.jsonl
 
 Methods (all on ``AutoModelForSequenceClassification`` with a 2-label head):
@@ -26,15 +26,9 @@ random weights (costs do not depend on the weight values; for machines without t
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-import torch
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the cost modules next to this script; our unipelt
 import adapters  # noqa: E402
-import cost_protocol  # noqa: E402
+import torch
 from adapters import (  # noqa: E402
     AdapterModelInterface,
     LoRAConfig,
@@ -42,7 +36,9 @@ from adapters import (  # noqa: E402
     SeqBnConfig,
     UniPELTConfig,
 )
-from cost_protocol import Method  # noqa: E402
+
+from benchmarks import cost_protocol
+from benchmarks.cost_protocol import Method
 
 ADAPTER = "peer"
 
@@ -123,7 +119,11 @@ def make_builders(model_dir: str, random_init: bool, seed: int) -> list[Method]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        epilog="Time: about 5 min; in benchmarks/.venv-adapters.",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     cost_protocol.add_cli_args(p)
     args = p.parse_args(argv)
     cost_protocol.run_for_model(

@@ -6,7 +6,7 @@
 # only installs what is missing.  Usage:
 #     bash benchmarks/peer_env.sh            # create / complete the venv
 #     PYTHON=python3.11 bash benchmarks/peer_env.sh
-#     benchmarks/.venv-adapters/bin/python benchmarks/peer_cost.py --out benchmarks/out/peer_cost.jsonl
+#     benchmarks/.venv-adapters/bin/python -m benchmarks.peer_cost --out benchmarks/out/peer_cost.jsonl
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"

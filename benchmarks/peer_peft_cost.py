@@ -2,7 +2,7 @@
 
 Runs in our own venv (transformers 5.x; ``pip install peft==0.21.2`` if missing)::
 
-    .venv/bin/python benchmarks/peer_peft_cost.py --out benchmarks/out/peer_peft_cost_minilm.jsonl
+    .venv/bin/python -m benchmarks.peer_peft_cost --out benchmarks/out/peer_peft_cost_minilm.jsonl
 
 Methods (all on ``AutoModelForSequenceClassification`` with a 2-label head):
 
@@ -22,17 +22,13 @@ comparable method here.  Protocol and output format: ``cost_protocol.py``.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-import torch
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:0] = [HERE, os.path.dirname(HERE)]  # the cost modules next to this script; our unipelt
-import cost_protocol  # noqa: E402
 import peft  # noqa: E402
-from cost_protocol import Method  # noqa: E402
+import torch
 from peft import LoraConfig, TaskType, get_peft_model  # noqa: E402
+
+from benchmarks import cost_protocol
+from benchmarks.cost_protocol import Method
 
 # query/value projection names per model type
 QV_MODULES = {"bert": ["query", "value"], "mpnet": ["q", "v"]}
@@ -67,7 +63,9 @@ def make_builders(model_dir: str, random_init: bool, seed: int, r: int = 8) -> l
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        epilog="Time: about 5 min.", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--r", type=int, default=8, help="LoRA rank")
     cost_protocol.add_cli_args(p)
     args = p.parse_args(argv)

@@ -6,7 +6,7 @@ attention returns the weights over [prefix; tokens]) that real tokens give to th
 the prefix keys; then the spread of the model's outputs over the inputs. A run whose prefix took most of the
 attention gives every input about the same output (benchmarks/RESULTS.md, "The prefix that captures attention").
 
-    python benchmarks/prefix_attention.py benchmarks/out/grid_k1000_uncapped/stsb/k1000/unipelt/seed-2 --task stsb
+    python -m benchmarks.prefix_attention benchmarks/out/grid_k1000_uncapped/stsb/k1000/unipelt/seed-2 --task stsb
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def measure(run: Path, task: str, data_dir: str, rows: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(epilog="Time: under a minute.", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--task", default="stsb")
     parser.add_argument("--data-dir", default="../shared/data/glue")

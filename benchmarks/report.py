@@ -1,6 +1,6 @@
 """Turn the cost JSON lines of every library into one markdown table (ratios measured in-process).
 
-    python benchmarks/report.py benchmarks/out/cost_minilm.jsonl benchmarks/out/peer_cost_minilm.jsonl \
+    python -m benchmarks.report benchmarks/out/cost_minilm.jsonl benchmarks/out/peer_cost_minilm.jsonl \
         benchmarks/out/peer_peft_cost_minilm.jsonl
 """
 
@@ -106,7 +106,7 @@ def peer_table(grid_rows: list[dict], peer: list[dict], method: str = "unipelt")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(epilog="Time: seconds.", description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="*", type=Path, help="cost JSON-lines files")
     parser.add_argument(
         "--grid", type=Path, help="grid output folder (with results.jsonl from grid.py --report)"

@@ -13,7 +13,7 @@ have been answered, and its latency counts from that time. Each load level is bo
 Every server runs with ``--threads 1``. Results are JSON lines (one per configuration and load level, resumable:
 finished pairs are skipped), plus a PNG of p95 latency against offered QPS and the peak RSS of each server.
 
-    flock /tmp/unipelt-bench.lock .venv/bin/python benchmarks/serve_load.py
+    flock /tmp/unipelt-bench.lock .venv/bin/python -m benchmarks.serve_load
 """
 
 from __future__ import annotations
@@ -302,7 +302,10 @@ def memory_only(runs: dict[str, Path], inputs: dict[str, list], out: Path, reque
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        epilog="Time: 5-10 min (starts servers on 127.0.0.1, offers load for a few seconds per level).",
+        description=__doc__.splitlines()[0],
+    )
     p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "glue")
     p.add_argument("--runs-dir", type=Path, default=OUT / "runs")
     p.add_argument("--qps", default="2,5,10,20,40", help="offered loads, comma-separated")

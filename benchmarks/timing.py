@@ -25,7 +25,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
-from machine import foreign_cpu_s
+
+from benchmarks.machine import foreign_cpu_s
 
 __all__ = [
     "count_params",

@@ -7,9 +7,9 @@ split evaluated (OUT/<task>/<method>/retrain/ and .../defaults/). OUT/summary.md
 score against the defaults' on the same split, test mean and std over the seeds, wall time per trial.
 
 Everything resumes: the study continues up to --trials, finished seeds are skipped. The best.json files feed
-the grid: ``python benchmarks/grid.py --hyper OUT/*/*/best.json``.
+the grid: ``python -m benchmarks.grid --hyper OUT/*/*/best.json``.
 
-    python benchmarks/tune.py --out benchmarks/out/tune --tasks sst2,stsb --methods unipelt --k 100 \\
+    python -m benchmarks.tune --out benchmarks/out/tune --tasks sst2,stsb --methods unipelt --k 100 \\
         --trials 20 --retrain-seeds 1,2,3 --threads 1 --data-dir ../shared/data/glue
 """
 
@@ -22,8 +22,7 @@ import os
 import statistics
 from pathlib import Path
 
-from grid import kshot_config
-
+from benchmarks.grid import kshot_config
 from unipelt.training.config import DEFAULT_LR, METHODS
 
 
@@ -111,7 +110,9 @@ def summary_table(rows: list[dict], args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        epilog="Time: hours: every trial is a training run.", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/tune"))
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--data-dir", default=os.environ.get("UNIPELT_DATA_DIR"))

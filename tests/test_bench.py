@@ -8,13 +8,10 @@ from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
 
 @pytest.mark.slow
-def test_cost_writes_params_latency_and_train_step_records(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import cost
+def test_cost_writes_params_latency_and_train_step_records(tiny_model_dir, tmp_path):
+    from benchmarks import cost
 
     out = tmp_path / "cost.jsonl"
     args = [
@@ -52,9 +49,8 @@ def test_cost_writes_params_latency_and_train_step_records(tiny_model_dir, tmp_p
     assert by[("lora", "train_step", 2)]["median_s"] > 0
 
 
-def test_paired_differences_best_single_and_five_task_average(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import paired
+def test_paired_differences_best_single_and_five_task_average(tmp_path):
+    from benchmarks import paired
 
     tasks = paired.TASKS
     base = {"unipelt": 0.60, "adapter": 0.58, "lora": 0.59, "ft": 0.61}
@@ -86,9 +82,8 @@ def test_paired_differences_best_single_and_five_task_average(tmp_path, monkeypa
     assert f"| {paired.TASK_TITLES[tasks[0]]} | adapters' UniPELT | [1, 2] | +20.00 / +12.00 |" in text
 
 
-def test_grid_seed_table_shows_every_seed_bolds_the_best_mean_and_averages_complete_seeds(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import grid
+def test_grid_seed_table_shows_every_seed_bolds_the_best_mean_and_averages_complete_seeds():
+    from benchmarks import grid
 
     tasks = ["rte", "stsb"]
     rows = [
@@ -135,9 +130,8 @@ def write_cell(
         (cell / "gates.csv").write_text("\n".join(lines) + "\n")
 
 
-def test_curves_gate_lean_table_averages_layers_and_seeds_and_ranks_single_methods(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import curves
+def test_curves_gate_lean_table_averages_layers_and_seeds_and_ranks_single_methods(tmp_path):
+    from benchmarks import curves
 
     write_cell(tmp_path, "rte", "unipelt", 1, 0.55, {"lora_query": [0.8, 1.0], "prefix": [0.2, 0.4]})
     write_cell(tmp_path, "rte", "unipelt", 2, 0.53, {"lora_query": [0.6, 0.6], "prefix": [0.3, 0.3]})
@@ -153,10 +147,10 @@ def test_curves_gate_lean_table_averages_layers_and_seeds_and_ranks_single_metho
     assert "| RTE | UniPELT (APL) | 2 | 0.75 | 0.30 | LoRA 56.00, Adapter 50.00 |" in text
 
 
-def test_decision_balance_separates_threshold_from_ranking(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
+def test_decision_balance_separates_threshold_from_ranking():
     import numpy as np
-    from decision_balance import balance
+
+    from benchmarks.decision_balance import balance
 
     labels = np.array([1, 1, 1, 1, 1, 1, 0, 0])  # label 0 is the rarer one
     # perfectly ordered scores for label 0, but a threshold that calls everything label 1
@@ -171,9 +165,8 @@ def test_decision_balance_separates_threshold_from_ranking(monkeypatch):
     assert balance(labels, shifted)["auc"] == pytest.approx(1.0)
 
 
-def test_compare_runs_pairs_cells_on_the_chosen_split(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import compare_runs
+def test_compare_runs_pairs_cells_on_the_chosen_split(tmp_path):
+    from benchmarks import compare_runs
 
     def cell(root: Path, seed: int, valid: float, test: float) -> None:
         folder = root / "stsb" / "k100" / "unipelt" / f"seed-{seed}"

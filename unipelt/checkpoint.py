@@ -1,91 +1,28 @@
 """Checkpoints hold only what UniPELT added: safetensors weights plus a JSON config, written atomically.
 
-A run that dies while saving must not leave a half-written checkpoint where a good one was. Files are
-written into a fresh sibling folder, flushed to disk, and the folder is renamed into place; an older
-checkpoint at that path is moved aside first and deleted only after the new one is in place.
+A run that dies while saving must not leave a half-written checkpoint where a good one was: the folder is
+written with :func:`unipelt.atomic.atomic_directory` (a fresh sibling, flushed, renamed into place).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+# The atomic writers are re-exported: run files are written through this module too.
+from unipelt.atomic import atomic_directory, atomic_file, atomic_write_text, write_json  # noqa: F401
+from unipelt.config import UniPELTConfig
+from unipelt.errors import CheckpointMismatchError, UniPELTError
+from unipelt.heads import head_key
+from unipelt.plan import PLAN_KEY, apply_plan, plan_from_meta
 
 CONFIG_NAME = "unipelt_config.json"
 WEIGHTS_NAME = "unipelt_weights.safetensors"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_directory(target: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_dir)`` and then move tmp_dir to ``target`` in one rename."""
-    target = Path(target).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write(tmp)
-        for file in tmp.iterdir():
-            if file.is_file():
-                with open(file, "rb") as handle:
-                    os.fsync(handle.fileno())
-        _fsync_dir(tmp)
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` for writing; on success flush, fsync and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a small file via a temporary sibling and a rename."""
-    with atomic_file(path) as handle:
-        handle.write(text)
-
-
-def write_json(path: str | Path, data: object) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------------------------- task checkpoints
@@ -110,10 +47,8 @@ def fingerprint(model: Any, dims: dict[str, int]) -> dict[str, Any]:
 
 
 def save_task(task: Any, base: dict[str, Any], path: str | Path, name: str, extra: dict | None) -> Path:
-    from safetensors.torch import save_file
-
-    planned = getattr(task, "autopelt", None)  # an autopelt plan keeps the trained weights beside it
-    state = planned["state"] if planned else task.added_state_dict()
+    planned = task.plan is not None  # a planned task saves its weights as trained, with the plan beside them
+    state = task.trained_state if planned else task.added_state_dict()
     meta = {
         "format": CHECKPOINT_FORMAT,
         "unipelt": task.config.to_dict(),
@@ -123,7 +58,7 @@ def save_task(task: Any, base: dict[str, Any], path: str | Path, name: str, extr
         **(extra or {}),
     }
     if planned:
-        meta["autopelt"] = planned["plan"].to_dict()
+        meta[PLAN_KEY] = task.plan.to_dict()
 
     def write(folder: Path) -> None:
         save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
@@ -148,8 +83,6 @@ def save_all(model: Any, path: str | Path, extra: dict | None) -> Path:
 
 def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
     """The JSON of a task checkpoint, checked to be one: a clear error for a missing or damaged file."""
-    from unipelt.errors import UniPELTError
-
     path = Path(path)
     config_file = path / CONFIG_NAME
     if not path.exists():
@@ -172,11 +105,6 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
 
 
 def read_weights(path: str | Path) -> dict[str, Any]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from unipelt.errors import UniPELTError
-
     file = Path(path) / WEIGHTS_NAME
     try:
         return load_file(str(file))
@@ -187,8 +115,6 @@ def read_weights(path: str | Path) -> dict[str, Any]:
 
 
 def check_base(meta: dict[str, Any], model: Any, dims: dict[str, int], path: str | Path) -> None:
-    from unipelt.errors import CheckpointMismatchError
-
     expected = meta.get("base", {}) if isinstance(meta.get("base"), dict) else {}
     actual = {"model_type": model.config.model_type, **dims}
     diffs = [
@@ -219,9 +145,6 @@ def task_info(meta: dict[str, Any], base_kind: str) -> dict[str, Any]:
 def task_settings(meta: dict[str, Any], path: str | Path, base_kind: str) -> tuple[Any, dict[str, Any], Any]:
     """(UniPELT config, task info, head module paths) of a checkpoint's JSON, each checked: a value edited to
     nonsense is one error naming the file, not a TypeError from deep inside building the task."""
-    from unipelt.config import UniPELTConfig
-    from unipelt.errors import UniPELTError
-
     config_file = Path(path) / CONFIG_NAME
     try:
         config = UniPELTConfig.from_dict(meta["unipelt"])
@@ -257,8 +180,6 @@ def task_settings(meta: dict[str, Any], path: str | Path, base_kind: str) -> tup
 
 def task_folders(path: str | Path) -> dict[str, Path]:
     """Task name -> checkpoint folder: one folder (task ``default`` or its saved name) or a multi-task index."""
-    from unipelt.errors import UniPELTError
-
     path = Path(path)
     index = path / TASKS_INDEX
     if index.is_file():
@@ -278,10 +199,6 @@ def task_folders(path: str | Path) -> dict[str, Path]:
 
 def load_task_state(task: Any, state: dict[str, Any], source: str) -> None:
     """Copy a checkpoint's tensors into a task, refusing missing, unexpected or mis-shaped entries."""
-    import torch
-
-    from unipelt.errors import CheckpointMismatchError
-
     own = task.added_state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -300,8 +217,6 @@ def load_task_state(task: Any, state: dict[str, Any], source: str) -> None:
             f"{source} has tensors of other shapes than this model (checkpoint vs model): {'; '.join(shapes[:5])}. "
             "Was it trained with another number of labels or another base model?"
         )
-    from unipelt.heads import head_key
-
     targets = dict(task.named_parameters())
     targets.update(dict(task.named_buffers()))
     keys = {path: head_key(path) for path in task.head_paths}
@@ -320,10 +235,6 @@ def load_into(model: Any, name: str, path: str | Path, merge_plan: bool = False)
 
     The checkpoint is checked against the base model before anything is built, and a task that fails half-way
     (bad weights, a plan that does not apply) is removed again, so the model is left as it was."""
-    import torch
-
-    from unipelt.errors import UniPELTError
-
     meta = read_checkpoint_config(path)
     check_base(meta, model.base_model, model.dims, path)
     config, info, head_modules = task_settings(meta, path, model.base_kind)
@@ -344,10 +255,9 @@ def load_into(model: Any, name: str, path: str | Path, merge_plan: bool = False)
         task.class_weights = torch.tensor(info["class_weights"])
     try:
         model.load_added_state_dict(read_weights(path), task=name, source=str(path))
-        if meta.get("autopelt") is not None:
-            from unipelt.autopelt.plan import apply_plan, plan_from_meta
-
-            apply_plan(model, name, plan_from_meta(meta), merge=bool(merge_plan))
+        plan = plan_from_meta(meta)
+        if plan is not None:
+            apply_plan(model, name, plan, merge=bool(merge_plan))
     except BaseException:
         model.remove_task(name)
         raise

@@ -88,6 +88,7 @@ class UniPELTConfig:
         return "adapter" in self.modules
 
     def has(self, kind: str) -> bool:
+        """Whether the config includes the module ``kind`` (``lora``, ``prefix``, ``adapter``, ...)."""
         return kind in self.modules
 
     def option(self, name: str) -> Any:
@@ -181,6 +182,7 @@ class UniPELTConfig:
         return cls(**{**copy.deepcopy(PRESETS[name]), "preset": name}).replace(**overrides)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain JSON values, module options flattened beside the core fields."""
         data = asdict(self)
         data.update(data.pop("options"))
         return data
@@ -202,6 +204,7 @@ class UniPELTConfig:
             raise UniPELTError(f"config has a field of the wrong type: {error}") from error
 
     def to_json(self, path: str | Path | None = None) -> str:
+        """The config as JSON text, also written to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=2, sort_keys=True)
         if path is not None:
             Path(path).write_text(text + "\n")
@@ -222,14 +225,18 @@ class UniPELTConfig:
             raise UniPELTError(f"config is not valid JSON: {error}") from error
 
 
+# The module registry is imported when first needed, not at the top: it needs torch, and this file is read by
+# the command line's start-up (`unipelt --help`) and by light tools that never build a model.
+
+
 def _module_kinds() -> list[str]:
-    from unipelt.modules import MODULES  # imported late: the registry needs torch, this file does not
+    from unipelt.modules import MODULES
 
     return list(MODULES)
 
 
 def _module_options() -> dict[str, Any]:
-    from unipelt.modules import MODULES
+    from unipelt.modules import MODULES  # late: see above
 
     return {name: default for cls in MODULES.values() for name, default in cls.options.items()}
 

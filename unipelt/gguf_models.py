@@ -18,6 +18,7 @@ import json
 import logging
 from pathlib import Path
 
+from unipelt.atomic import atomic_directory
 from unipelt.errors import UniPELTError
 
 logger = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ def _cache_key(path: Path) -> str:
 
 def converted_folder(gguf_path: str | Path, cache: Path | None = None, name: str | None = None) -> Path:
     """A plain model folder for the GGUF file ``gguf_path``, converted into the cache on first use."""
-    from unipelt.pretrained import CACHE_ENV, cache_dir
+    from unipelt.pretrained import CACHE_ENV, cache_dir  # late: unipelt.pretrained imports this module
 
     path = Path(gguf_path).expanduser()
     if not path.is_file():
@@ -76,8 +77,6 @@ def converted_folder(gguf_path: str | Path, cache: Path | None = None, name: str
     logger.warning(
         "Converting %s into a model folder under %s (once; later loads are fast)", path.name, target
     )
-    from unipelt.checkpoint import atomic_directory
-
     try:
         atomic_directory(target, lambda folder: _convert(path, folder))
     except OSError as error:

@@ -8,7 +8,7 @@ gate over the sites its modules read.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -18,6 +18,9 @@ from unipelt.gates import GATE_TYPES, build_layer_gate
 from unipelt.heads import copy_head, head_key
 from unipelt.inject.architectures import Architecture
 from unipelt.modules import MODULES, BuildSpec, PeftModule
+
+if TYPE_CHECKING:
+    from unipelt.plan import Plan
 
 
 def count_keys() -> tuple[str, ...]:
@@ -74,6 +77,10 @@ class TaskModules(nn.Module):
         self.head_paths = list(head_paths)
         self.pooling = config.resolved_pooling(spec.arch)
         self.class_weights: torch.Tensor | None = None
+        # A structure plan applied to this task (unipelt.plan) and the weights as trained, which a planned
+        # task's checkpoint keeps: both None until a plan is applied.
+        self.plan: Plan | None = None
+        self.trained_state: dict[str, torch.Tensor] | None = None
         self.layers = nn.ModuleList(LayerModules() for _ in spec.layers)
         self.prefix = None
         for kind_name in config.ordered_modules:

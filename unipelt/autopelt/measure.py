@@ -12,22 +12,21 @@ redundant as a closed one, and the gate alone cannot tell them apart), and being
 compares across layers and kinds. A gradient score is zero for a saturated gate whatever the module does,
 and it ranks by the loss of the training labels rather than by what the deployed forward computes.
 
-Measuring wraps each module's ``apply`` (an instance attribute, removed afterwards) and, for the prefix, the
-attention function of :mod:`unipelt.inject.attention`; it is meant for an offline pass over a validation set,
-not for a model that other threads are calling at the same time.
+Measuring goes through the injector's observer hook (``model.observe``), which is scoped to the calling thread:
+other threads calling the same model meanwhile are neither measured nor slowed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from unipelt.autopelt.plan import Unit, gate_site, task_units
+from unipelt.inject.context import Observer
+from unipelt.plan import Unit, gate_site, task_units
 
 if TYPE_CHECKING:
     from unipelt.model import UniPELTModel
@@ -74,48 +73,17 @@ def _relative(delta: torch.Tensor, h: torch.Tensor, mask: torch.Tensor | None) -
     return num / h.flatten(1).norm(dim=1).clamp_min(1e-12)
 
 
-@contextlib.contextmanager
-def _recording(model: UniPELTModel, name: str, sums: _Sums) -> Iterator[None]:
-    """Wrap the task's modules so each call records its per-example contribution."""
-    from unipelt.inject import attention
-    from unipelt.inject.context import FORWARD
+def _recorder(sums: _Sums) -> Observer:
+    """An observer (``model.observe``) that records each unit's per-example contribution."""
 
-    task = model.tasks[name]
-    wrapped: list[Any] = []
-    for index, layer_modules in enumerate(task.layers):
-        for kind in ("lora", "adapter"):
-            part = getattr(layer_modules, kind, None)
-            if part is None:
-                continue
-            original = part.apply
+    def record(
+        layer: int, kind: str, role: str, before: torch.Tensor, after: torch.Tensor, mask: Any
+    ) -> None:
+        if kind in ("lora", "adapter", "prefix"):
+            site = f"lora_{role}" if kind == "lora" else kind
+            sums.add(Unit(layer, site), _relative(after - before, before, mask))
 
-            def apply(role, x, out, group, _original=original, _index=index, _kind=kind):
-                before = out.clone()
-                after = _original(role, x, out, group)
-                site = f"lora_{role}" if _kind == "lora" else "adapter"
-                sums.add(Unit(_index, site), _relative(after - before, before, group.mask_for(before)))
-                return after
-
-            part.apply = apply
-            wrapped.append(part)
-    original_attend = attention.attend_with_prefix
-
-    def attend(inner, module, query, key, value, attention_mask, prefix, **kwargs):
-        output, weights = original_attend(inner, module, query, key, value, attention_mask, prefix, **kwargs)
-        plain, _ = inner(module, query, key, value, attention_mask, **kwargs)
-        context = FORWARD.get()
-        mask = None if context is None else context.mask
-        index = module.__dict__.get(attention.LAYER_KEY)
-        sums.add(Unit(index, "prefix"), _relative(output - plain, plain, mask))
-        return output, weights
-
-    attention.attend_with_prefix = attend
-    try:
-        yield
-    finally:
-        attention.attend_with_prefix = original_attend
-        for part in wrapped:
-            del part.apply
+    return record
 
 
 @torch.inference_mode()
@@ -130,7 +98,7 @@ def measure_units(
     was_training = model.training
     model.eval()
     try:
-        with _recording(model, name, contributions), model.task(name):
+        with model.observe(_recorder(contributions)), model.task(name):
             for batch in batches:
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
                 model(**inputs)

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 
 from unipelt.autopelt.measure import UnitStats, measure_units
-from unipelt.autopelt.plan import Plan, apply_plan, read_plan, write_plan
+from unipelt.autopelt.plan import read_plan, write_plan
 from unipelt.autopelt.search import plan_from_thresholds, search
 from unipelt.checkpoint import atomic_directory, write_json
 from unipelt.errors import UniPELTError
 from unipelt.kinds import Splits, load_splits
-from unipelt.methods import get_method
+from unipelt.plan import Plan, apply_plan, task_units
 
 REPORT_JSON = "optimize.json"
 REPORT_PNG = "optimize.png"
@@ -70,7 +70,6 @@ def planned_copy(model: Any, name: str, plan: Plan) -> Any:
 
 def _router_filter(model: Any, name: str) -> Any:
     """Under a softmax router, drop folds from layers where some unit would still be kept (see plan.py)."""
-    from unipelt.autopelt.plan import task_units
 
     task = model.tasks[name]
     if task.config.gate != "softmax":
@@ -103,7 +102,7 @@ def optimize_run(
 
     run_dir = Path(run_dir)
     run = Run(run_dir)
-    if not get_method(run.config.method).adds_modules:
+    if not run.method.adds_modules:
         raise UniPELTError("a fully fine-tuned run has no sub-modules to prune; optimize a UniPELT run")
     if read_plan(run_dir / "checkpoint") is not None:
         raise UniPELTError(

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from unipelt.autopelt.measure import UnitStats
-from unipelt.autopelt.plan import Plan, Unit
+from unipelt.plan import Plan, Unit
 
 
 @dataclass

@@ -29,9 +29,10 @@ from typing import Any
 
 import torch
 
-from unipelt.autopelt.plan import Plan, Unit, apply_plan, task_units, write_plan
+from unipelt.autopelt.plan import write_plan
 from unipelt.checkpoint import write_json
 from unipelt.gates import HardConcreteGate
+from unipelt.plan import Plan, Unit, apply_plan, task_units
 
 LATENCY_JSON = "latency.json"
 TRACK_JSONL = "autopelt.jsonl"

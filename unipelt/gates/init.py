@@ -10,11 +10,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from unipelt.gates import GATE_TYPES
+
 
 def init_gate_weights(model: nn.Module, std: float) -> int:
     """Re-draw the weights of every gate of ``model`` from N(0, std), biases zero; returns the gates touched."""
-    from unipelt.gates import GATE_TYPES
-
     touched = 0
     with torch.no_grad():
         for module in model.modules():

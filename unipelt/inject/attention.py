@@ -143,7 +143,28 @@ def attend_with_prefix(
     prefix: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None],
     **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
-    """Attention over [prefix; keys] with the prefix scaled by its gate. q (B,H,Q,D), k/v (B,Hkv,K,D)."""
+    """Attention over [prefix; keys] with the prefix scaled by its gate. q (B,H,Q,D), k/v (B,Hkv,K,D).
+
+    Under ``model.observe`` the attention without the prefix is computed too and shown to the observer."""
+    output, weights = _attend(inner, module, query, key, value, attention_mask, prefix, **kwargs)
+    call = LAYER.get()
+    observer = None if call is None else call.context.observer
+    if observer is not None:
+        plain, _ = inner(module, query, key, value, attention_mask, **kwargs)
+        observer(call.index, "prefix", "attention", plain, output, call.context.mask)
+    return output, weights
+
+
+def _attend(
+    inner: Any,
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    prefix: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None],
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
     _, _, q_len, head_dim = query.shape
     prefix_k, prefix_v, valid, gate = prefix
     p_len = prefix_k.shape[2]

@@ -13,8 +13,8 @@ backward, would see another call's state. So:
   injector wraps the layer's checkpoint function so the re-run sees the LayerCall of the first run, and
   routes, masks and gates exactly like it.
 
-Anything shared (the switch of a ``disabled()`` block, the task chosen by ``with model.task(...)``) is a
-context variable too, so it is scoped to the caller's thread.
+Anything shared (the switch of a ``disabled()`` block, the task chosen by ``with model.task(...)``, an
+observer of ``with model.observe(...)``) is a context variable too, so it is scoped to the caller's thread.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import contextvars
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -50,6 +50,29 @@ LAST_GATES: contextvars.ContextVar[Mapping[int, dict]] = contextvars.ContextVar(
     "unipelt_last_gates", default=_EMPTY
 )
 
+# An observer per model id (``with model.observe(fn):``): it sees what each added module changes.
+OBSERVE: contextvars.ContextVar[Mapping[int, Observer]] = contextvars.ContextVar(
+    "unipelt_observe", default=_EMPTY
+)
+
+
+class Observer(Protocol):
+    """Called once per added module per call while observing: ``kind`` is the module kind (``lora``,
+    ``adapter``, ``ia3``, ``bitfit``, or ``prefix`` with role ``attention``), ``before`` / ``after`` the tensor
+    it acts on without and with it (for the prefix: the attention output without and with the prefix), and
+    ``mask`` the (B, T) padding mask aligned with them, None when nothing is padded. Observers must not change
+    the tensors."""
+
+    def __call__(
+        self,
+        layer: int,
+        kind: str,
+        role: str,
+        before: torch.Tensor,
+        after: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> None: ...
+
 
 @dataclass
 class Group:
@@ -74,6 +97,7 @@ class ForwardContext:
     )  # layer -> task -> site
     live: list | None = None  # collector of live gate values for a gate penalty, when one is asked for
     tasks: Any = None  # the model's ModuleDict of tasks
+    observer: Observer | None = None  # set by ``model.observe``; None on every ordinary call
     token: Any = None  # to restore the previous context at the end of the call
 
     @property

@@ -35,10 +35,12 @@ from unipelt.inject.context import (
     FORWARD,
     LAST_GATES,
     LAYER,
+    OBSERVE,
     ROUTE,
     ForwardContext,
     Group,
     LayerCall,
+    Observer,
     set_for_model,
 )
 from unipelt.inject.seams import install_seam, remove_seam
@@ -81,6 +83,22 @@ def _through(parts: list, group: Any, x: torch.Tensor, out: torch.Tensor | None)
             x = part.apply(role, x, None, group)
         else:
             out = part.apply(role, x, out, group)
+    return x if out is None else out
+
+
+def _observed(
+    parts: list, group: Any, x: torch.Tensor, out: torch.Tensor | None, index: int, observer: Observer
+) -> torch.Tensor:
+    """:func:`_through` for an observed call: each module's input-or-output before and after it is shown to
+    the observer (a copy of ``before``, since modules may work in place)."""
+    for role, part in parts:
+        before = (x if out is None else out).clone()
+        after = part.apply(role, x, out, group)
+        if out is None:
+            x = after
+        else:
+            out = after
+        observer(index, part.kind, role, before, after, group.mask_for(before))
     return x if out is None else out
 
 
@@ -180,6 +198,7 @@ class Injector:
         context = ForwardContext(model_id=self.key, groups=groups, enabled=enabled and bool(groups))
         context.tasks = self.tasks
         context.live = COLLECT.get().get(self.key)
+        context.observer = OBSERVE.get().get(self.key)
         context.token = FORWARD.set(context)
 
     def _end(self, module: nn.Module, args: tuple, output: Any) -> None:
@@ -274,13 +293,15 @@ class Injector:
             return None
         result = out if when == "output" else x
         changed = False
+        observer = call.context.observer
+        through = _through if observer is None else partial(_observed, index=index, observer=observer)
         for group in call.groups:
             parts = self.tasks[group.task].layers[index].at(roles, when)
             if not parts:
                 continue
             if group.rows is None:  # one task for the whole batch: no gathering, in place where allowed
-                return _through(parts, group, x, out)
-            rows = _through(parts, group, group.take(x), None if out is None else group.take(out))
+                return through(parts, group, x, out)
+            rows = through(parts, group, group.take(x), None if out is None else group.take(out))
             result, changed = result.index_copy(0, group.rows, rows), True
         return result if changed else None
 

@@ -13,6 +13,7 @@ from unipelt.data.conll import TokenData, is_token_file, load_hub_tokens, load_t
 from unipelt.data.token_align import tokenize_tagged
 from unipelt.errors import UniPELTError
 from unipelt.kinds.base import Splits, TaskKind, sample_valid
+from unipelt.kinds.baseline import majority_class_scores
 from unipelt.kinds.imbalance import apply_oversampling
 from unipelt.metrics import compute_token_metrics
 
@@ -114,7 +115,11 @@ class TokenClassification(TaskKind):
         return compute
 
     def result_extra(self, splits: Splits, cuts: dict[str, Any]) -> dict[str, Any]:
-        return {"train_examples": len(splits.train), **({"alignment": cuts} if cuts else {})}
+        return {
+            "majority_class": majority_class_scores(splits),  # every word tagged with the commonest tag
+            "train_examples": len(splits.train),
+            **({"alignment": cuts} if cuts else {}),
+        }
 
     def auto_class(self) -> Any:
         from transformers import AutoModelForTokenClassification

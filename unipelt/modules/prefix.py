@@ -44,7 +44,7 @@ class PrefixEncoder(PeftModule):
             self.mlp = None
             self.prefix = nn.Parameter(torch.randn(num_layers, 2, length, kv_dim) * 0.02)
         self._cache: tuple[tuple[int, ...], torch.Tensor] | None = None
-        # Layers whose prefix an autopelt plan pruned: attention there runs without one (unipelt.autopelt.plan).
+        # Layers whose prefix an autopelt plan pruned: attention there runs without one (unipelt.plan).
         self.pruned_layers: set[int] = set()
 
     @classmethod

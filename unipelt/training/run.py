@@ -36,6 +36,7 @@ from unipelt.errors import UniPELTError
 from unipelt.kinds import Splits, load_splits, resolve_kind
 from unipelt.methods import MethodRun, RunContext, get_method
 from unipelt.training.config import TrainConfig
+from unipelt.training.data_report import data_report
 from unipelt.training.faults import kill_point
 from unipelt.training.guards import DIVERGENCE_NAME, make_divergence_guard, stop_diverged
 from unipelt.training.model_init import (
@@ -224,6 +225,7 @@ def score(context: RunContext, trainer: Any, method_run: MethodRun, seconds: flo
         "steps": trainer.state.global_step,
         "train_seconds": round(seconds, 2),
         "parameters": get_method(config.method).parameter_counts(context.model),
+        "data": data_report(splits),  # classes found, label spellings merged, empty texts
         "class_weights": context.class_weights,
         **kind.result_extra(splits, context.cuts),
     }
