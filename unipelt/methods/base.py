@@ -147,11 +147,19 @@ class Method:
     # ------------------------------------------------------------------ building and training
 
     def build(self, base: nn.Module, config: TrainConfig) -> tuple[nn.Module, Any]:
-        """(the model to train, the UniPELT model or None): the base model with the method's modules added."""
+        """(the model to train, the UniPELT model or None): the base model with the method's modules added;
+        with ``init_from`` (a PEFT or AdapterHub folder) they start from that adapter's weights
+        (:func:`unipelt.interop.loading.start_from`: the method decides the gates, the adapter the sizes)."""
         # torch: loaded when a model is built, not for the CLI's parser
-        from unipelt.model import UniPELTModel
+        from unipelt.interop.loading import start_from
+        from unipelt.model import DEFAULT_TASK, UniPELTModel
 
-        unipelt = UniPELTModel(base, self.unipelt_config(config))
+        if not config.init_from:
+            unipelt = UniPELTModel(base, self.unipelt_config(config))
+            return unipelt, unipelt
+        unipelt = UniPELTModel(base)
+        start_from(unipelt, DEFAULT_TASK, self.unipelt_config(config), config.init_from)
+        unipelt.set_task(DEFAULT_TASK)
         return unipelt, unipelt
 
     def optimizer_groups(self, model: nn.Module, rates: dict[str, float], decay: float) -> list[dict]:

@@ -39,6 +39,7 @@ from unipelt.training.config import TrainConfig
 from unipelt.training.data_report import data_report
 from unipelt.training.faults import kill_point
 from unipelt.training.guards import DIVERGENCE_NAME, make_divergence_guard, stop_diverged
+from unipelt.training.model_card import write_card
 from unipelt.training.model_init import (
     enable_gradient_checkpointing,
     init_regression_bias,
@@ -254,6 +255,7 @@ def finalise(
         _write_gate_report(context.unipelt, trainer, report_data, run_dir)
     _write_learning_curves(run_dir)
     write_json(run_dir / "metrics.json", result)
+    write_card(run_dir)  # README.md: the Hub model card of the finished run
     kill_point("final-metrics")
     if not context.config.keep_trainer_checkpoints:
         shutil.rmtree(run_dir / "trainer", ignore_errors=True)
