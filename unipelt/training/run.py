@@ -31,8 +31,9 @@ from typing import Any
 
 import torch
 
+from unipelt.atomic import DISK_ERRNOS
 from unipelt.checkpoint import atomic_directory, write_json
-from unipelt.errors import UniPELTError
+from unipelt.errors import DiskFullError, UniPELTError
 from unipelt.kinds import Splits, load_splits, resolve_kind
 from unipelt.methods import MethodRun, RunContext, get_method
 from unipelt.training.config import TrainConfig
@@ -46,7 +47,7 @@ from unipelt.training.model_init import (
     regression_output_layer,
     set_backbone_dropout,
 )
-from unipelt.training.resume import finished_run, prepare_resume, step_of
+from unipelt.training.resume import continue_advice, finished_run, prepare_resume, step_of
 from unipelt.training.run_files import read_run_config
 from unipelt.training.run_folder import FINISHED, RunFolder, main_process
 from unipelt.training.trainer import make_trainer_class, run_callbacks, training_arguments
@@ -60,8 +61,23 @@ def train(
     """Train one run into ``config.output_dir`` and return its metrics (also written to metrics.json).
 
     ``evaluate_test=False`` neither tokenises nor evaluates the test split (hyper-parameter search chooses on
-    validation data only); the gate report then uses the validation split.
+    validation data only); the gate report then uses the validation split. A full, over-quota or read-only
+    disk while saving is one :class:`DiskFullError` naming what was being written, the space left and the
+    complete checkpoint that ``--resume`` continues from.
     """
+    try:
+        return _train(config, resume, callbacks, evaluate_test)
+    except OSError as error:
+        if error.errno not in DISK_ERRNOS:
+            raise
+        advice = continue_advice(config.output_dir, error.errno)
+        raise DiskFullError.writing(error.filename, error.errno, advice) from error
+
+
+def _train(
+    config: TrainConfig, resume: bool, callbacks: Sequence[Any], evaluate_test: bool
+) -> dict[str, Any]:
+    """prepare -> build -> fit -> score -> finalise, under the run folder's lock."""
     config = prepare(config, resume)
     with RunFolder(config.output_dir, lock=main_process()) as folder:
         if folder.state() == FINISHED and resume:
@@ -91,9 +107,9 @@ def prepare(config: TrainConfig, resume: bool) -> TrainConfig:
         config = dataclasses.replace(config, task_type=kind.name)
     if config.threads:
         torch.set_num_threads(config.threads)
-    from unipelt.pretrained import resolve_model
+    from unipelt.backbones import check_model
 
-    resolve_model(config.model)  # a bad model path fails here, before any data is read
+    check_model(config.model, kind.head)  # a bad path or a model of another kind fails here, before any data
     return config
 
 
