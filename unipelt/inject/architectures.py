@@ -63,6 +63,20 @@ _LLAMA_LIKE = Architecture(
     decoder=True,
 )
 
+# Vision Transformers: a patch embedding in front of a plain pre-norm encoder, attention through the interface.
+_VIT_LIKE = Architecture(
+    layers="layers",
+    attention="attention",
+    projections={
+        "query": "attention.q_proj",
+        "key": "attention.k_proj",
+        "value": "attention.v_proj",
+        "output": "attention.o_proj",
+    },
+    ffn_output="mlp.fc2",
+    ffn_input="mlp.fc1",
+)
+
 ARCHITECTURES: dict[str, Architecture] = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
@@ -121,6 +135,8 @@ ARCHITECTURES: dict[str, Architecture] = {
     "llama": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
+    "vit": _VIT_LIKE,
+    "deit": _VIT_LIKE,
 }
 
 _FUSED = re.compile(r"^(?P<path>.+)\[(?P<index>\d+)/(?P<parts>\d+)\]$")
