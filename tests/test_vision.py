@@ -103,7 +103,9 @@ def test_save_and_load_round_trip(arch, tmp_path):
     model.save_pretrained(tmp_path / "checkpoint")
     loaded = load_unipelt(tiny_vision(arch), tmp_path / "checkpoint")  # a fresh base, same weights
     with torch.no_grad():
-        assert torch.allclose(model(pixel_values=pixels).logits, loaded(pixel_values=pixels).logits, atol=1e-6)
+        assert torch.allclose(
+            model(pixel_values=pixels).logits, loaded(pixel_values=pixels).logits, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("arch", VISION)
