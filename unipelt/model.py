@@ -37,6 +37,8 @@ from unipelt.inject.context import (
     set_for_model,
 )
 from unipelt.inject.hooks import Injector
+from unipelt.interop import loading as interop_loading
+from unipelt.interop.peft_export import save_peft
 from unipelt.tasks import TaskModules, build_task
 
 DEFAULT_TASK = "default"
@@ -377,8 +379,19 @@ class UniPELTModel(nn.Module):
         A checkpoint with an autopelt plan (``unipelt optimize``, ``--method autopelt``) is pruned and folded
         as it says; with ``merge_plan`` its folded LoRA pairs are merged into the base weights (the model then
         takes no other task; ``from_pretrained`` of a single-task checkpoint does this), otherwise they stay
-        as ungated LoRA pairs so that other tasks can share the backbone. See :mod:`unipelt.plan`."""
+        as ungated LoRA pairs so that other tasks can share the backbone. See :mod:`unipelt.plan`.
+
+        ``path`` may also be a PEFT adapter folder (LoRA, IA3, prefix-tuning) or one saved by AdapterHub
+        ``adapters``: the task is then the equivalent unipelt task (:mod:`unipelt.interop`)."""
+        if interop_loading.foreign_format(path) is not None:
+            return interop_loading.load_foreign(self, name, path)
         return checkpoint.load_into(self, name, path, merge_plan)
+
+    def save_peft(self, task: str, path: str | Path, card: str | None = None) -> Path:
+        """Write ``task`` as a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) that
+        ``peft.PeftModel.from_pretrained(base, path)`` loads; refused, with the reason, for what PEFT cannot
+        express (still-gated modules, bottleneck adapters). See :mod:`unipelt.interop.peft_export`."""
+        return save_peft(self, task, path, card=card)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, path: str | Path) -> UniPELTModel:
