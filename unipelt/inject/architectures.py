@@ -81,6 +81,7 @@ _VIT_LIKE = Architecture(
     },
     ffn_output="mlp.fc2",
     ffn_input="mlp.fc1",
+    pre_norm=True,
 )
 
 ARCHITECTURES: dict[str, Architecture] = {
