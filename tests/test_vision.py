@@ -133,3 +133,32 @@ def test_vit_base_lora_count_by_hand(tmp_path):
     model = load_base_model(tmp_path, "image-classification", num_labels=10, init="meta")
     counts = add_unipelt(model, "lora", lora_rank=8).parameter_counts()
     assert counts["lora"] == 12 * 2 * (8 * 768 + 768 * 8) == 294_912
+
+
+def test_clip_image_tower_takes_every_module_as_a_feature_extractor(tmp_path):
+    config = tf.CLIPVisionConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        image_size=16,
+        patch_size=4,
+    )
+    pixels = images()
+    torch.manual_seed(0)
+    base = tf.CLIPVisionModel(config).eval()
+    torch.manual_seed(0)
+    model = add_unipelt(tf.CLIPVisionModel(config).eval(), "unipelt")
+    perturb(model)
+    with torch.no_grad():
+        reference = base(pixel_values=pixels).last_hidden_state
+        out = model(pixel_values=pixels).last_hidden_state
+        with model.disabled():
+            assert torch.equal(model(pixel_values=pixels).last_hidden_state, reference)
+    assert out.shape == (3, 17, 32) and not torch.allclose(out, reference, atol=1e-4)
+    assert set(model.gate_values()[1]) == {"lora_query", "lora_value", "prefix", "adapter"}
+    model.save_pretrained(tmp_path / "clip")
+    torch.manual_seed(0)
+    loaded = load_unipelt(tf.CLIPVisionModel(config).eval(), tmp_path / "clip")
+    with torch.no_grad():
+        assert torch.allclose(loaded(pixel_values=pixels).last_hidden_state, out, atol=1e-6)

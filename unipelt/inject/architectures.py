@@ -145,6 +145,19 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mistral": _LLAMA_LIKE,
     "vit": _VIT_LIKE,
     "deit": _VIT_LIKE,
+    "clip_vision_model": Architecture(  # CLIP's image tower (CLIPVisionModel): features, no head of its own
+        layers="encoder.layers",
+        attention="self_attn",
+        projections={
+            "query": "self_attn.q_proj",
+            "key": "self_attn.k_proj",
+            "value": "self_attn.v_proj",
+            "output": "self_attn.out_proj",
+        },
+        ffn_output="mlp.fc2",
+        ffn_input="mlp.fc1",
+        pre_norm=True,
+    ),
 }
 
 _FUSED = re.compile(r"^(?P<path>.+)\[(?P<index>\d+)/(?P<parts>\d+)\]$")
