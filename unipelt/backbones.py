@@ -164,13 +164,16 @@ def check_model_kind(config: Any, auto: Any, name: str | Path, task_kind: str) -
     )
 
 
-def load_tokenizer(path: str | Path) -> Any:
+def load_tokenizer(path: str | Path, local: bool = False) -> Any:
     """The tokenizer saved in ``path`` (a folder or Hub name as ``from_pretrained`` takes it, e.g. from
-    :func:`~unipelt.pretrained.resolve_model`), with the end-of-sequence token as padding when it has none."""
+    :func:`~unipelt.pretrained.resolve_model`), with the end-of-sequence token as padding when it has none.
+    ``local``: ``path`` is a folder of a run, never a Hub name: a missing one fails at once, without the Hub."""
     from transformers import AutoTokenizer
 
+    if local and not Path(path).is_dir():
+        raise UniPELTError(f"{path} is missing: the run's tokenizer folder was deleted")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
     except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways, deep inside tokenizers
         lines = str(error).strip().splitlines()
         detail = lines[0] if lines else type(error).__name__
