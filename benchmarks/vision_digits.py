@@ -109,7 +109,11 @@ def build_backbone(out: Path, epochs: int, seed: int) -> dict:
         accuracy = (model(pixel_values=test_x).logits.argmax(-1) == test_y).float().mean().item()
     model.save_pretrained(out / "backbone")
     processor.save_pretrained(out / "backbone")
-    result = {"pretrain_test_accuracy": round(100 * accuracy, 2), "epochs": epochs, "train_images": len(train_y)}
+    result = {
+        "pretrain_test_accuracy": round(100 * accuracy, 2),
+        "epochs": epochs,
+        "train_images": len(train_y),
+    }
     (out / "backbone" / "pretraining.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -132,7 +136,9 @@ def transfer_data(out: Path, k: int, seed: int) -> Path:
     return folder
 
 
-def transfer(out: Path, methods: list[str], ks: list[int], seeds: list[int], epochs: int, threads: int) -> None:
+def transfer(
+    out: Path, methods: list[str], ks: list[int], seeds: list[int], epochs: int, threads: int
+) -> None:
     """One `unipelt train` run per method, K and seed (finished runs are skipped)."""
     for seed in seeds:
         for k in ks:
@@ -144,7 +150,16 @@ def transfer(out: Path, methods: list[str], ks: list[int], seeds: list[int], epo
                 command = [sys.executable, "-m", "unipelt.cli", "train", "--model", str(out / "backbone")]
                 command += ["--task-type", "image-classification", "--train", str(data / "train")]
                 command += ["--valid", str(data / "valid"), "--test", str(data / "test"), "--method", method]
-                command += ["--epochs", str(epochs), "--batch-size", "16", "--seed", str(seed), "--patience", "5"]
+                command += [
+                    "--epochs",
+                    str(epochs),
+                    "--batch-size",
+                    "16",
+                    "--seed",
+                    str(seed),
+                    "--patience",
+                    "5",
+                ]
                 command += ["--threads", str(threads), "--out", str(run)]
                 if method == "ft":
                     command += ["--lr", "3e-4"]
