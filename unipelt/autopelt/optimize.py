@@ -14,7 +14,6 @@ whose checkpoint carries the plan, so ``eval``, ``predict`` and anything else th
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import time
@@ -23,13 +22,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import DataCollatorWithPadding
 
+from unipelt.autopelt.latency import inference_ratios
 from unipelt.autopelt.measure import UnitStats, measure_units
 from unipelt.autopelt.plan import read_plan, write_plan
+from unipelt.autopelt.report import plot_units
 from unipelt.autopelt.search import plan_from_thresholds, search
+from unipelt.backbones import load_base_model
 from unipelt.checkpoint import atomic_directory, write_json
+from unipelt.data import tokenize_examples
+from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
-from unipelt.plan import Plan, apply_plan, task_units
+from unipelt.inference import Run
+from unipelt.inference.loop import chunks, logits_and_labels
+from unipelt.metrics import compute_task_metrics, main_metric
+from unipelt.plan import Plan, planned_copy, task_units
 
 REPORT_JSON = "optimize.json"
 REPORT_PNG = "optimize.png"
@@ -38,34 +46,14 @@ _COPIED = ("config.json", "labels.json", "tokenizer", "checkpoint", "log.jsonl",
 
 def labelled_batches(data: Any, tokenizer: Any, max_length: int, batch_size: int = 64) -> list[dict]:
     """Collated batches with labels, in order of length (less padding, faster); labels keep their rows."""
-    from transformers import DataCollatorWithPadding
-
-    from unipelt.data import tokenize_examples
-
     dataset = tokenize_examples(data.examples, tokenizer, max_length)
     order = np.argsort([len(ids) for ids in dataset["input_ids"]], kind="stable")
-    collate = DataCollatorWithPadding(tokenizer)
     rows = [dataset[int(i)] for i in order]
-    return [collate(rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
+    return list(chunks(rows, DataCollatorWithPadding(tokenizer), batch_size))
 
 
-@torch.inference_mode()
 def score_batches(model: torch.nn.Module, batches: list[dict], metric_kind: str) -> dict[str, float]:
-    from unipelt.metrics import compute_task_metrics
-
-    logits, labels = [], []
-    for batch in batches:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits.append(model(**inputs).logits.float().numpy())
-        labels.append(batch["labels"].numpy())
-    return compute_task_metrics(metric_kind, np.concatenate(logits), np.concatenate(labels))
-
-
-def planned_copy(model: Any, name: str, plan: Plan) -> Any:
-    """A deep copy of ``model`` with ``plan`` applied (LoRA folds merged: the task is the copy's only one)."""
-    clone = copy.deepcopy(model)
-    apply_plan(clone, name, plan, merge=len(clone.tasks) == 1)
-    return clone.eval()
+    return compute_task_metrics(metric_kind, *logits_and_labels(model, batches))
 
 
 def _router_filter(model: Any, name: str) -> Any:
@@ -96,14 +84,14 @@ def optimize_run(
     epsilon: float | None = None,
     timing: bool = True,
     log: Any = print,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
-    """Optimize the run at ``run_dir`` into ``out`` (default: ``RUN-optimized``) and return the report."""
-    from unipelt.inference import Run
-    from unipelt.metrics import main_metric
-    from unipelt.training.run import load_splits
+    """Optimize the run at ``run_dir`` into ``out`` (default: ``RUN-optimized``) and return the report; the
+    model is measured, scored and timed where ``placement`` puts it (default: the CPU)."""
+    from unipelt.training.run import load_splits  # late: training.run imports autopelt for --method autopelt
 
     run_dir = Path(run_dir)
-    run = Run(run_dir)
+    run = Run(run_dir, placement)
     if run.config.method == "ft":
         raise UniPELTError("a fully fine-tuned run has no sub-modules to prune; optimize a UniPELT run")
     if read_plan(run_dir / "checkpoint") is not None:
@@ -180,12 +168,11 @@ def optimize_run(
 
 
 def _ratios(run: Any, model: Any, optimized: Any) -> dict[str, Any]:
-    from unipelt.autopelt.latency import inference_ratios
-    from unipelt.backbones import load_base_model
-
     base = load_base_model(
         run.config.model, "regression" if run.regression else "classification", labels=run.labels
     ).eval()
+    if run.placement is not None:
+        run.placement.place(base)
     vocab = int(base.config.vocab_size)
     return inference_ratios(base, {"before": model, "after": optimized}, vocab)
 
@@ -200,8 +187,6 @@ def _counts(stats: list[UnitStats], plan: Plan) -> dict[str, dict[str, int]]:
 
 
 def _write(run_dir: Path, out: Path, plan: Plan, report: dict[str, Any], stats: list[UnitStats]) -> None:
-    from unipelt.autopelt.report import plot_units
-
     def write(folder: Path) -> None:
         _copy_run(run_dir, folder)
         write_plan(folder / "checkpoint", plan)

@@ -28,11 +28,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import EvalPrediction, TrainerCallback
 
+from unipelt.autopelt.latency import median_times, random_batch
+from unipelt.autopelt.measure import UnitStats, measure_units
 from unipelt.autopelt.plan import write_plan
-from unipelt.checkpoint import write_json
+from unipelt.autopelt.report import plot_units
+from unipelt.checkpoint import atomic_file, write_json
 from unipelt.gates import HardConcreteGate
-from unipelt.plan import Plan, Unit, apply_plan, task_units
+from unipelt.inference.loop import chunks, logits_and_labels, model_device
+from unipelt.plan import Plan, Unit, apply_plan, planned_copy, task_units
 
 LATENCY_JSON = "latency.json"
 TRACK_JSONL = "autopelt.jsonl"
@@ -66,8 +71,6 @@ def latency_table(
     timed against the base model; the extra time is split over the kind's units. ``deployed`` is what the
     loss uses: LoRA's is 0 because an open LoRA is merged into the base weights after training.
     """
-    from unipelt.autopelt.latency import median_times, random_batch
-
     task = unipelt.tasks[name]
     units = task_units(task)
     copies: dict[str, Any] = {}
@@ -91,7 +94,8 @@ def latency_table(
     unipelt.eval()
     try:
         with unipelt.task(name):
-            times = median_times(calls, random_batch(vocab_size, batch, length), reps)
+            inputs = random_batch(vocab_size, batch, length, device=model_device(unipelt))
+            times = median_times(calls, inputs, reps)
     finally:
         unipelt.train(was_training)
     per_unit = {
@@ -159,10 +163,6 @@ def callbacks(
     warmup: Callable[[int], int] = lambda max_steps: 0,
 ) -> list[Any]:
     """The schedule and the tracker; ``warmup(max_steps)`` is the number of steps the gates are held."""
-    from transformers import TrainerCallback
-
-    from unipelt.autopelt.measure import measure_units
-
     gates = _gates(unipelt, name)
 
     class Schedule(TrainerCallback):
@@ -239,9 +239,6 @@ def finish(unipelt: Any, name: str, run_dir: Path, scores: Any) -> dict[str, Any
 
     ``scores(model)`` returns ``{"valid": {...}, "test": {...}}`` for a model; the result holds the deployed
     structure's scores, the plan's counts and the latency table."""
-    from unipelt.autopelt.optimize import planned_copy
-    from unipelt.autopelt.report import plot_units
-
     plan = hard_plan(unipelt, name)
     write_plan(run_dir / "checkpoint", plan)
     deployed = scores(planned_copy(unipelt, name, plan))
@@ -251,8 +248,6 @@ def finish(unipelt: Any, name: str, run_dir: Path, scores: Any) -> dict[str, Any
         row[plan.action(unit)] += 1
     track = _read_track(run_dir)
     if track:
-        from unipelt.autopelt.measure import UnitStats
-
         last = [UnitStats(**{k: v for k, v in u.items() if k != "p_open"}) for u in track[-1]["units"]]
         plot_units(last, plan, run_dir / STRUCTURE_PNG, title="autopelt: kept (folded) / pruned")
         plot_curves(track, run_dir / CURVES_PNG)
@@ -269,10 +264,8 @@ def _read_track(run_dir: Path) -> list[dict[str, Any]]:
 
 def plot_curves(track: list[dict[str, Any]], path: Path) -> Path:
     """Two panels over training steps: each unit's contribution (by kind), and each layer's gate entropy."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # late: matplotlib loads only when a figure is drawn
     from matplotlib.figure import Figure
-
-    from unipelt.checkpoint import atomic_file
 
     steps = [r["step"] for r in track]
     figure = Figure(figsize=(11, 4))
@@ -330,26 +323,14 @@ class Session:
         self.callbacks = callbacks(unipelt, self.name, self.objective, run_dir, track, config.gate_warmup)
 
     def _batches(self, dataset: Any, size: int) -> list[dict]:
-        rows = [dataset[i] for i in range(len(dataset))]
-        return [self.collate(rows[i : i + size]) for i in range(0, len(rows), size)]
+        return list(chunks([dataset[i] for i in range(len(dataset))], self.collate, size))
 
     def _scores(self, model: Any) -> dict[str, dict[str, float]]:
-        from transformers import EvalPrediction
-
         out = {}
         for split in ("valid", "test"):
-            if split not in self.datasets:
-                continue
-            logits, labels = [], []
-            with torch.inference_mode():
-                for batch in self._batches(self.datasets[split], 64):
-                    inputs = {k: v for k, v in batch.items() if k != "labels"}
-                    logits.append(model(**inputs).logits.float())
-                    labels.append(batch["labels"])
-            prediction = EvalPrediction(
-                predictions=torch.cat(logits).numpy(), label_ids=torch.cat(labels).numpy()
-            )
-            out[split] = self.compute_metrics(prediction)
+            if split in self.datasets:
+                logits, labels = logits_and_labels(model, self._batches(self.datasets[split], 64))
+                out[split] = self.compute_metrics(EvalPrediction(predictions=logits, label_ids=labels))
         return out
 
     def finish(self, result: dict[str, Any]) -> dict[str, Any]:

@@ -10,12 +10,15 @@ import argparse
 import json
 from typing import Any
 
+from unipelt.cli.common import add_device_flags, placement_of
+
 
 def run(args: argparse.Namespace) -> int:
     from unipelt.errors import UniPELTError
     from unipelt.inference import Run, read_inputs
     from unipelt.inference.onnx_runtime import is_export
 
+    where = placement_of(args)
     if args.runtime == "onnx":
         from unipelt.inference.onnx_runtime import open_export
 
@@ -27,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     elif is_export(args.run):
         raise UniPELTError(f"{args.run} is an ONNX export; predict from it with --runtime onnx")
     else:
-        trained = Run(args.run)
+        trained = Run(args.run, where)
         if trained.is_tagger:  # token classification: sentences in, tags and entity spans out
             from unipelt.inference.tagging import print_tagged
 
@@ -63,5 +66,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=["torch", "onnx"],
         help="onnx: onnxruntime on an export folder (a run folder is exported first)",
     )
+    add_device_flags(p)
     p.set_defaults(func=run)
     return p

@@ -11,17 +11,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from unipelt.cli.common import add_device_flags, placement_of
 from unipelt.errors import UniPELTError
 
 
-def build_engine(specs: list[str], runtime: str, threads: int | None = None, int8: bool = False) -> Any:
+def build_engine(
+    specs: list[str], runtime: str, threads: int | None = None, int8: bool = False, placement: Any = None
+) -> Any:
     if runtime == "onnx":
         from unipelt.inference.onnx_runtime import OnnxEngine
 
         return OnnxEngine(specs, quantized=int8, threads=threads)
     from unipelt.inference.engine import TorchEngine
 
-    return TorchEngine(specs)
+    return TorchEngine(specs, placement)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -33,13 +36,12 @@ def run(args: argparse.Namespace) -> int:
         raise UniPELTError(
             f"`unipelt serve` needs the serve extra: pip install 'unipelt[serve]' ({error})"
         ) from error
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    where = placement_of(args)
     if args.int8 and args.runtime != "onnx":
         raise UniPELTError("--int8 serves quantised ONNX models: add --runtime onnx")
-    engine = build_engine(args.runs, args.runtime, args.threads, args.int8)
+    if args.runtime == "onnx" and ((args.device != "auto" and where.device.type != "cpu") or args.dtype):
+        raise UniPELTError("--runtime onnx runs on the CPU in float32: leave out --device and --dtype")
+    engine = build_engine(args.runs, args.runtime, args.threads, args.int8, where)
     app = create_app(
         engine,
         max_batch=args.max_batch,
@@ -71,7 +73,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--no-batching", action="store_true", help="run every request alone (for comparison)")
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
     p.add_argument("--int8", action="store_true", help="with --runtime onnx: serve the int8 models")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads of torch (or of each ONNX session)")
+    add_device_flags(p)  # --threads also sizes each ONNX Runtime session
     p.add_argument(
         "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
     )

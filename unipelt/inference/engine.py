@@ -18,7 +18,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from unipelt.backbones import load_base_model, load_tokenizer
+from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
+from unipelt.inference.loop import forward_batches
+from unipelt.inference.runs import Run
 from unipelt.inference.served_tasks import (
     Row,
     ServedTask,
@@ -28,6 +32,8 @@ from unipelt.inference.served_tasks import (
     split_name,
     unique_names,
 )
+from unipelt.model import UniPELTModel
+from unipelt.pretrained import resolve_model
 
 
 def pad_rows(rows: Sequence[Row], pad_id: int, side: str = "right") -> dict[str, np.ndarray]:
@@ -52,12 +58,7 @@ class TorchEngine:
 
     runtime = "torch"
 
-    def __init__(self, specs: Sequence[str | Path]) -> None:
-        from unipelt.backbones import load_base_model, load_tokenizer
-        from unipelt.inference.runs import Run
-        from unipelt.model import UniPELTModel
-        from unipelt.pretrained import resolve_model
-
+    def __init__(self, specs: Sequence[str | Path], placement: Placement | None = None) -> None:
         if not specs:
             raise UniPELTError("give at least one run folder to serve")
         named = [split_name(str(s)) for s in specs]
@@ -105,6 +106,8 @@ class TorchEngine:
                 score=score,
                 parameters=self.model.parameter_counts(name),
             )
+        if placement is not None:
+            placement.place(self.model)
         self.model.eval()
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.padding_side = getattr(self.tokenizer, "padding_side", "right")
@@ -113,8 +116,8 @@ class TorchEngine:
         """Logits of every row (cut to its task's outputs) and, when asked, its gate values per layer and site."""
         batch = {k: torch.from_numpy(v) for k, v in pad_rows(rows, self.pad_id, self.padding_side).items()}
         names = [r.task for r in rows]
-        with torch.inference_mode():
-            logits = self.model(**batch, task=names).logits.float().numpy()
+        for output, _ in forward_batches(self.model, [batch], task=names):
+            logits = output.numpy()
             values = row_gates(self.model.gate_values(), batch["attention_mask"]) if gates else None
         return [logits[i, : self.tasks[n].num_labels] for i, n in enumerate(names)], values
 
@@ -126,7 +129,7 @@ def row_gates(values: dict[int, dict[str, torch.Tensor]], mask: torch.Tensor) ->
     weights = mask.float()
     for layer, sites in sorted(values.items()):
         for site, tensor in sites.items():
-            tensor = tensor.detach().float()
+            tensor = tensor.detach().float().cpu()
             if tensor.dim() == 2:
                 per_row = (tensor * weights).sum(1) / weights.sum(1).clamp(min=1)
             else:

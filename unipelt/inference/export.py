@@ -19,8 +19,10 @@ its speed against fp32.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,13 @@ import torch
 
 from unipelt.checkpoint import atomic_directory, write_json
 from unipelt.data import Example
+from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
+from unipelt.inference.loop import logits_and_labels, model_device
 from unipelt.inference.onnx_runtime import EXPORT_INFO, encode_batches, run_session, session
+from unipelt.inference.runs import Run
 from unipelt.inference.served_tasks import default_name, pair_task, run_score
+from unipelt.metrics import compute_task_metrics, main_metric
 
 OPSET = 17
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -79,12 +85,11 @@ def _sample(tokenizer: Any, pair: bool, max_length: int) -> dict[str, torch.Tens
 
 
 def _trace(run: Any, path: Path) -> tuple[str, ...]:
-    import warnings
-
     model, tokenizer = run.load()
     if hasattr(model, "eject_prefix_mlp"):
         model.eject_prefix_mlp()
     sample = _sample(tokenizer, pair_task(run.config), run.config.max_length)
+    sample = {k: v.to(model_device(model)) for k, v in sample.items()}
     names = tuple(sample)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch"}
@@ -116,11 +121,7 @@ def _trace(run: Any, path: Path) -> tuple[str, ...]:
 
 def torch_logits(run: Any, examples: list[Example], batch_size: int = 32) -> np.ndarray:
     model, tokenizer = run.load()
-    outputs = []
-    with torch.inference_mode():
-        for batch in encode_batches(examples, tokenizer, run.config.max_length, batch_size):
-            outputs.append(model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy())
-    return np.concatenate(outputs)
+    return logits_and_labels(model, encode_batches(examples, tokenizer, run.config.max_length, batch_size))[0]
 
 
 def onnx_logits(sess: Any, run: Any, examples: list[Example], batch_size: int = 32) -> np.ndarray:
@@ -155,14 +156,17 @@ def export_run(
     tolerance: float = 1e-4,
     max_examples: int | None = None,
     threads: int | None = None,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
-    """Write ``out`` (model.onnx, tokenizer/, labels.json, export.json) after checking parity; return the report."""
-    from unipelt.inference.runs import Run
-    from unipelt.metrics import compute_task_metrics
+    """Write ``out`` (model.onnx, tokenizer/, labels.json, export.json) after checking parity; return the report.
 
+    The run's model is traced and checked where ``placement`` puts it (default: the CPU); the graph itself is
+    float32 and device-free, and ONNX Runtime runs it on the CPU."""
     if quantize not in (None, "int8"):
         raise UniPELTError(f"--quantize takes int8, not {quantize!r}")
-    run = Run(folder)
+    if placement is not None and placement.dtype not in (None, torch.float32):
+        raise UniPELTError("an ONNX export is float32: leave out --dtype (or give fp32)")
+    run = Run(folder, placement)
     exportable(run)
     test = run.data(path=data)
     examples = test.examples[:max_examples] if max_examples else test.examples
@@ -222,11 +226,7 @@ def _labels(examples: list[Example]) -> np.ndarray:
 
 
 def _quantize(tmp: Path, run: Any, examples: list[Example], labelled: bool, fp32: Any, threads: int | None):
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from unipelt.metrics import compute_task_metrics, main_metric
+    from onnxruntime.quantization import QuantType, quantize_dynamic  # late: the onnx extra
 
     root = logging.getLogger()
     level = root.level
