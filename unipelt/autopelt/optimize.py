@@ -92,6 +92,49 @@ def optimize_run(
 
     run_dir = Path(run_dir)
     run = Run(run_dir, placement)
+    out = _check_request(run, run_dir, out, threshold, epsilon)
+    started = time.time()
+    model, tokenizer = run.load()
+    if len(model.tasks) != 1:
+        raise UniPELTError("optimize works on single-task runs; this checkpoint holds several tasks")
+    name = next(iter(model.tasks))
+    splits = load_splits(run.config)
+    valid = labelled_batches(splits.valid, tokenizer, run.config.max_length)
+    test = labelled_batches(splits.test, tokenizer, run.config.max_length) if splits.test is not None else []
+    log(f"measuring {name!r} on {len(splits.valid)} validation examples")
+    stats = measure_units(model, name, valid)
+    before_valid = score_batches(model, valid, splits.metric_kind)
+    plan, chosen = _choose_plan(
+        model, name, stats, valid, splits.metric_kind, before_valid, (threshold, epsilon, max_drop), log
+    )
+    optimized = planned_copy(model, name, plan)
+    report = {
+        "run": str(run_dir),
+        "task": run.config.task,
+        "method": run.config.method,
+        "metric": main_metric(splits.metric_kind),
+        "max_drop": max_drop,
+        **chosen,
+        "plan": plan.to_dict(),
+        "counts": _counts(stats, plan),
+        "units": [{**s.to_dict(), "action": plan.action(s.unit)} for s in stats],
+        "valid": {"before": before_valid, "after": score_batches(optimized, valid, splits.metric_kind)},
+        "test": {
+            "before": score_batches(model, test, splits.metric_kind) if test else {},
+            "after": score_batches(optimized, test, splits.metric_kind) if test else {},
+        },
+        "inference_ratio": _ratios(run, model, optimized) if timing else {},
+        "seconds": round(time.time() - started, 1),
+    }
+    _write(run_dir, out, plan, report, stats)
+    log(_summary(report))
+    return report
+
+
+def _check_request(
+    run: Run, run_dir: Path, out: str | Path | None, threshold: float | None, epsilon: float | None
+) -> Path:
+    """The output folder, once the run and the flags are checked to make sense together."""
     if run.config.method == "ft":
         raise UniPELTError("a fully fine-tuned run has no sub-modules to prune; optimize a UniPELT run")
     if read_plan(run_dir / "checkpoint") is not None:
@@ -105,66 +148,38 @@ def optimize_run(
         raise UniPELTError(f"{out} already holds a run; choose another --out or delete it")
     if (threshold is None) != (epsilon is None):
         raise UniPELTError("give both --threshold and --epsilon, or neither (then --max-drop chooses them)")
-    started = time.time()
-    model, tokenizer = run.load()
-    if len(model.tasks) != 1:
-        raise UniPELTError("optimize works on single-task runs; this checkpoint holds several tasks")
-    name = next(iter(model.tasks))
-    splits = load_splits(run.config)
-    valid = labelled_batches(splits.valid, tokenizer, run.config.max_length)
-    test = (
-        labelled_batches(splits.test, tokenizer, run.config.max_length) if splits.test is not None else None
-    )
-    metric = main_metric(splits.metric_kind)
-    log(f"measuring {name!r} on {len(splits.valid)} validation examples")
-    stats = measure_units(model, name, valid)
-    before_valid = score_batches(model, valid, splits.metric_kind)
-    baseline = before_valid[metric]
+    return out
+
+
+def _choose_plan(
+    model: Any,
+    name: str,
+    stats: list[UnitStats],
+    valid: list[dict],
+    metric_kind: str,
+    before: dict[str, float],
+    limits: tuple[float | None, float | None, float],
+    log: Any,
+) -> tuple[Plan, dict[str, Any]]:
+    """The plan from the flags' thresholds, or the search's under the validation budget, and how it was chosen."""
+    threshold, epsilon, max_drop = limits
+    metric = main_metric(metric_kind)
     gated = model.tasks[name].config.gate != "none"
+    router = _router_filter(model, name)
+    if threshold is not None:
+        plan = plan_from_thresholds(stats, threshold, epsilon, gated)
+        plan = router(plan) if router else plan
+        return plan, {"threshold": threshold, "epsilon": epsilon, "chosen_by": "flags", "trace": []}
 
     def evaluate(plan: Plan) -> float:
-        value = score_batches(planned_copy(model, name, plan), valid, splits.metric_kind)[metric]
+        value = score_batches(planned_copy(model, name, plan), valid, metric_kind)[metric]
         log(f"  prune {len(plan.prune):3d}  fold {len(plan.fold):3d}  -> valid {metric} {100 * value:.2f}")
         return value
 
-    if threshold is not None:
-        plan = plan_from_thresholds(stats, threshold, epsilon, gated)
-        router = _router_filter(model, name)
-        plan = router(plan) if router else plan
-        chosen = {"threshold": threshold, "epsilon": epsilon, "chosen_by": "flags", "trace": []}
-    else:
-        log(f"searching thresholds: validation {metric} {100 * baseline:.2f}, budget {max_drop} points")
-        choice = search(stats, evaluate, baseline, max_drop, gated, _router_filter(model, name))
-        plan = choice.plan
-        chosen = {
-            "threshold": choice.threshold,
-            "epsilon": choice.epsilon,
-            "chosen_by": "max_drop",
-            "trace": choice.trace,
-        }
-    optimized = planned_copy(model, name, plan)
-    after_valid = score_batches(optimized, valid, splits.metric_kind)
-    before_test = score_batches(model, test, splits.metric_kind) if test else {}
-    after_test = score_batches(optimized, test, splits.metric_kind) if test else {}
-    ratios = _ratios(run, model, optimized) if timing else {}
-    report = {
-        "run": str(run_dir),
-        "task": run.config.task,
-        "method": run.config.method,
-        "metric": metric,
-        "max_drop": max_drop,
-        **chosen,
-        "plan": plan.to_dict(),
-        "counts": _counts(stats, plan),
-        "units": [{**s.to_dict(), "action": plan.action(s.unit)} for s in stats],
-        "valid": {"before": before_valid, "after": after_valid},
-        "test": {"before": before_test, "after": after_test},
-        "inference_ratio": ratios,
-        "seconds": round(time.time() - started, 1),
-    }
-    _write(run_dir, out, plan, report, stats)
-    log(_summary(report))
-    return report
+    log(f"searching thresholds: validation {metric} {100 * before[metric]:.2f}, budget {max_drop} points")
+    choice = search(stats, evaluate, before[metric], max_drop, gated, router)
+    chosen = {"threshold": choice.threshold, "epsilon": choice.epsilon, "chosen_by": "max_drop"}
+    return choice.plan, {**chosen, "trace": choice.trace}
 
 
 def _ratios(run: Any, model: Any, optimized: Any) -> dict[str, Any]:

@@ -154,6 +154,70 @@ class Objective:
 # ------------------------------------------------------------------------------------------ callbacks
 
 
+class Schedule(TrainerCallback):
+    """The gates' schedule: held, open and noise-free during the warm-up, then sampled.
+
+    The temperature goes from soft (2/3) to sharp (0.1), geometric in the fraction of training done. When
+    the warm-up ends, the evaluations made during it stop counting for the best checkpoint: the structure
+    must come from gates that have learnt, or every latency weight deploys the same warm-up model (SST-2
+    seed 2: its validation tied at 80.5 over all epochs, so the first, pre-warm-up checkpoint won).
+    """
+
+    def __init__(self, gates: list[tuple[int, HardConcreteGate]], warmup: Callable[[int], int]) -> None:
+        self.gates, self.warmup = gates, warmup
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        held = self.warmup(state.max_steps)
+        fraction = state.global_step / max(1, state.max_steps)
+        start, end = TEMPERATURES
+        for _, gate in self.gates:
+            gate.temperature = start * (end / start) ** fraction
+            gate.sampling = state.global_step >= held
+        if held and state.global_step == held:
+            state.best_metric, state.best_model_checkpoint = None, None
+
+
+class Tracker(TrainerCallback):
+    """After each evaluation: every unit's contribution and gate, each layer's gate entropy (RUN/track.jsonl)."""
+
+    def __init__(
+        self,
+        unipelt: Any,
+        name: str,
+        objective: Objective,
+        run_dir: Path,
+        batches: list[dict],
+        gates: list[tuple[int, HardConcreteGate]],
+    ) -> None:
+        self.unipelt, self.name, self.objective, self.run_dir = unipelt, name, objective, run_dir
+        self.batches, self.gates = batches, gates
+        self.seen: set[int] = set()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or state.global_step in self.seen:
+            return  # the final evaluations (validation, test) repeat the last step's
+        self.seen.add(state.global_step)
+        stats = measure_units(self.unipelt, self.name, self.batches)
+        open_p = {}
+        for index, gate in self.gates:
+            with torch.no_grad():
+                for site, p in zip(gate.sites, gate.probability_open().tolist()):
+                    open_p[(index, site)] = p
+        entropy: dict[int, list[float]] = {}
+        for (index, _), p in open_p.items():
+            q = min(max(p, 1e-6), 1 - 1e-6)
+            entropy.setdefault(index, []).append(-(q * math.log2(q) + (1 - q) * math.log2(1 - q)))
+        record = {
+            "step": state.global_step,
+            "temperature": self.gates[0][1].temperature if self.gates else None,
+            **self.objective.last,
+            "units": [{**s.to_dict(), "p_open": open_p.get((s.layer, s.site))} for s in stats],
+            "entropy": {str(i): sum(v) / len(v) for i, v in sorted(entropy.items())},
+        }
+        with open(self.run_dir / TRACK_JSONL, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
 def callbacks(
     unipelt: Any,
     name: str,
@@ -164,56 +228,7 @@ def callbacks(
 ) -> list[Any]:
     """The schedule and the tracker; ``warmup(max_steps)`` is the number of steps the gates are held."""
     gates = _gates(unipelt, name)
-
-    class Schedule(TrainerCallback):
-        """The gates' schedule: held, open and noise-free during the warm-up, then sampled.
-
-        The temperature goes from soft (2/3) to sharp (0.1), geometric in the fraction of training done. When
-        the warm-up ends, the evaluations made during it stop counting for the best checkpoint: the structure
-        must come from gates that have learnt, or every latency weight deploys the same warm-up model (SST-2
-        seed 2: its validation tied at 80.5 over all epochs, so the first, pre-warm-up checkpoint won).
-        """
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            held = warmup(state.max_steps)
-            fraction = state.global_step / max(1, state.max_steps)
-            start, end = TEMPERATURES
-            for _, gate in gates:
-                gate.temperature = start * (end / start) ** fraction
-                gate.sampling = state.global_step >= held
-            if held and state.global_step == held:
-                state.best_metric, state.best_model_checkpoint = None, None
-
-    class Tracker(TrainerCallback):
-        """After each evaluation: every unit's contribution and gate, each layer's gate entropy."""
-
-        seen: set[int] = set()
-
-        def on_evaluate(self, args, state, control, **kwargs):
-            if not state.is_world_process_zero or state.global_step in self.seen:
-                return  # the final evaluations (validation, test) repeat the last step's
-            self.seen.add(state.global_step)
-            stats = measure_units(unipelt, name, track_batches)
-            open_p = {}
-            for index, gate in gates:
-                with torch.no_grad():
-                    for site, p in zip(gate.sites, gate.probability_open().tolist()):
-                        open_p[(index, site)] = p
-            entropy: dict[int, list[float]] = {}
-            for (index, _), p in open_p.items():
-                q = min(max(p, 1e-6), 1 - 1e-6)
-                entropy.setdefault(index, []).append(-(q * math.log2(q) + (1 - q) * math.log2(1 - q)))
-            record = {
-                "step": state.global_step,
-                "temperature": gates[0][1].temperature if gates else None,
-                **objective.last,
-                "units": [{**s.to_dict(), "p_open": open_p.get((s.layer, s.site))} for s in stats],
-                "entropy": {str(i): sum(v) / len(v) for i, v in sorted(entropy.items())},
-            }
-            with open(run_dir / TRACK_JSONL, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-
-    return [Schedule(), Tracker()]
+    return [Schedule(gates, warmup), Tracker(unipelt, name, objective, run_dir, track_batches, gates)]
 
 
 # ------------------------------------------------------------------------------------------ the end
