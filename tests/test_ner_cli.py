@@ -136,4 +136,16 @@ def test_bad_tagged_files_are_one_line_errors(tiny_model_dir, ner_files, tmp_pat
     broken = tmp_path / "broken.conll"
     broken.write_text("John B-PER\nSmith\n")
     assert cli("train", "--model", tiny_model_dir, "--train", broken, "--out", tmp_path / "y", *FAST) == 2
-    assert "broken.conll, line 2: 1 columns, but line 1 has 2" in capsys.readouterr().err
+    assert "broken.conll, line 2: 1 column, but line 1 has 2" in capsys.readouterr().err
+
+
+def test_the_baseline_is_the_commonest_tag_on_every_word(ner_run, ner_files):
+    from unipelt.data import load_tokens
+
+    metrics = json.loads((ner_run / "metrics.json").read_text())
+    labels = json.loads((ner_run / "labels.json").read_text())["labels"]
+    test = load_tokens(ner_files["test"], -1, labels)
+    words = [test.label_list[i] for example in test.examples for i in example.tags]
+    baseline = metrics["majority_class"]["test"]
+    assert baseline["f1"] == 0.0  # every word "O": no entity found
+    assert baseline["accuracy"] == pytest.approx(words.count("O") / len(words))

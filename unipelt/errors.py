@@ -19,3 +19,8 @@ class DataError(UniPELTError):
 
 class TrainingDivergedError(UniPELTError):
     """The training loss became non-finite or exploded, and the run was stopped (``--on-divergence stop``)."""
+
+
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """``1 column``, ``2 columns``: a count with its noun, for messages."""
+    return f"{count} {noun if count == 1 else (many or noun + 's')}"

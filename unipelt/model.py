@@ -37,6 +37,8 @@ from unipelt.inject.context import (
     set_for_model,
 )
 from unipelt.inject.hooks import Injector
+from unipelt.interop import loading as interop_loading
+from unipelt.interop.peft_export import save_peft
 from unipelt.tasks import TaskModules, build_task
 
 DEFAULT_TASK = "default"
@@ -114,6 +116,7 @@ class UniPELTModel(nn.Module):
         return task
 
     def remove_task(self, name: str) -> None:
+        """Drop a task's modules and head; the backbone and the other tasks are untouched."""
         self._task(name)
         del self.tasks[name]
         if self.injector.default_task == name:
@@ -199,6 +202,7 @@ class UniPELTModel(nn.Module):
         return [task] if isinstance(task, str) else sorted(set(task))
 
     def generate(self, *args: Any, task: str | list[str] | None = None, **kwargs: Any) -> Any:
+        """The base model's ``generate`` with this model's modules, for one task or one task per row."""
         token = ROUTE.set((self.injector.key, task))
         try:
             return self.base_model.generate(*args, **kwargs)
@@ -269,6 +273,7 @@ class UniPELTModel(nn.Module):
     # ------------------------------------------------------------------------------ parameters
 
     def gate_parameters(self, task: str | None = None) -> list[nn.Parameter]:
+        """The gates' parameters of one task (or of all tasks), e.g. for their own learning rate."""
         tasks = [self._task(task)] if task else list(self.tasks.values())
         return [p for t in tasks for p in t.gate_parameters()]
 
@@ -346,9 +351,11 @@ class UniPELTModel(nn.Module):
     def load_added_state_dict(
         self, state: dict[str, torch.Tensor], task: str | None = None, source: str = "checkpoint"
     ) -> None:
+        """Load a task's added weights and head from a state dict; ``source`` names it in error messages."""
         checkpoint.load_task_state(self._task(task), state, source)
 
     def fingerprint(self) -> dict[str, Any]:
+        """The base model's identity (type and shapes) that a checkpoint records, to refuse another base."""
         return checkpoint.fingerprint(self.base_model, self.dims)
 
     def save_task(self, name: str, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -372,8 +379,19 @@ class UniPELTModel(nn.Module):
         A checkpoint with an autopelt plan (``unipelt optimize``, ``--method autopelt``) is pruned and folded
         as it says; with ``merge_plan`` its folded LoRA pairs are merged into the base weights (the model then
         takes no other task; ``from_pretrained`` of a single-task checkpoint does this), otherwise they stay
-        as ungated LoRA pairs so that other tasks can share the backbone. See :mod:`unipelt.plan`."""
+        as ungated LoRA pairs so that other tasks can share the backbone. See :mod:`unipelt.plan`.
+
+        ``path`` may also be a PEFT adapter folder (LoRA, IA3, prefix-tuning) or one saved by AdapterHub
+        ``adapters``: the task is then the equivalent unipelt task (:mod:`unipelt.interop`)."""
+        if interop_loading.foreign_format(path) is not None:
+            return interop_loading.load_foreign(self, name, path)
         return checkpoint.load_into(self, name, path, merge_plan)
+
+    def save_peft(self, task: str, path: str | Path, card: str | None = None) -> Path:
+        """Write ``task`` as a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) that
+        ``peft.PeftModel.from_pretrained(base, path)`` loads; refused, with the reason, for what PEFT cannot
+        express (still-gated modules, bottleneck adapters). See :mod:`unipelt.interop.peft_export`."""
+        return save_peft(self, task, path, card=card)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, path: str | Path) -> UniPELTModel:
@@ -390,12 +408,34 @@ class UniPELTModel(nn.Module):
 def add_unipelt(model: nn.Module, method: str | UniPELTConfig = "unipelt", **overrides: Any) -> UniPELTModel:
     """Turn a (frozen) Transformers model into a trainable UniPELT model with one task, ``default``.
 
-    ``method`` is a preset name (adapter, lora, prefix, unipelt-ap, unipelt, unipelt-router, ap-nogate, ia3,
-    bitfit) or a config; keyword overrides change single fields, e.g. ``add_unipelt(model, "unipelt", lora_rank=4)``.
+    Args:
+        model: a model from ``from_pretrained`` (or built from a config) of a supported architecture; its own
+            weights are frozen, its code and parameter names are left as they are.
+        method: a preset name (adapter, lora, prefix, unipelt-ap, unipelt, unipelt-router, ap-nogate, ia3,
+            bitfit) or a :class:`UniPELTConfig`.
+        **overrides: single config fields, e.g. ``add_unipelt(model, "unipelt", lora_rank=4)``.
+
+    Returns:
+        The wrapped model; call it like the base model.
+
+    Raises:
+        UnsupportedModelError: the architecture is not in the table of supported models.
     """
     return UniPELTModel(model, UniPELTConfig.resolve(method, overrides))
 
 
 def load_unipelt(model: nn.Module, path: str | Path) -> UniPELTModel:
-    """Load a UniPELT checkpoint (one task or several) onto a fresh base model."""
+    """Load a UniPELT checkpoint (one task or several) onto a fresh base model.
+
+    Args:
+        model: a fresh base model of the same architecture and shapes as the one the checkpoint was made on.
+        path: a checkpoint folder (``unipelt_config.json`` + ``unipelt_weights.safetensors``) or a folder of
+            several tasks (``tasks.json``), e.g. a run's ``checkpoint/``.
+
+    Returns:
+        The model with every task of the checkpoint.
+
+    Raises:
+        CheckpointMismatchError: the checkpoint was made for another base model.
+    """
     return UniPELTModel.from_pretrained(model, path)

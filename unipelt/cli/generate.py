@@ -51,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p)
     sampling.generate_kwargs()  # bad settings fail before the model loads
-    conversations = read_chat_file(args.input, need_response=False) if args.input else None
+    conversations = (
+        read_chat_file(args.input, need_response=False, encoding=args.encoding) if args.input else None
+    )
     model, tokenizer, task = _model_and_tokenizer(args.run, args.task, where)
     check_chat_template(tokenizer)
     if conversations is None:
@@ -87,7 +89,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one user message; the answer streams to the terminal")
-    source.add_argument("--input", help="JSON lines with prompt or messages; one JSON line out per line in")
+    source.add_argument(
+        "--input",
+        help="JSON lines (a file, or - for standard input) with prompt or messages; one line out per line",
+    )
+    p.add_argument("--encoding", default="utf-8", help="text encoding of --input (default utf-8)")
     p.add_argument("--system", help="system message for --prompt")
     p.add_argument("--output", help="write the JSON lines of --input here (default: standard output)")
     p.add_argument("--task", help="a multi-task checkpoint: whose modules run")

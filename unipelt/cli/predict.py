@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
         text_columns = trained.input_columns
         encoding, task = args.encoding or trained.config.encoding, trained.config.task
         task = task.upper() if task else None
+    max_length = trained.max_length if args.runtime == "onnx" else trained.config.max_length
     examples = read_inputs(args.input, text_columns, encoding, task)
     for record in trained.predict(examples, progress=args.input != "-" and len(examples) > 256):
         if args.format == "jsonl":
@@ -48,7 +49,12 @@ def run(args: argparse.Namespace) -> int:
                 if "score" in record
                 else (f"{record['label']}\t{record['probabilities'][record['label']]:.4f}")
             )
-            print(f"{value}\t{record['text'][:80]}")
+            cut = (
+                f"\t(truncated: {record['tokens']} tokens, the first {max_length} read)"
+                if "truncated" in record
+                else ""
+            )
+            print(f"{value}\t{record['text'][:80]}{cut}")
     return 0
 
 

@@ -164,24 +164,46 @@ def run(args: argparse.Namespace) -> int:
         print(f"runs and summary.json in {config.output_dir}")
         return 0
     result = train(config, resume=args.resume)
+    for line in summary_lines(config, result):
+        print(line)
+    return 0
+
+
+def summary_lines(config: TrainConfig, result: dict[str, Any]) -> list[str]:
+    """The run summary: the main score (with macro-F1 and the majority-class baseline beside it), what the
+    data held, and where the run folder is."""
+    from unipelt.training.data_report import describe
+
     metric = result["metric"]
     split = "test" if result["test"] else "valid"
-    print(
-        f"{config.method} on {config.task or config.train_file}: {split} {metric} {_score(result[split], metric)} "
-        f"(valid {_score(result['valid'], metric)}, {result['train_seconds']:.0f} s)"
+    scores = result[split]
+    extra = (
+        [f"macro-F1 {_score(scores, 'f1_macro')}"] if "f1_macro" in scores and metric != "f1_macro" else []
     )
+    beside = f"valid {_score(result['valid'], metric)}, " if split == "test" else "no test file, "
+    lines = [
+        f"{config.method} on {config.task or config.train_file}: {split} {metric} {_score(scores, metric)}"
+        f"{''.join(', ' + e for e in extra)} ({beside}{result['train_seconds']:.0f} s)"
+    ]
     majority = (result.get("majority_class") or {}).get(split)
     if majority and metric in majority:
-        print(
-            f"majority class (always the commonest training label): {split} {metric} {_score(majority, metric)}"
+        accuracy = (
+            f" (accuracy {_score(majority, 'accuracy')})"
+            if metric != "accuracy" and "accuracy" in majority
+            else ""
         )
-    if "auc" in result[split] and metric != "auc":  # two classes: how well it ranks, whatever the threshold
-        print(f"ranking of the two classes (ROC AUC, 50 = chance): {split} {_score(result[split], 'auc')}")
+        lines.append(
+            f"majority class (always the commonest training label): {split} {metric} {_score(majority, metric)}"
+            f"{accuracy}"
+        )
+    if "auc" in scores and metric != "auc":  # two classes: how well it ranks, whatever the threshold
+        lines.append(f"ranking of the two classes (ROC AUC, 50 = chance): {split} {_score(scores, 'auc')}")
+    lines += describe(result.get("data") or {})
     folder = Path(config.output_dir)
-    print(f"run folder: {folder}")
+    lines.append(f"run folder: {folder}")
     if (folder / "gates.png").is_file():
-        print(f"gate heatmap: {folder / 'gates.png'}")
-    return 0
+        lines.append(f"gate heatmap: {folder / 'gates.png'}")
+    return lines
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:

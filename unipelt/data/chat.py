@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from unipelt.data.files import _lines, read_source
 from unipelt.errors import DataError
 
 if TYPE_CHECKING:
@@ -93,19 +94,16 @@ def parse_conversation(record: Any, where: str, need_response: bool) -> Conversa
     return conversation
 
 
-def read_chat_file(path: str | Path, need_response: bool = True) -> list[Conversation]:
-    """All conversations of a JSON-lines file (blank lines skipped); ``need_response`` for training data."""
-    path = Path(path)
-    if not path.exists():
+def read_chat_file(
+    path: str | Path, need_response: bool = True, encoding: str = "utf-8"
+) -> list[Conversation]:
+    """All conversations of a JSON-lines file, or of standard input for ``-`` (blank lines skipped), decoded
+    like every other input; ``need_response`` for training data."""
+    if str(path) != "-" and not Path(path).exists():
         raise DataError(f"chat file {path} does not exist")
+    path, text = read_source(path, encoding)
     conversations = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error})") from error
-    except OSError as error:
-        raise DataError(f"cannot read chat file {path}: {error.strerror or error}") from error
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(_lines(text), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"

@@ -24,7 +24,7 @@ from typing import Any
 
 from unipelt.data.examples import TaskData
 from unipelt.data.files import JSONL_SUFFIXES, _jsonl_records, _lines, _read_text, first_jsonl_record
-from unipelt.errors import DataError, UniPELTError
+from unipelt.errors import DataError, UniPELTError, plural
 
 CONLL_SUFFIXES = (".conll", ".conllu", ".iob", ".iob1", ".iob2", ".bio", ".bioes", ".iobes", ".txt", ".ner")
 TAG_PATTERN = re.compile(r"^(O|[BIESLU]-\S+|\S+-[BIESLU])$")
@@ -156,12 +156,12 @@ def read_conll(
                 )
             if labelled and not -len(fields) <= tag_column < len(fields):
                 raise DataError(
-                    f"{file}, line {number}: {len(fields)} columns, so tag column {tag_column} does not exist. "
+                    f"{file}, line {number}: {plural(len(fields), 'column')}, so tag column {tag_column} does not exist. "
                     f"Pass --tag-column between 0 and {len(fields) - 1} (or -1 for the last)."
                 )
         elif len(fields) != width[0]:
             raise DataError(
-                f"{file}, line {number}: {len(fields)} columns, but line {width[1]} has {width[0]}. Every "
+                f"{file}, line {number}: {plural(len(fields), 'column')}, but line {width[1]} has {width[0]}. Every "
                 f"word line needs the same columns (a word with a space in it, or a missing tag?): fix that line."
             )
         if not tokens:

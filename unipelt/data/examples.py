@@ -7,7 +7,7 @@ inference code never need to know where the data came from.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 Label = int | float | None
 
@@ -26,13 +26,24 @@ class TaskData:
     """Examples plus what the model head needs to know about their labels.
 
     ``label_list`` gives the name of each class id (``None`` for regression), so the head size and the
-    ``id2label`` map come from the data and never from a guess.
+    ``id2label`` map come from the data and never from a guess. ``spellings`` maps a class name to the other
+    ways the file wrote it (``1.0`` and ``+1`` for ``1``), so a run can say which labels it merged.
     """
 
     examples: list[Example]
     label_list: list[str] | None
     regression: bool
     source: str
+    spellings: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def empty_texts(self) -> int:
+        """How many examples have an empty (or all-blank) text: the model sees only special tokens for them."""
+        return sum(
+            1
+            for e in self.examples
+            if not e.text_a.strip() or (e.text_b is not None and not e.text_b.strip())
+        )
 
     @property
     def num_labels(self) -> int:

@@ -11,14 +11,17 @@ import codecs
 import csv
 import io
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from unipelt.errors import DataError
+from unipelt.errors import DataError, plural
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 """Extensions read as JSON lines (one object per line)."""
+
+STDIN = "standard input"
 
 
 def check_encoding(name: str) -> str:
@@ -32,18 +35,14 @@ def check_encoding(name: str) -> str:
         ) from None
 
 
-def _read_text(path: Path, encoding: str = "utf-8") -> str:
-    """Read a whole file in ``encoding`` (UTF-8: a BOM is dropped), turning decode errors into a DataError with a
-    line number.
+def decode_text(raw: bytes, source: str, encoding: str = "utf-8") -> str:
+    """``raw`` decoded in ``encoding`` (UTF-8: a BOM is dropped), or a DataError naming ``source`` (a path, or
+    "standard input") and the line of the first bad byte, with the ``--encoding`` hint.
 
-    Decoding the bytes ourselves, instead of iterating a text file, lets the message say on which line the
-    bad byte sits: that is what a user needs to find a stray Latin-1 or Windows-1252 character.
+    Decoding the bytes ourselves, instead of iterating a text stream, lets the message say on which line the
+    bad byte sits: that is what a user needs to find a stray Latin-1 or Windows-1252 character. Every input
+    (data files, JSON lines, predict inputs, standard input) goes through here, so all give the same message.
     """
-    if not path.exists():
-        raise DataError(f"Data file {path} does not exist. Check the path (current folder: {Path.cwd()}).")
-    if path.is_dir():
-        raise DataError(f"{path} is a folder, not a data file. Pass the path of a .csv, .tsv or .jsonl file.")
-    raw = path.read_bytes()
     codec = check_encoding(encoding)
     try:
         return raw.decode("utf-8-sig" if codec == "utf-8" else codec)
@@ -51,14 +50,44 @@ def _read_text(path: Path, encoding: str = "utf-8") -> str:
         line = raw[: err.start].count(b"\n") + 1
         if codec != "utf-8":
             raise DataError(
-                f"{path}, line {line}: byte 0x{raw[err.start]:02x} is not valid {codec} (--encoding {encoding}). "
-                f"Give the encoding the file was saved in."
+                f"{source}, line {line}: byte 0x{raw[err.start]:02x} is not valid {codec} (--encoding {encoding}). "
+                f"Give the encoding the text was saved in."
             ) from None
         raise DataError(
-            f"{path}, line {line}: byte 0x{raw[err.start]:02x} is not valid UTF-8 (the file was read as UTF-8, "
-            f"with or without a BOM). The file is probably in another encoding such as Latin-1 or Windows-1252: "
-            f"pass --encoding cp1252 (or the file's encoding), or re-save it as UTF-8 (e.g. 'CSV UTF-8' in Excel)."
+            f"{source}, line {line}: byte 0x{raw[err.start]:02x} is not valid UTF-8 (the text was read as UTF-8, "
+            f"with or without a BOM). It is probably in another encoding such as Latin-1 or Windows-1252: "
+            f"pass --encoding cp1252 (or the text's encoding), or re-save it as UTF-8 (e.g. 'CSV UTF-8' in Excel)."
         ) from None
+
+
+def _read_text(path: Path, encoding: str = "utf-8") -> str:
+    """Read a whole file in ``encoding`` with :func:`decode_text`'s rules; a missing file or a folder is a
+    DataError too."""
+    if not path.exists():
+        raise DataError(f"Data file {path} does not exist. Check the path (current folder: {Path.cwd()}).")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not a data file. Pass the path of a .csv, .tsv or .jsonl file.")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read {path} ({err.strerror or err})") from None
+    return decode_text(raw, str(path), encoding)
+
+
+def read_source(source: str | Path, encoding: str = "utf-8") -> tuple[str, str]:
+    """(name for messages, text) of an input given as a path or ``-`` (standard input, read as bytes and
+    decoded by the same rules as a file)."""
+    if str(source) == "-":
+        stream = getattr(sys.stdin, "buffer", None)
+        if stream is None:  # replaced by a text stream (an embedding program, a test): already decoded
+            return STDIN, sys.stdin.read()
+        return STDIN, decode_text(stream.read(), STDIN, encoding)
+    return str(source), _read_text(Path(source), encoding)
+
+
+def input_lines(source: str | Path, encoding: str = "utf-8") -> list[str]:
+    """The lines of a plain-text input (a file or ``-``), split on line breaks only."""
+    return _lines(read_source(source, encoding)[1])
 
 
 def _lines(text: str) -> list[str]:
@@ -101,7 +130,7 @@ def _fields_to_record(
     extra = fields[len(header) :]
     if len(fields) < len(header) or any(f.strip() for f in extra):
         raise DataError(
-            f"{path}, line {line}: {len(fields)} fields, but the header has {len(header)}. A field probably "
+            f"{path}, line {line}: {plural(len(fields), 'field')}, but the header has {len(header)}. A field probably "
             f"contains an unquoted separator, or a value is missing: fix or remove that line."
         )
     index = {name: i for i, name in enumerate(header)}
@@ -109,12 +138,33 @@ def _fields_to_record(
 
 
 def _check_columns(path: Path, present: Sequence[str], wanted: Sequence[str]) -> None:
+    """Refuse a header that lacks a wanted column or names one twice (which of the two is meant is a guess)."""
+    for name in dict.fromkeys(wanted):
+        places = [i + 1 for i, column in enumerate(present) if column == name]
+        if len(places) > 1:
+            raise DataError(
+                f"{path}: the header names column {name!r} {len(places)} times (columns "
+                f"{', '.join(map(str, places))}); rename or remove all but the one to use"
+            )
     missing = [name for name in wanted if name not in present]
     if missing:
         raise DataError(
             f"{path}: no column named {', '.join(repr(m) for m in missing)}. Columns present: "
             f"{', '.join(repr(p) for p in present)}. Pass the right column names (they are case-sensitive)."
         )
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object names a key twice (json keeps the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record:
+            raise _DuplicateKey(key)
+        record[key] = value
+    return record
 
 
 def _jsonl_records(
@@ -125,7 +175,11 @@ def _jsonl_records(
         if not raw.strip():
             continue
         try:
-            record = json.loads(raw)
+            record = json.loads(raw, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as err:
+            raise DataError(
+                f"{path}, line {line}: key {err.args[0]!r} appears twice in one object; keep only the one to use"
+            ) from None
         except json.JSONDecodeError as err:
             raise DataError(
                 f"{path}, line {line}: not valid JSON ({err.msg} at column {err.colno}). Each line of a .jsonl "

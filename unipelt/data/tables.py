@@ -1,13 +1,18 @@
 """The user's own data: CSV, TSV or JSONL files with named text and label columns.
 
-Labels become class ids in a stated or sorted order (so ``1`` in JSON and ``"1"`` in a CSV are one class, and
-``"10"`` sorts after ``"2"``), or stay floats for regression; every problem is a DataError naming the line.
+Labels become class ids in a stated or sorted order, or stay floats for regression; every problem is a
+DataError naming the line. Class labels are compared by meaning, the same way for every format: numbers that are
+equal are one class whatever their spelling (``1``, ``"1"``, ``1.0``, ``"1.0"``, ``"+1"`` are class ``1``), and
+numeric labels sort by value (``"10"`` after ``"2"``). A header or JSON object that names a wanted column twice
+is refused, since which of the two is meant would be a guess.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -62,21 +67,33 @@ def _table_records(
         yield line, _fields_to_record(path, line, header, fields, wanted)
 
 
-def _label_key(value: Any) -> str:
-    """Labels are compared as text, so 1 in JSON and "1" in a CSV are the same class."""
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def label_name(value: Any) -> str:
+    """The class name of a label value as read from any format: numbers by value (``1.0``, ``"01"`` and ``1``
+    are ``"1"``; ``"0.50"`` is ``"0.5"``), booleans as ``true``/``false``, other text stripped of blanks."""
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value).strip()
+    text = repr(value) if isinstance(value, float) else str(value).strip()
+    if not _NUMBER.fullmatch(text):
+        return text
+    number = Decimal(text)
+    if number.is_zero():
+        return "0"
+    number = number.normalize()
+    return format(number, "f") if -30 <= number.adjusted() <= 30 else str(number)
+
+
+def _spelling(value: Any) -> str:
+    return str(value).strip() if isinstance(value, str) else str(value)
 
 
 def _sorted_labels(labels: set[str]) -> list[str]:
-    """Sort numerically when every label is an integer, so "10" comes after "2"; else sort as text."""
-    try:
-        return sorted(labels, key=int)
-    except ValueError:
-        return sorted(labels)
+    """Sort by value when every label is a number, so "10" comes after "2"; else sort as text."""
+    if all(_NUMBER.fullmatch(label) for label in labels):
+        return sorted(labels, key=Decimal)
+    return sorted(labels)
 
 
 def load_table(
@@ -126,21 +143,25 @@ def load_table(
 
     labels: list[Label]
     names: list[str] | None
+    spellings: dict[str, list[str]] = {}
     if label_column is None:
         labels, names = [None] * len(texts), (list(label_list) if label_list is not None else None)
     elif regression:
         labels, names = [_float_label(file, line, value) for line, value in raw_labels], None
     else:
-        keys = [(line, _label_key(value)) for line, value in raw_labels]
+        keys = [(line, label_name(value)) for line, value in raw_labels]
         names = (
             [str(n) for n in label_list] if label_list is not None else _sorted_labels({k for _, k in keys})
         )
+        for (_, value), (_, key) in zip(raw_labels, keys):
+            if _spelling(value) != key and _spelling(value) not in spellings.setdefault(key, []):
+                spellings[key].append(_spelling(value))
         if label_list is None and len(names) < 2:
             raise DataError(
                 f"{file}: every row has the label {names[0]!r}; classification needs at least two classes. Pass the "
                 f"full label list if this file is a subset, or use regression for numeric targets."
             )
-        ids = {name: i for i, name in enumerate(names)}
+        ids = {label_name(name): i for i, name in enumerate(names)}
         labels = []
         for line, key in keys:
             if key not in ids:
@@ -151,7 +172,7 @@ def load_table(
             labels.append(ids[key])
 
     examples = [Example(a, b, y) for (a, b), y in zip(texts, labels)]
-    return TaskData(examples, names, regression, str(file))
+    return TaskData(examples, names, regression, str(file), {k: v for k, v in spellings.items() if v})
 
 
 def _float_label(path: Path, line: int, value: Any) -> float:

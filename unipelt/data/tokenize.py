@@ -49,6 +49,14 @@ def tokenize_examples(examples: Sequence[Example], tokenizer: Any, max_length: i
     return dataset
 
 
+def token_counts(examples: Sequence[Example], tokenizer: Any) -> list[int]:
+    """How many tokens each example has before truncation (special tokens included): an example with more
+    than the run's ``max_length`` is cut, and predictions say so."""
+    examples = list(examples)
+    pairs = [e.text_b for e in examples] if any(e.text_b is not None for e in examples) else None
+    return [len(ids) for ids in tokenizer([e.text_a for e in examples], pairs, truncation=False)["input_ids"]]
+
+
 def in_length_order(dataset: datasets.Dataset) -> datasets.Dataset:
     """The same rows, shortest first, for evaluation.
 

@@ -227,7 +227,7 @@ class ChatRun:
         path = path or self.config.test_file
         if path is None:
             raise UniPELTError(f"{self.folder} was trained without a test file: pass --data CHATS.jsonl")
-        return read_chat_file(path)
+        return read_chat_file(path, encoding=self.config.encoding)
 
     def evaluate(self, conversations: Sequence[Conversation], task: str | None = None) -> dict[str, float]:
         """Answer loss and perplexity, and with the run's answer choices the accuracy of greedy answers: the

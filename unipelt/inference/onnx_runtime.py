@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from unipelt.data import Example
+from unipelt.data.tokenize import token_counts
 from unipelt.errors import UniPELTError
 from unipelt.inference.served_tasks import Row, ServedTask, split_name, unique_names
 
@@ -86,12 +87,13 @@ class OnnxModel:
     def predict(self, examples: list[Example], progress: bool = False) -> Iterator[dict[str, Any]]:
         task = self.served(self.info.get("task") or "task")
         logits = self.logits(examples)
-        for example, row in zip(examples, logits):
+        counts = token_counts(examples, self.tokenizer)
+        for example, row, count in zip(examples, logits, counts):
             record: dict[str, Any] = {"text": example.text_a}
             if example.text_b is not None:
                 record["text_b"] = example.text_b
-            blank = Row(task.name, {}, False, 0)
-            yield {**record, **task.answer(row[: task.num_labels], blank)}
+            cut = Row(task.name, {}, count > self.max_length, count)
+            yield {**record, **task.answer(row[: task.num_labels], cut)}
 
     def served(self, name: str) -> ServedTask:
         return ServedTask(

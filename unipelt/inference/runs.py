@@ -8,8 +8,7 @@ the shape and label map it was trained with.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,9 @@ from transformers.utils import logging as hf_logging
 from unipelt.backbones import load_base_model, load_tokenizer
 from unipelt.data import Example, TaskData, load_glue, load_table, tokenize_examples
 from unipelt.data.conll import load_hub_tokens, load_tokens
-from unipelt.data.files import _read_text
+from unipelt.data.files import input_lines
 from unipelt.data.glue import glue_task, is_glue_task
+from unipelt.data.tokenize import token_counts
 from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
 from unipelt.inference.loop import chunks, logits_and_labels
@@ -162,23 +162,28 @@ class Run:
         return tag_sentences(model, tokenizer, sentences, self.labels, self.config.max_length)
 
     def predict(self, examples: list[Example], progress: bool = False) -> Iterator[dict[str, Any]]:
+        """One record per example: its label and class probabilities (or score), plus ``truncated`` and its
+        full ``tokens`` count when it was longer than the run's ``max_length`` and only its start was read."""
         logits = self.logits(examples, progress=progress)
+        counts = token_counts(examples, self.load()[1])
         if self.regression:
-            for example, value in zip(examples, logits[:, 0]):
-                yield {
-                    "text": example.text_a,
-                    **({"text_b": example.text_b} if example.text_b else {}),
-                    "score": float(value),
+            records = ({"score": float(value)} for value in logits[:, 0])
+        else:
+            probabilities = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
+            records = (
+                {
+                    "label": self.labels[int(row.argmax())],
+                    "probabilities": {name: round(float(p), 6) for name, p in zip(self.labels, row)},
                 }
-            return
-        probabilities = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
-        for example, row in zip(examples, probabilities):
-            best = int(row.argmax())
+                for row in probabilities
+            )
+        for example, answer, count in zip(examples, records, counts):
             record: dict[str, Any] = {"text": example.text_a}
             if example.text_b is not None:
                 record["text_b"] = example.text_b
-            record["label"] = self.labels[best]
-            record["probabilities"] = {name: round(float(p), 6) for name, p in zip(self.labels, row)}
+            record.update(answer)
+            if count > self.config.max_length:
+                record.update(truncated=True, tokens=count)
             yield record
 
 
@@ -204,13 +209,9 @@ def read_inputs(
     """
     if source != "-" and Path(source).suffix.lower() in (".csv", ".tsv", ".jsonl"):
         return load_table(source, text_columns, None, encoding=encoding).examples
-    if source == "-":
-        lines: Iterable[str] = sys.stdin.read().splitlines()
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise UniPELTError(f"input file not found: {path}")
-        lines = _read_text(path, encoding).splitlines()
+    if source != "-" and not Path(source).is_file():
+        raise UniPELTError(f"input file not found: {source}")
+    lines = input_lines(source, encoding)
     pair = len(text_columns) == 2
     examples = []
     for number, line in enumerate(lines, start=1):

@@ -90,9 +90,16 @@ def _field_errors(errors: list[dict[str, Any]]) -> str:
 
 
 def create_app(
-    engine: Any, max_batch: int = 32, max_wait_ms: float = 5.0, batching: bool = True, max_inputs: int = 64
+    engine: Any,
+    max_batch: int = 32,
+    max_wait_ms: float = 5.0,
+    batching: bool = True,
+    max_inputs: int = 64,
+    generation: Any = None,
 ) -> Any:
-    """A FastAPI app answering ``engine``'s tasks; its batcher's worker thread starts now and stops on shutdown."""
+    """A FastAPI app answering ``engine``'s tasks; its batcher's worker thread starts now and stops on shutdown.
+    With ``generation`` (a :class:`~unipelt.inference.generation_engine.GenerationEngine`) it also serves
+    that engine's causal-LM tasks on the OpenAI-compatible routes of :mod:`unipelt.inference.openai_api`."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -129,6 +136,8 @@ def create_app(
     async def lifespan(app: FastAPI):
         yield
         batcher.close()
+        if generation is not None:
+            generation.close()
 
     app = FastAPI(title="unipelt", lifespan=lifespan)
     app.state.engine, app.state.batcher, app.state.metrics = engine, batcher, metrics
@@ -196,6 +205,18 @@ def create_app(
         metrics.latency.labels(body.task).observe(time.perf_counter() - start)
         return {"task": body.task, "predictions": predictions}
 
+    if generation is not None:
+        from unipelt.inference.openai_api import openai_router, scheduler_metrics
+
+        def observe(task: str, status: int, seconds: float) -> None:
+            metrics.requests.labels(task, str(status)).inc()
+            if status >= 400:
+                metrics.errors.labels(str(status)).inc()
+            else:
+                metrics.latency.labels(task).observe(seconds)
+
+        scheduler_metrics(metrics.registry, generation.scheduler)
+        app.include_router(openai_router(generation, observe))
     return app
 
 

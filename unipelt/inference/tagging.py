@@ -9,7 +9,6 @@ the mean probability of its words' predicted tags as its score.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from transformers import DataCollatorWithPadding
 
 from unipelt.data.conll import JSONL_SUFFIXES, TokenExample, load_tokens
-from unipelt.data.files import _read_text
+from unipelt.data.files import input_lines
 from unipelt.data.token_align import encode_words
 from unipelt.errors import UniPELTError
 from unipelt.inference.loop import chunks, forward_batches
@@ -34,13 +33,9 @@ def read_sentences(source: str, tag_column: int = -1, encoding: str = "utf-8") -
         suffix in JSONL_SUFFIXES or suffix in (".conll", ".iob", ".iob2", ".bio", ".bioes")
     ):
         return load_tokens(source, tag_column, labelled=False, encoding=encoding).examples
-    if source == "-":
-        lines = sys.stdin.read().splitlines()
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise UniPELTError(f"input file not found: {path}")
-        lines = _read_text(path, encoding).splitlines()
+    if source != "-" and not Path(source).is_file():
+        raise UniPELTError(f"input file not found: {source}")
+    lines = input_lines(source, encoding)
     sentences = [
         TokenExample(tuple(line.split()), None, i) for i, line in enumerate(lines, 1) if line.strip()
     ]

@@ -60,9 +60,9 @@ def load_chat_splits(config: TrainConfig) -> ChatSplits:
     """
     if config.train_file is None:
         raise UniPELTError("a causal-lm run trains on your own chats: give --train FILE.jsonl")
-    train = read_chat_file(config.train_file)
-    valid = read_chat_file(config.valid_file) if config.valid_file else None
-    test = read_chat_file(config.test_file) if config.test_file else None
+    train = read_chat_file(config.train_file, encoding=config.encoding)
+    valid = read_chat_file(config.valid_file, encoding=config.encoding) if config.valid_file else None
+    test = read_chat_file(config.test_file, encoding=config.encoding) if config.test_file else None
     rng = np.random.default_rng(config.seed)
     if valid is None:
         n_valid = min(config.n_valid, max(1, len(train) // 10))

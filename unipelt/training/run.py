@@ -38,6 +38,7 @@ from unipelt.errors import UniPELTError
 from unipelt.metrics import main_metric
 from unipelt.training.baseline import majority_class_scores
 from unipelt.training.config import TrainConfig
+from unipelt.training.data_report import data_report
 from unipelt.training.faults import kill_point
 from unipelt.training.guards import make_divergence_guard, stop_diverged
 from unipelt.training.model_init import init_regression_bias, regression_output_layer, set_backbone_dropout
@@ -306,6 +307,7 @@ def train(
         "train_seconds": round(train_seconds, 2),
         "parameters": unipelt.parameter_counts() if unipelt is not None else _ft_counts(model),
         "majority_class": majority_class_scores(splits),  # the score of always answering the commonest class
+        "data": data_report(splits),  # classes found, label spellings merged, empty texts
         "task_type": splits.task_kind,
         "train_examples": len(splits.train),  # after --oversample
         "class_weights": weights,
