@@ -19,10 +19,8 @@ its speed against fp32.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +31,9 @@ from unipelt.checkpoint import atomic_directory, write_json
 from unipelt.data import Example
 from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
-from unipelt.inference.loop import logits_and_labels, model_device
+from unipelt.inference.loop import forward_batches, model_device
 from unipelt.inference.onnx_runtime import EXPORT_INFO, encode_batches, run_session, session
-from unipelt.inference.runs import Run
 from unipelt.inference.served_tasks import default_name, pair_task, run_score
-from unipelt.metrics import compute_task_metrics, main_metric
 
 OPSET = 17
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -65,10 +61,10 @@ def exportable(run: Any) -> None:
         raise UniPELTError(f"{run.folder} holds {len(tasks)} tasks; an ONNX export holds one task")
     if tasks is not None:
         kind = next(iter(tasks.values())).kind
-        if kind not in ("classification", "regression"):
+        if kind not in ("classification", "regression", "token-classification"):
             raise UniPELTError(
-                f"{run.folder} is a {kind} task; export supports classification and regression runs "
-                "(generation loops and token tagging are not exported)"
+                f"{run.folder} is a {kind} task; export supports classification, regression and token "
+                "classification runs (generation is served with PyTorch only: its decoding loop is not one graph)"
             )
 
 
@@ -85,6 +81,8 @@ def _sample(tokenizer: Any, pair: bool, max_length: int) -> dict[str, torch.Tens
 
 
 def _trace(run: Any, path: Path) -> tuple[str, ...]:
+    import warnings
+
     model, tokenizer = run.load()
     if hasattr(model, "eject_prefix_mlp"):
         model.eject_prefix_mlp()
@@ -92,7 +90,7 @@ def _trace(run: Any, path: Path) -> tuple[str, ...]:
     sample = {k: v.to(model_device(model)) for k, v in sample.items()}
     names = tuple(sample)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch"}
+    axes["logits"] = {0: "batch", 1: "sequence"} if run.is_tagger else {0: "batch"}
     try:
         # Grad mode ON while tracing: under no_grad the modules add into the frozen projections' outputs in
         # place (addmm_), which the tracer records but the ONNX converter does not carry through the view.
@@ -119,15 +117,37 @@ def _trace(run: Any, path: Path) -> tuple[str, ...]:
     return names
 
 
-def torch_logits(run: Any, examples: list[Example], batch_size: int = 32) -> np.ndarray:
-    model, tokenizer = run.load()
-    return logits_and_labels(model, encode_batches(examples, tokenizer, run.config.max_length, batch_size))[0]
-
-
-def onnx_logits(sess: Any, run: Any, examples: list[Example], batch_size: int = 32) -> np.ndarray:
+def batches(run: Any, examples: list[Any], batch_size: int = 32) -> list[dict[str, np.ndarray]]:
+    """Padded int64 batches of the run's inputs: texts as ``predict`` reads them, or, for a tagging run,
+    sentences split into words as training aligned them."""
     _, tokenizer = run.load()
-    batches = encode_batches(examples, tokenizer, run.config.max_length, batch_size)
-    return np.concatenate([run_session(sess, b) for b in batches])
+    if not run.is_tagger:
+        return list(encode_batches(examples, tokenizer, run.config.max_length, batch_size))
+    from unipelt.inference.engine import pad_rows
+    from unipelt.inference.served_tasks import served_task
+
+    task = served_task(
+        run.task_kind, name="parity", source=str(run.folder), labels=run.labels, regression=False, pair=False,
+        max_length=run.config.max_length, tokenizer=tokenizer,
+    )  # fmt: skip
+    rows = task.encode([list(e.tokens) for e in examples])
+    pad = tokenizer.pad_token_id or 0
+    side = getattr(tokenizer, "padding_side", "right")
+    return [pad_rows(rows[i : i + batch_size], pad, side) for i in range(0, len(rows), batch_size)]
+
+
+def torch_logits(run: Any, examples: list[Any], batch_size: int = 32) -> list[np.ndarray]:
+    """The run's logits per batch of :func:`batches` (per token for a tagging run)."""
+    model, _ = run.load()
+    return [output.numpy() for output, _ in forward_batches(model, batches(run, examples, batch_size))]
+
+
+def onnx_logits(sess: Any, run: Any, examples: list[Any], batch_size: int = 32) -> list[np.ndarray]:
+    return [run_session(sess, b) for b in batches(run, examples, batch_size)]
+
+
+def max_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
 
 
 def single_latency(sess: Any, length: int = 128, repeats: int = 20) -> float:
@@ -162,6 +182,9 @@ def export_run(
 
     The run's model is traced and checked where ``placement`` puts it (default: the CPU); the graph itself is
     float32 and device-free, and ONNX Runtime runs it on the CPU."""
+    from unipelt.inference.runs import Run
+    from unipelt.metrics import compute_task_metrics
+
     if quantize not in (None, "int8"):
         raise UniPELTError(f"--quantize takes int8, not {quantize!r}")
     if placement is not None and placement.dtype not in (None, torch.float32):
@@ -170,60 +193,58 @@ def export_run(
     exportable(run)
     test = run.data(path=data)
     examples = test.examples[:max_examples] if max_examples else test.examples
-    labelled = all(e.label is not None for e in examples)
+    labelled = not run.is_tagger and all(e.label is not None for e in examples)  # sequence metrics
     report: dict[str, Any] = {"run": str(run.folder), "opset": OPSET, "examples": len(examples)}
 
     def write(tmp: Path) -> None:
         start = time.perf_counter()
         names = _trace(run, tmp / "model.onnx")
         report["export_seconds"] = round(time.perf_counter() - start, 2)
-        report["inputs"] = list(names)
         fp32 = session(tmp / "model.onnx", threads)
-        report.update(_parity(run, fp32, examples, labelled, tolerance))
+        reference = torch_logits(run, examples)
+        got = onnx_logits(fp32, run, examples)
+        diff = max_difference(got, reference)
+        report["inputs"] = list(names)
+        report["parity_max_abs_diff"] = diff
+        if not diff <= tolerance:
+            raise UniPELTError(
+                f"ONNX Runtime's logits differ from PyTorch's by up to {diff:.2e} on {len(examples)} test inputs "
+                f"(allowed {tolerance:.0e}); nothing was written"
+            )
+        if labelled:
+            labels = _labels(examples)
+            report["metrics_torch"] = compute_task_metrics(run.metric_kind, np.concatenate(reference), labels)
+            report["metrics_onnx"] = compute_task_metrics(run.metric_kind, np.concatenate(got), labels)
         if quantize == "int8":
             report["int8"] = _quantize(tmp, run, examples, labelled, fp32, threads)
-        model, tokenizer = run.load()
+        _, tokenizer = run.load()
         tokenizer.save_pretrained(tmp / "tokenizer")
         shutil.copy(run.folder / "labels.json", tmp / "labels.json")
-        write_json(tmp / EXPORT_INFO, {**_export_info(run, model), **report})
+        metric, score = run_score(run.folder)
+        model, _ = run.load()
+        counts = model.parameter_counts() if hasattr(model, "parameter_counts") else {}
+        write_json(
+            tmp / EXPORT_INFO,
+            {
+                "task": default_name(run.config, run.folder),
+                "kind": run.task_kind,
+                "tag_column": run.config.tag_column,
+                "labels": run.labels,
+                "regression": run.regression,
+                "pair": pair_task(run.config),
+                "max_length": run.config.max_length,
+                "text_columns": run.input_columns,
+                "metric": metric,
+                "score": score,
+                "parameters": counts,
+                "method": run.config.method,
+                "model": run.config.model,
+                **report,
+            },
+        )
 
     atomic_directory(out, write)
     return report
-
-
-def _parity(run: Run, fp32: Any, examples: list[Example], labelled: bool, tolerance: float) -> dict[str, Any]:
-    """ONNX Runtime's logits against PyTorch's on ``examples``: refused beyond ``tolerance``, else the figures."""
-    reference = torch_logits(run, examples)
-    got = onnx_logits(fp32, run, examples)
-    diff = float(np.abs(got - reference).max())
-    if not diff <= tolerance:
-        raise UniPELTError(
-            f"ONNX Runtime's logits differ from PyTorch's by up to {diff:.2e} on {len(examples)} test inputs "
-            f"(allowed {tolerance:.0e}); nothing was written"
-        )
-    result: dict[str, Any] = {"parity_max_abs_diff": diff}
-    if labelled:
-        result["metrics_torch"] = compute_task_metrics(run.metric_kind, reference, _labels(examples))
-        result["metrics_onnx"] = compute_task_metrics(run.metric_kind, got, _labels(examples))
-    return result
-
-
-def _export_info(run: Run, model: Any) -> dict[str, Any]:
-    """What predict and serve read from an export folder about its task."""
-    metric, score = run_score(run.folder)
-    return {
-        "task": default_name(run.config, run.folder),
-        "labels": run.labels,
-        "regression": run.regression,
-        "pair": pair_task(run.config),
-        "max_length": run.config.max_length,
-        "text_columns": run.input_columns,
-        "metric": metric,
-        "score": score,
-        "parameters": model.parameter_counts() if hasattr(model, "parameter_counts") else {},
-        "method": run.config.method,
-        "model": run.config.model,
-    }
 
 
 def _labels(examples: list[Example]) -> np.ndarray:
@@ -231,7 +252,11 @@ def _labels(examples: list[Example]) -> np.ndarray:
 
 
 def _quantize(tmp: Path, run: Any, examples: list[Example], labelled: bool, fp32: Any, threads: int | None):
-    from onnxruntime.quantization import QuantType, quantize_dynamic  # late: the onnx extra
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from unipelt.metrics import compute_task_metrics, main_metric
 
     root = logging.getLogger()
     level = root.level
@@ -248,8 +273,9 @@ def _quantize(tmp: Path, run: Any, examples: list[Example], labelled: bool, fp32
     start = time.perf_counter()
     got = onnx_logits(int8, run, examples)
     int8_seconds = time.perf_counter() - start
-    result["max_abs_diff_vs_fp32"] = float(np.abs(got - reference).max())
+    result["max_abs_diff_vs_fp32"] = max_difference(got, reference)
     if labelled:
+        reference, got = np.concatenate(reference), np.concatenate(got)
         metric = main_metric(run.metric_kind)
         before = compute_task_metrics(run.metric_kind, reference, _labels(examples))[metric]
         after = compute_task_metrics(run.metric_kind, got, _labels(examples))[metric]

@@ -32,7 +32,6 @@ import numpy as np
 import torch
 
 from unipelt.checkpoint import atomic_directory, write_json
-from unipelt.config import UniPELTConfig
 from unipelt.data import TaskData, glue_task, in_length_order, k_shot_split, load_glue, load_table
 from unipelt.errors import UniPELTError
 from unipelt.metrics import main_metric
@@ -41,7 +40,13 @@ from unipelt.training.config import TrainConfig
 from unipelt.training.data_report import data_report
 from unipelt.training.faults import kill_point
 from unipelt.training.guards import make_divergence_guard, stop_diverged
-from unipelt.training.model_init import init_regression_bias, regression_output_layer, set_backbone_dropout
+from unipelt.training.model_card import write_card
+from unipelt.training.model_init import (
+    init_regression_bias,
+    regression_output_layer,
+    set_backbone_dropout,
+    wrap_base,
+)
 from unipelt.training.resume import finished_run, prepare_resume
 from unipelt.training.run_files import read_run_config
 from unipelt.training.task_setup import class_weights, collator, metrics_function, tokenize_split
@@ -132,7 +137,6 @@ def build_model(config: TrainConfig, splits: Splits) -> tuple[torch.nn.Module, A
     the data, wrapped by UniPELT unless ``ft``."""
     from unipelt.backbones import load_base_model, load_tokenizer
     from unipelt.inject.architectures import architecture_for
-    from unipelt.model import UniPELTModel
     from unipelt.pretrained import resolve_model
 
     tokenizer = load_tokenizer(resolve_model(config.model))
@@ -148,7 +152,7 @@ def build_model(config: TrainConfig, splits: Splits) -> tuple[torch.nn.Module, A
         architecture_for(model)  # same supported set for the baseline, so comparisons are like for like
         unipelt = None
     else:
-        unipelt = UniPELTModel(model, UniPELTConfig.from_preset(config.method, **config.unipelt))
+        unipelt = wrap_base(model, config.method, config.unipelt, config.init_from)
     if splits.regression and config.regression_start() == "label-mean":
         labels = [float(example.label) for example in splits.train.examples]
         init_regression_bias(regression_output_layer(model, unipelt), labels)
@@ -323,6 +327,7 @@ def train(
             _write_gate_report(unipelt, trainer, scored.get("test") or scored["valid"], run_dir)
         _write_learning_curves(run_dir)
         write_json(run_dir / "metrics.json", result)
+        write_card(run_dir)  # README.md: the Hub model card of the finished run
         kill_point("final-metrics")
         if not config.keep_trainer_checkpoints:
             shutil.rmtree(trainer_dir, ignore_errors=True)
