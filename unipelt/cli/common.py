@@ -63,6 +63,20 @@ def placement_of(args: argparse.Namespace) -> Any:
     return placement(args.device, getattr(args, "dtype", None), args.threads)
 
 
+def add_compile_flag(parser: argparse.ArgumentParser) -> None:
+    """``--compile [BACKEND]``: run the model's single-task forwards through ``torch.compile`` (see
+    unipelt.compiling); the value is the backend name, ``inductor`` when the flag is given alone."""
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="compile the model with torch.compile (backend: inductor unless named; the first batches of "
+        "each shape take longer; mixed-task batches stay eager)",
+    )
+
+
 def run_verb(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run one verb and return its exit status: 2 with one line on stderr for a user's error, 130 on Ctrl-C."""
     try:

@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from unipelt.cli.common import add_device_flags, placement_of
+from unipelt.cli.common import add_compile_flag, add_device_flags, placement_of
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,6 +20,8 @@ def run(args: argparse.Namespace) -> int:
 
     where = placement_of(args)
     if args.runtime == "onnx":
+        if args.compile:
+            raise UniPELTError("--compile applies to the torch runtime, not to --runtime onnx")
         from unipelt.inference.onnx_runtime import open_export
 
         trained = open_export(args.run)
@@ -36,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     elif is_export(args.run):
         raise UniPELTError(f"{args.run} is an ONNX export; predict from it with --runtime onnx")
     else:
-        trained = Run(args.run, where)
+        trained = Run(args.run, where, compile=args.compile)
         if trained.is_tagger:  # token classification: sentences in, tags and entity spans out
             from unipelt.inference.tagging import print_tagged
 
@@ -80,5 +82,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="onnx: onnxruntime on an export folder (a run folder is exported first)",
     )
     add_device_flags(p)
+    add_compile_flag(p)
     p.set_defaults(func=run)
     return p

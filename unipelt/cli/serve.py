@@ -19,22 +19,29 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from unipelt.cli.common import add_device_flags, placement_of
+from unipelt.cli.common import add_compile_flag, add_device_flags, placement_of
 from unipelt.errors import UniPELTError
 
 KEY_ENV = "UNIPELT_API_KEY"
 
 
 def build_engine(
-    specs: list[str], runtime: str, threads: int | None = None, int8: bool = False, placement: Any = None
+    specs: list[str],
+    runtime: str,
+    threads: int | None = None,
+    int8: bool = False,
+    placement: Any = None,
+    compile: str | None = None,
 ) -> Any:
     if runtime == "onnx":
+        if compile:
+            raise UniPELTError("--compile applies to the torch runtime, not to --runtime onnx")
         from unipelt.inference.onnx_runtime import OnnxEngine
 
         return OnnxEngine(specs, quantized=int8, threads=threads)
     from unipelt.inference.engine import TorchEngine
 
-    return TorchEngine(specs, placement)
+    return TorchEngine(specs, placement, compile=compile)
 
 
 class NoEncoderTasks:
@@ -87,7 +94,9 @@ def build_app(args: argparse.Namespace, key: str | None, where: Any = None) -> t
         )
     generation = build_generation(chat, args, where)
     engine = (
-        build_engine(encoders, args.runtime, args.threads, args.int8, where) if encoders else NoEncoderTasks()
+        build_engine(encoders, args.runtime, args.threads, args.int8, where, args.compile)
+        if encoders
+        else NoEncoderTasks()
     )
     served = [*engine.tasks.values(), *(generation.tasks.values() if generation else [])]
     return assemble(engine, generation, options_from(args, key)), served
@@ -281,5 +290,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=["critical", "error", "warning", "info", "debug"],
         help="info (default) logs one line per request",
     )
+    add_compile_flag(p)
     p.set_defaults(func=run)
     return p

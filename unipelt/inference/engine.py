@@ -11,6 +11,7 @@ The engine is not thread-safe on purpose: exactly one thread (the batcher's work
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,9 @@ class TorchEngine:
 
     runtime = "torch"
 
-    def __init__(self, specs: Sequence[str | Path], placement: Placement | None = None) -> None:
+    def __init__(
+        self, specs: Sequence[str | Path], placement: Placement | None = None, compile: str | None = None
+    ) -> None:
         self.placement = placement  # where the models go (default: the CPU)
         from unipelt.backbones import load_tokenizer
         from unipelt.inference.onnx_runtime import is_export
@@ -109,6 +112,9 @@ class TorchEngine:
                 score=score,
             )
         self.models = self._load_models(runs, names)
+        for model in self.models.values():
+            if compile:  # batches of one task run the compiled graph; mixed ones and gate readouts stay eager
+                model.compile(backend=compile)
         for name in names:
             self.tasks[name].parameters = self.models[self.tasks[name].group].parameter_counts(name)
         self.pad_id = self.tokenizer.pad_token_id or 0
@@ -165,8 +171,9 @@ class TorchEngine:
         padded = pad_rows(rows, self.pad_id, self.padding_side)
         batch = {k: torch.from_numpy(v) for k, v in padded.items()}
         names = [r.task for r in rows]
-        for output, _ in forward_batches(model, [batch], task=names):
-            logits = output.numpy()
+        with model.eager() if gates else contextlib.nullcontext():
+            for output, _ in forward_batches(model, [batch], task=names):
+                logits = output.numpy()
             values = row_gates(model.gate_values(), batch["attention_mask"]) if gates else None
         return row_outputs(logits, rows, self.tasks, self.padding_side), values
 

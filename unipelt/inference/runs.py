@@ -41,11 +41,15 @@ from unipelt.training.run_files import read_labels, read_run_config
 class Run:
     """A trained run folder: its config, label map, tokenizer and model (UniPELT or fully fine-tuned).
 
-    ``placement`` says where the model goes when it is loaded (default: the CPU, in the dtype it was saved in)."""
+    ``placement`` says where the model goes when it is loaded (default: the CPU, in the dtype it was saved in);
+    ``compile`` names a torch.compile backend for it, or is None."""
 
-    def __init__(self, folder: str | Path, placement: Placement | None = None) -> None:
+    def __init__(
+        self, folder: str | Path, placement: Placement | None = None, compile: str | None = None
+    ) -> None:
         self.folder = Path(folder)
         self.placement = placement
+        self.compile = compile
         for name in ("config.json", "labels.json", "checkpoint"):
             if not (self.folder / name).exists():
                 raise UniPELTError(
@@ -82,6 +86,8 @@ class Run:
             if self.placement is not None:
                 self.placement.place(self._model)
             self._model.eval()
+            if self.compile:
+                self._model.compile(backend=self.compile)
         return self._model, self._tokenizer
 
     @property
