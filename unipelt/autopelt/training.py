@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from transformers import EvalPrediction, TrainerCallback
 
+from unipelt.atomic import writing
 from unipelt.autopelt.latency import median_times, random_batch
 from unipelt.autopelt.measure import UnitStats, measure_units
 from unipelt.autopelt.plan import write_plan
@@ -214,7 +215,7 @@ class Tracker(TrainerCallback):
             "units": [{**s.to_dict(), "p_open": open_p.get((s.layer, s.site))} for s in stats],
             "entropy": {str(i): sum(v) / len(v) for i, v in sorted(entropy.items())},
         }
-        with open(self.run_dir / TRACK_JSONL, "a") as handle:
+        with writing(self.run_dir / TRACK_JSONL), open(self.run_dir / TRACK_JSONL, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
 

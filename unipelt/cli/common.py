@@ -13,8 +13,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from unipelt.atomic import DISK_ERRNOS
 from unipelt.data import GLUE_TASKS
-from unipelt.errors import UniPELTError
+from unipelt.errors import DiskFullError, UniPELTError
 
 GLUE_HELP = f"GLUE task: {', '.join(GLUE_TASKS)}"
 
@@ -87,6 +88,11 @@ def run_verb(func: Callable[[argparse.Namespace], int], args: argparse.Namespace
     except BrokenPipeError:  # output piped into head or similar
         sys.stderr.close()
         return 0
+    except OSError as error:  # a full or read-only disk under a write that no verb explains further
+        if error.errno not in DISK_ERRNOS:
+            raise
+        print(f"unipelt: error: {DiskFullError.writing(error.filename, error.errno)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("unipelt: interrupted", file=sys.stderr)
         return 130

@@ -92,7 +92,7 @@ class TorchEngine:
                     f"{run.folder} was trained on {run.config.model!r} ({other}) but {first.folder} on "
                     f"{first.config.model!r} ({base_path}); one server shares one backbone"
                 )
-        self.tokenizer = load_tokenizer(first.folder / "tokenizer")
+        self.tokenizer = load_tokenizer(first.folder / "tokenizer", local=True)
         names = unique_names(
             [name or default_name(run.config, run.folder) for (name, _), run in zip(named, runs)]
         )

@@ -35,7 +35,7 @@ from unipelt.inference.loop import chunks, logits_and_labels
 from unipelt.inference.tagging import evaluate_tagged, tag_sentences
 from unipelt.metrics import compute_task_metrics
 from unipelt.model import UniPELTModel
-from unipelt.training.run_files import read_labels, read_run_config
+from unipelt.training.run_files import check_run_folder, read_labels, read_run_config
 
 
 class Run:
@@ -57,6 +57,7 @@ class Run:
                 )
         self.config = read_run_config(self.folder)
         labels = read_labels(self.folder)
+        check_run_folder(self.folder, labels)
         self.labels: list[str] | None = labels["labels"]
         self.regression: bool = labels["regression"]
         self.metric_kind: str = labels["metric_kind"]
@@ -68,7 +69,7 @@ class Run:
         """(model in eval mode, tokenizer), loaded on first use."""
         if self._model is None:
             hf_logging.set_verbosity_error()
-            self._tokenizer = load_tokenizer(self.folder / "tokenizer")
+            self._tokenizer = load_tokenizer(self.folder / "tokenizer", local=True)
             checkpoint = self.folder / "checkpoint"
             if self.config.method == "ft":  # the whole fine-tuned model was saved: nothing to rebuild
                 auto = (
@@ -196,7 +197,7 @@ class Run:
 def _load_full_model(auto: Any, checkpoint: Path) -> torch.nn.Module:
     """A fully fine-tuned run's model, with one clear error when its files are damaged."""
     try:
-        return auto.from_pretrained(checkpoint)
+        return auto.from_pretrained(checkpoint, local_files_only=True)
     except (OSError, ValueError, SafetensorError, RuntimeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UniPELTError(
