@@ -22,7 +22,9 @@ from unipelt.pretrained import resolve_model
 if TYPE_CHECKING:
     import torch
 
-TaskKind = Literal["classification", "regression", "token-classification", "causal-lm"]
+TaskKind = Literal[
+    "classification", "regression", "token-classification", "causal-lm", "image-classification"
+]
 Init = Literal["pretrained", "random", "meta"]
 
 
@@ -44,9 +46,10 @@ def head_kwargs(
         if labels is not None or num_labels not in (None, 1):
             raise UniPELTError("a regression head has one output and no label names")
         return {"num_labels": 1, "problem_type": "regression"}
-    if task_kind not in ("classification", "token-classification"):
+    if task_kind not in ("classification", "token-classification", "image-classification"):
         raise UniPELTError(
-            f"task_kind must be 'classification', 'regression' or 'token-classification', not {task_kind!r}"
+            "task_kind must be 'classification', 'regression', 'token-classification' or "
+            f"'image-classification', not {task_kind!r}"
         )
     if labels is None:
         return {} if num_labels is None else {"num_labels": num_labels}
@@ -111,11 +114,13 @@ def _auto_class(task_kind: str) -> Any:
     """The Transformers Auto class that builds a model for ``task_kind``."""
     from transformers import (
         AutoModelForCausalLM,
+        AutoModelForImageClassification,
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
     )
 
     return {
+        "image-classification": AutoModelForImageClassification,
         "token-classification": AutoModelForTokenClassification,
         "causal-lm": AutoModelForCausalLM,
     }.get(task_kind, AutoModelForSequenceClassification)

@@ -36,6 +36,7 @@ from unipelt.inference.chat_scoring import score_chats
 from unipelt.training.config import TrainConfig
 from unipelt.training.model_card import write_card
 from unipelt.training.model_init import wrap_base
+from unipelt.training.trainer import training_device
 
 
 @dataclass
@@ -152,8 +153,7 @@ def train_causal_lm(
         if not resume:
             raise UniPELTError(f"{run_dir} already holds a finished run; choose another --out or delete it")
         return finished_run(run_dir, config)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    training_device(config)
     check_model(config.model, "causal-lm")  # a bad path or model kind fails here, before any data is read
     splits = load_chat_splits(config)
     set_seed(config.seed)

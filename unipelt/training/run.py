@@ -50,7 +50,7 @@ from unipelt.training.model_init import (
 from unipelt.training.resume import continue_advice, finished_run, prepare_resume
 from unipelt.training.run_files import read_run_config
 from unipelt.training.task_setup import class_weights, collator, metrics_function, tokenize_split
-from unipelt.training.trainer import make_trainer_class, run_callbacks, training_arguments
+from unipelt.training.trainer import make_trainer_class, run_callbacks, training_arguments, training_device
 
 log = logging.getLogger("unipelt")
 
@@ -218,8 +218,7 @@ def _train(
         from unipelt.training.causal_lm import train_causal_lm
 
         return train_causal_lm(config, resume, callbacks)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    training_device(config)  # a device this machine lacks fails here, before anything is read
     from unipelt.backbones import check_model
 
     check_model(config.model)  # a bad path or a model of another kind fails here, before any data is read

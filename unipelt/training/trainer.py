@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from unipelt.atomic import writing
+from unipelt.devices import placement
+from unipelt.errors import UniPELTError
 from unipelt.training.config import TrainConfig
 from unipelt.training.faults import kill_point
 from unipelt.training.resume import mark_complete, read_progress, step_of, stopped_early
@@ -31,6 +33,20 @@ def _precision_flags(precision: str) -> dict[str, bool]:
             return {}
         return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def training_device(config: TrainConfig) -> torch.device:
+    """The device a run trains on (``config.device``), checked to exist here; sets the CPU threads too.
+
+    The Trainer puts a run on the first visible GPU (or on the GPU of its rank under torchrun), so ``cuda:N``
+    other than ``cuda:0`` is refused with how to choose another GPU."""
+    device = placement(config.device, None, config.threads).device
+    if device.type == "cuda" and device.index not in (None, 0):
+        raise UniPELTError(
+            f"--device {config.device}: training uses the first visible GPU; pick GPU {device.index} with "
+            f"CUDA_VISIBLE_DEVICES={device.index} and --device cuda"
+        )
+    return device
 
 
 def training_arguments(config: TrainConfig, trainer_dir: Path, metric: str) -> TrainingArguments:
@@ -66,8 +82,8 @@ def training_arguments(config: TrainConfig, trainer_dir: Path, metric: str) -> T
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(),  # also what lets torchrun on CPU run DDP over gloo
+        dataloader_pin_memory=training_device(config).type == "cuda",
+        use_cpu=training_device(config).type == "cpu",  # also what lets torchrun on CPU run DDP over gloo
         disable_tqdm=False,
         save_only_model=False,
         ddp_find_unused_parameters=False,
