@@ -145,7 +145,12 @@ def test_custom_csv_with_label_mapping(tiny_model_dir, tmp_path):
         == 0
     )
     labels = json.loads((out / "labels.json").read_text())
-    assert labels == {"labels": ["neg", "pos"], "regression": False, "metric_kind": "classification"}
+    assert labels == {
+        "labels": ["neg", "pos"],
+        "regression": False,
+        "metric_kind": "classification",
+        "task_type": "classification",
+    }
     assert json.loads((out / "metrics.json").read_text())["valid"]["accuracy"] >= 0.0
 
 

@@ -47,6 +47,7 @@ class TaskKind:
     """The base of every kind; subclasses override what differs. ``name`` is the ``--task-type`` value."""
 
     name: str = ""
+    metrics_as: str = ""  # what unipelt.metrics scores the kind's outputs as (default: its name)
     head: str = "classification"  # the head unipelt.backbones.load_base_model builds for it
     regression: bool = False
     onnx_export: bool = False  # whether `unipelt export` can write an ONNX model of its runs
@@ -132,7 +133,8 @@ class TaskKind:
         return {
             "labels": splits.labels,
             "regression": self.regression,
-            "metric_kind": splits.glue_task or self.name,
+            "metric_kind": splits.glue_task or self.metrics_as or self.name,
+            "task_type": self.name,
         }
 
     def auto_class(self) -> Any:

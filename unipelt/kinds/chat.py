@@ -126,12 +126,7 @@ class CausalLM(TaskKind):
         return None
 
     def run_info(self, splits: Splits) -> dict[str, Any]:
-        return {
-            "labels": None,
-            "regression": False,
-            "metric_kind": self.name,
-            "answer_choices": splits.answer_choices,
-        }
+        return {**super().run_info(splits), "answer_choices": splits.answer_choices}
 
     def auto_class(self) -> Any:
         from transformers import AutoModelForCausalLM

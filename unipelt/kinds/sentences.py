@@ -92,7 +92,7 @@ class SentenceKind(TaskKind):
         return DataCollatorWithPadding(tokenizer)
 
     def _scored_as(self, splits: Splits) -> str:
-        return splits.glue_task or self.name
+        return splits.glue_task or self.metrics_as
 
     def main_metric(self, splits: Splits) -> str:
         return main_metric(self._scored_as(splits))
@@ -121,6 +121,7 @@ class SentenceKind(TaskKind):
 
 class Classification(SentenceKind):
     name = "classification"
+    metrics_as = "classification"
 
     def decode_output(self, outputs: np.ndarray, labels: list[str] | None) -> dict[str, Any]:
         shifted = np.exp(outputs - outputs.max())
@@ -134,6 +135,7 @@ class Classification(SentenceKind):
 
 class Regression(SentenceKind):
     name = "regression"
+    metrics_as = "regression"
     head = "regression"
     regression = True
 

@@ -71,7 +71,7 @@ class FullFineTuning(Method):
         from safetensors import SafetensorError
 
         try:
-            return kind.auto_class().from_pretrained(checkpoint)
+            return kind.auto_class().from_pretrained(checkpoint, local_files_only=True)
         except (OSError, ValueError, SafetensorError, RuntimeError) as error:
             first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise UniPELTError(

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,7 @@ from unipelt.training.model_init import (
 from unipelt.training.resume import continue_advice, finished_run, prepare_resume, step_of
 from unipelt.training.run_files import read_run_config
 from unipelt.training.run_folder import FINISHED, RunFolder, main_process
-from unipelt.training.trainer import make_trainer_class, run_callbacks, training_arguments
+from unipelt.training.trainer import make_trainer_class, run_callbacks, training_arguments, training_device
 
 log = logging.getLogger("unipelt")
 
@@ -105,8 +104,7 @@ def prepare(config: TrainConfig, resume: bool) -> TrainConfig:
     if config.task_type == "auto" and kind.name == "causal-lm":
         log.info("%s holds chats: training a causal-lm run", config.train_file)
         config = dataclasses.replace(config, task_type=kind.name)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    training_device(config)  # a device this machine lacks fails here, before anything is read (sets threads)
     from unipelt.backbones import check_model
 
     check_model(config.model, kind.head)  # a bad path or a model of another kind fails here, before any data
@@ -209,7 +207,6 @@ def fit(
         divergence_guard=guard,
     )
     trainer.class_weights = context.class_weights  # for ft, whose loss is the base model's own
-    start = time.time()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except ValueError as error:
@@ -219,7 +216,7 @@ def fit(
             f"{resume_from} was saved with other optimizer groups than this run's configuration makes (was "
             f"{run_dir / 'config.json'} edited?); start the run again without --resume"
         ) from error
-    seconds = time.time() - start
+    seconds = trainer.train_seconds  # over every session of a resumed run
     if guard.event is not None and guard.action == "stop":
         stop_diverged(guard, trainer, run_dir, lambda: save_final(context))
     return trainer, method_run, seconds
