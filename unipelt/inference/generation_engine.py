@@ -122,6 +122,7 @@ class GenerationEngine:
         top_p: float,
         seed: int | None,
         default_max: int | None = None,
+        ignore_eos: bool = False,
     ) -> Params:
         """A request's generation settings; a prompt that leaves no room in the context is a 400."""
         room = None if self.context is None else self.context - len(prompt)
@@ -134,7 +135,7 @@ class GenerationEngine:
         limit = max_tokens if max_tokens is not None else default_max
         if limit is None or (room is not None and limit > room):
             limit = room if room is not None else 256
-        return Params(limit, self.stop_ids, temperature, top_p, seed)
+        return Params(limit, frozenset() if ignore_eos else self.stop_ids, temperature, top_p, seed)
 
     def close(self) -> None:
         self.scheduler.close()

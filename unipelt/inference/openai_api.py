@@ -49,7 +49,9 @@ class Generation:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.text = TextStream(engine.tokenizer, body.stops())
-        params = engine.params(prompt, body.limit(), body.temperature, body.top_p, body.seed)
+        params = engine.params(
+            prompt, body.limit(), body.temperature, body.top_p, body.seed, ignore_eos=body.ignore_eos
+        )
         self.sequence = Sequence(prompt, task, params, self._emit)
         self.finish: str | None = None
 
