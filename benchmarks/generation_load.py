@@ -142,6 +142,30 @@ def level(
     }
 
 
+def agreement(
+    batched: str, alone: str, models: list[str], texts: list[str], count: int, max_tokens: int
+) -> dict:
+    """Greedy answers of ``count`` concurrent mixed-task requests on the batching server against the same
+    requests on the one-at-a-time server: how many are identical."""
+    import openai
+
+    def ask(url: str, n: int) -> str:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
+        answer = client.chat.completions.create(
+            model=models[n % len(models)],
+            messages=[{"role": "user", "content": texts[n % len(texts)]}],
+            max_tokens=max_tokens,
+            temperature=0,
+        )
+        return answer.choices[0].message.content
+
+    with ThreadPoolExecutor(count) as pool:
+        together = list(pool.map(lambda n: ask(batched, n), range(count)))
+    one_by_one = [ask(alone, n) for n in range(count)]
+    same = sum(a == b for a, b in zip(together, one_by_one))
+    return {"config": "agreement", "requests": count, "identical": same, "max_tokens": max_tokens}
+
+
 def table(path: Path) -> str:
     """The results so far as a markdown table, plus the ratios the targets are about."""
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -150,11 +174,15 @@ def table(path: Path) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
+        if r["config"] == "agreement":
+            continue
         lines.append(
             f"| {r['config']} | {r['clients']} | {r['requests']} | {r['tokens_per_s']} | "
             f"{r['ttft_p50_ms']:.0f} / {r['ttft_p95_ms']:.0f} | {r['tpot_p50_ms']:.0f} / {r['tpot_p95_ms']:.0f} | "
             f"{r['load_before']:.1f}-{r['load_after']:.1f} |"
         )
+    checks = [r for r in records if r["config"] == "agreement"]
+    records = [r for r in records if r["config"] != "agreement"]
     by = {(r["config"], r["clients"]): r for r in records}
     for clients in sorted({r["clients"] for r in records}):
         cont, alone = by.get(("continuous", clients)), by.get(("one-at-a-time", clients))
@@ -168,6 +196,11 @@ def table(path: Path) -> str:
             parts.append(f"1 task / 3 tasks tokens/s {single['tokens_per_s'] / cont['tokens_per_s']:.2f}x")
         if parts:
             lines.append(f"\n{clients} clients: " + ", ".join(parts))
+    for check in checks:
+        lines.append(
+            f"\ngreedy answers of {check['requests']} concurrent mixed-task requests identical to one-at-a-time: "
+            f"{check['identical']} of {check['requests']}"
+        )
     return "\n".join(lines)
 
 
@@ -186,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads of each server")
     p.add_argument("--configs", default="continuous,continuous-1task,one-at-a-time")
     p.add_argument("--out", type=Path, default=OUT / "load.jsonl")
+    p.add_argument("--check", type=int, default=16, help="requests of the greedy agreement check (0: none)")
     p.add_argument("--table", action="store_true", help="only print the results so far")
     args = p.parse_args(argv)
     if args.table:
@@ -212,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(record), flush=True)
                 with open(args.out, "a") as handle:
                     handle.write(json.dumps(record) + "\n")
+        if alone is not None and args.check:
+            record = agreement(batched.url, alone.url, names, texts, args.check, args.max_tokens)
+            print(json.dumps(record), flush=True)
+            with open(args.out, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
     finally:
         batched.close()
         if alone is not None:

@@ -237,6 +237,9 @@ def test_errors_have_openai_shape_and_status(client, server):
     with pytest.raises(openai.BadRequestError) as several:
         client.chat.completions.create(model="lora", messages=[{"role": "user", "content": "hi"}], n=2)
     assert several.value.body["param"] == "n"
+    with pytest.raises(openai.BadRequestError) as role:  # the tiny chat template refuses other roles
+        client.chat.completions.create(model="lora", messages=[{"role": "tool", "content": "hi"}])
+    assert role.value.body["param"] == "messages" and "roles tool" in role.value.message
     response = httpx.post(f"{server}/v1/chat/completions", content=b"{not json", timeout=10)
     assert response.status_code == 400 and set(response.json()["error"]) == {
         "message",

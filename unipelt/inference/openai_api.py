@@ -158,15 +158,18 @@ def openai_router(engine: GenerationEngine, observe: Callable[[str, int, float],
                 task = engine.task_of(body.model)
             except InputError as error:
                 raise ApiError(error.status, str(error), "model", "model_not_found") from None
+            param = "messages" if chat else "prompt"
             try:
                 if chat:
                     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
                     prompt = await asyncio.to_thread(engine.chat_prompt, messages)
                 else:
                     prompt = await asyncio.to_thread(engine.text_prompt, body.text())
+            except InputError as error:
+                raise ApiError(error.status, str(error), param) from None
+            try:
                 run = Generation(engine, prompt, task, body)
             except InputError as error:
-                param = "messages" if chat else "prompt"
                 raise ApiError(error.status, str(error), param, "context_length_exceeded") from None
             if body.stream:
                 return StreamingResponse(

@@ -61,7 +61,8 @@ class Sampling(BaseModel):
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = Field(
-        False, description="an extension (as in vLLM): generate max_tokens tokens, past end-of-sequence tokens"
+        False,
+        description="an extension (as in vLLM): generate max_tokens tokens, past end-of-sequence tokens",
     )
 
     def stops(self) -> list[str]:
