@@ -247,3 +247,39 @@ def test_start_from_a_peft_adapter_under_a_gated_method(tmp_path) -> None:
     assert torch.allclose(task.layers[0].lora.value.lora_B.weight, saved[b_key] * 2.0)  # alpha / r folded in
     with pytest.raises(UniPELTError, match="does not have"):
         start_from(UniPELTModel(base("bert")), "t", UniPELTConfig.from_preset("prefix"), tmp_path / "peft")
+
+
+@pytest.mark.parametrize("method", ["lora", "unipelt"])
+def test_train_init_from_a_peft_adapter_keeps_training_it(tiny_model_dir, glue_dir, tmp_path, method) -> None:
+    from safetensors.torch import load_file
+    from tiny_runs import tiny_run_config
+    from transformers import AutoModelForSequenceClassification
+
+    from unipelt.training import train
+
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        made = peft.get_peft_model(
+            AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2),
+            peft.LoraConfig(r=3, lora_alpha=6, target_modules=["query", "value"], task_type="SEQ_CLS"),
+        )
+    with torch.no_grad():
+        for name, parameter in made.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_()
+    made.save_pretrained(str(tmp_path / "peft"))
+    run = tmp_path / "run"
+    train(
+        tiny_run_config(
+            tiny_model_dir, glue_dir, run, method=method, init_from=str(tmp_path / "peft"), lr=1e-9
+        )
+    )
+    trained = load_file(str(run / "checkpoint" / "unipelt_weights.safetensors"))
+    saved = load_file(str(tmp_path / "peft" / "adapter_model.safetensors"))
+    start = saved["base_model.model.bert.encoder.layer.1.attention.self.value.lora_B.weight"]
+    scale = 2.0 if method == "unipelt" else 1.0  # a gated method folds alpha / r into B
+    assert torch.allclose(trained["layers.1.lora.value.lora_B.weight"], start * scale, atol=1e-6)
+    config = json.loads((run / "checkpoint" / "unipelt_config.json").read_text())["unipelt"]
+    assert config["lora_rank"] == 3 and config["gate"] == ("sigmoid" if method == "unipelt" else "none")
+    assert json.loads((run / "config.json").read_text())["init_from"] == str(tmp_path / "peft")

@@ -79,21 +79,13 @@ def load_base_model(
     weight values); ``"meta"`` builds it on the meta device, shapes only, for counting parameters of any size.
     ``pad_token_id`` is written into the model config when the config has none.
     """
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoModelForTokenClassification,
-    )
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     if init not in ("pretrained", "random", "meta"):
         raise UniPELTError(f"init must be 'pretrained', 'random' or 'meta', not {init!r}")
     kwargs = head_kwargs(task_kind, labels, num_labels)
-    auto = {
-        "token-classification": AutoModelForTokenClassification,
-        "causal-lm": AutoModelForCausalLM,
-    }.get(task_kind, AutoModelForSequenceClassification)
+    auto = _auto_class(task_kind)
     path = resolve_model(str(path_or_name))
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected: that is the head we train
     try:
@@ -113,6 +105,37 @@ def load_base_model(
     if pad_token_id is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     return model
+
+
+def _auto_class(task_kind: str) -> Any:
+    """The Transformers Auto class that builds a model for ``task_kind``."""
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
+
+    return {
+        "token-classification": AutoModelForTokenClassification,
+        "causal-lm": AutoModelForCausalLM,
+    }.get(task_kind, AutoModelForSequenceClassification)
+
+
+def check_model(path_or_name: str | Path, task_kind: TaskKind = "classification") -> None:
+    """Refuse a model unipelt cannot train for ``task_kind`` from its config alone, with the message
+    ``unipelt params`` gives, before its tokenizer or weights are read (which would fail first, and blame
+    them: a vision model has no text tokenizer, a sequence-to-sequence folder may hold other weight files)."""
+    from transformers import AutoConfig
+
+    from unipelt.inject.architectures import architecture_for
+
+    path = resolve_model(str(path_or_name))
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise UniPELTError(f"cannot load model {str(path_or_name)!r} from {path}: {error}") from error
+    check_model_kind(config, _auto_class(task_kind), path_or_name, task_kind)
+    architecture_for(config)
 
 
 def check_model_kind(config: Any, auto: Any, name: str | Path, task_kind: str) -> None:

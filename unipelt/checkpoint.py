@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 # The atomic writers are re-exported: run files are written through this module too.
 from unipelt.atomic import atomic_directory, atomic_file, atomic_write_text, write_json  # noqa: F401
-from unipelt.config import UniPELTConfig
+from unipelt.config import LEGACY_GATE_INPUT, UniPELTConfig
 from unipelt.errors import CheckpointMismatchError, UniPELTError
 from unipelt.heads import head_key
 from unipelt.plan import PLAN_KEY, apply_plan, plan_from_meta
@@ -147,7 +147,10 @@ def task_settings(meta: dict[str, Any], path: str | Path, base_kind: str) -> tup
     nonsense is one error naming the file, not a TypeError from deep inside building the task."""
     config_file = Path(path) / CONFIG_NAME
     try:
-        config = UniPELTConfig.from_dict(meta["unipelt"])
+        saved = meta["unipelt"]
+        if isinstance(saved, dict) and "gate_input" not in saved:
+            saved = {**saved, "gate_input": LEGACY_GATE_INPUT}  # written before the field: raw-state gates
+        config = UniPELTConfig.from_dict(saved)
         config.validate()
         info = task_info(meta, base_kind)
     except UniPELTError as error:

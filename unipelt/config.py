@@ -24,6 +24,9 @@ from unipelt.errors import UniPELTError
 
 GATES = ("sigmoid", "softmax", "concrete", "none")
 POOLINGS = ("auto", "mean", "token")
+GATE_INPUTS = ("auto", "raw", "rms")
+# What a checkpoint written before ``gate_input`` existed was trained with: its gates read the raw state.
+LEGACY_GATE_INPUT = "raw"
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 
 
@@ -43,6 +46,11 @@ class UniPELTConfig:
     # encoders and "token" (one gate per token, which keeps decoders causal and KV-cache exact) for decoders.
     gate: str = "sigmoid"
     gate_pooling: str = "auto"
+    # What the sigmoid gates and the router read: "raw" (the paper's gate) or "rms" (the state divided by its
+    # per-token RMS, with a width-independent small initial spread; unipelt.gates.normalise). "auto" is "rms"
+    # for pre-norm architectures (decoders, whose residual stream reaches norms in the thousands) and "raw"
+    # for post-norm encoders, which keep the paper's gate unchanged.
+    gate_input: str = "auto"
     router_hidden: int = 64
     router_temperature: float = 1.0
 
@@ -106,6 +114,12 @@ class UniPELTConfig:
             return self.gate_pooling
         return "token" if arch.decoder else "mean"
 
+    def resolved_gate_input(self, arch: Any) -> str:
+        """``auto`` gate input: RMS-normalised on pre-norm architectures, raw on post-norm ones."""
+        if self.gate_input != "auto":
+            return self.gate_input
+        return "rms" if arch.pre_norm else "raw"
+
     def validate(self) -> None:
         """Reject values that would only fail later, deep inside a forward pass."""
         known_modules = _module_kinds()
@@ -126,6 +140,8 @@ class UniPELTConfig:
             raise UniPELTError(
                 f"gate_pooling must be one of {', '.join(POOLINGS)}, got {self.gate_pooling!r}"
             )
+        if self.gate_input not in GATE_INPUTS:
+            raise UniPELTError(f"gate_input must be one of {', '.join(GATE_INPUTS)}, got {self.gate_input!r}")
         if self.adapter_activation not in ACTIVATIONS:
             raise UniPELTError(
                 f"adapter_activation must be one of {', '.join(ACTIVATIONS)}, got {self.adapter_activation!r}"

@@ -92,13 +92,16 @@ class TaskModules(nn.Module):
                         layer_modules.add_module(kind_name, part)
             else:
                 setattr(self, kind_name, cls.build(spec, None))
+        normalise = config.resolved_gate_input(spec.arch) == "rms"
         for layer_modules in self.layers:
             # Sites in registry order: the softmax router's outputs are indexed by it.
             parts = [
                 getattr(layer_modules, k, None) or getattr(self, k, None) for k in config.ordered_modules
             ]
             sites = [site for part in parts if part is not None for site in part.gate_sites(config.gate)]
-            layer_modules.gate = build_layer_gate(config.gate, spec.dims["hidden_size"], sites, config)
+            layer_modules.gate = build_layer_gate(
+                config.gate, spec.dims["hidden_size"], sites, config, normalise=normalise
+            )
             layer_modules.index_sites()
         self.head = head
 

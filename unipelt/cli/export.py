@@ -15,6 +15,8 @@ from unipelt.errors import UniPELTError
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.format == "peft":
+        return run_peft(args)
     try:
         import onnx  # noqa: F401
         import onnxruntime  # noqa: F401
@@ -56,10 +58,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_peft(args: argparse.Namespace) -> int:
+    """``--format peft``: adapter_config.json + adapter_model.safetensors + README.md (unipelt.interop)."""
+    from unipelt.inference.peft_run import export_peft_run
+
+    report = export_peft_run(args.run, args.out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"exported {args.run} to {report['folder']} as PEFT ({', '.join(report['files'])})")
+    print(
+        f"adapter weights: {report['peft_bytes']:,} bytes (unipelt checkpoint: {report['unipelt_bytes']:,} bytes)"
+    )
+    return 0
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("export", help="export a run to ONNX (parity-checked; optional int8)")
     p.add_argument("run")
-    p.add_argument("--format", default="onnx", choices=["onnx"], help="only ONNX for now")
+    p.add_argument(
+        "--format",
+        default="onnx",
+        choices=["onnx", "peft"],
+        help="onnx: a parity-checked graph; peft: a PEFT adapter folder (LoRA, IA3, prefix) with a model card",
+    )
     p.add_argument("--out", required=True, help="folder to write")
     p.add_argument("--quantize", choices=["int8"], default=None, help="also write a dynamic int8 model")
     p.add_argument(

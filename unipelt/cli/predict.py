@@ -10,6 +10,8 @@ import argparse
 import json
 from typing import Any
 
+from unipelt.cli.common import add_compile_flag
+
 
 def run(args: argparse.Namespace) -> int:
     from unipelt.errors import UniPELTError
@@ -17,9 +19,17 @@ def run(args: argparse.Namespace) -> int:
     from unipelt.inference.onnx_runtime import is_export
 
     if args.runtime == "onnx":
+        if args.compile:
+            raise UniPELTError("--compile applies to the torch runtime, not to --runtime onnx")
         from unipelt.inference.onnx_runtime import open_export
 
         trained = open_export(args.run)
+        if trained.is_tagger:
+            from unipelt.inference.tagging import print_tagged
+
+            return print_tagged(
+                trained, args.input, args.format, args.encoding or "utf-8", trained.tag_column
+            )
         text_columns = trained.info.get("text_columns") or (
             ["text_a", "text_b"] if trained.pair else ["text"]
         )
@@ -27,11 +37,12 @@ def run(args: argparse.Namespace) -> int:
     elif is_export(args.run):
         raise UniPELTError(f"{args.run} is an ONNX export; predict from it with --runtime onnx")
     else:
-        trained = Run(args.run)
+        trained = Run(args.run, compile=args.compile)
         if trained.is_tagger:  # token classification: sentences in, tags and entity spans out
             from unipelt.inference.tagging import print_tagged
 
-            return print_tagged(trained, args.input, args.format, args.encoding or trained.config.encoding)
+            encoding = args.encoding or trained.config.encoding
+            return print_tagged(trained, args.input, args.format, encoding, trained.config.tag_column)
         text_columns = trained.input_columns
         encoding, task = args.encoding or trained.config.encoding, trained.config.task
         task = task.upper() if task else None
@@ -69,5 +80,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=["torch", "onnx"],
         help="onnx: onnxruntime on an export folder (a run folder is exported first)",
     )
+    add_compile_flag(p)
     p.set_defaults(func=run)
     return p

@@ -90,6 +90,7 @@ def _flag_fields(args: argparse.Namespace) -> dict[str, Any]:
         "model": args.model,
         "method": args.method,
         "unipelt": dict(args.set or []),
+        "init_from": args.init_from,
         "task": task,
         "data_dir": data_dir,
         "train_file": args.train,
@@ -234,6 +235,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         type=override,
         metavar="FIELD=VALUE",
         help="override a UniPELT config field",
+    )
+    p.add_argument(
+        "--init-from",
+        metavar="ADAPTER_DIR",
+        help="start the method's modules from a PEFT or AdapterHub adapter folder (LoRA, IA3, prefix...)",
     )
     p.add_argument("--task", default="rte", help=GLUE_HELP)
     p.add_argument("--data-dir", help="folder in the GLUE layout (default: $UNIPELT_DATA_DIR, else the Hub)")

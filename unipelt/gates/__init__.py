@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import nn
 
 from unipelt.gates.concrete import HardConcreteGate
+from unipelt.gates.normalise import rms_normalise
 from unipelt.gates.pooling import broadcastable, masked_mean
 from unipelt.gates.router import SoftmaxRouter
 from unipelt.gates.sigmoid import SigmoidGate
@@ -19,15 +20,22 @@ from unipelt.gates.sigmoid import SigmoidGate
 GATE_TYPES = (SigmoidGate, SoftmaxRouter, HardConcreteGate)
 
 
-def build_layer_gate(kind: str, hidden_size: int, sites: list[str], config) -> nn.Module | None:
-    """The gate of one layer for ``sites``; None when ungated or when no module asks for a gate."""
+def build_layer_gate(
+    kind: str, hidden_size: int, sites: list[str], config, normalise: bool = False
+) -> nn.Module | None:
+    """The gate of one layer for ``sites``; None when ungated or when no module asks for a gate.
+
+    ``normalise``: the gate reads the RMS-normalised state (``config.resolved_gate_input(arch) == "rms"``).
+    """
     if kind == "none" or not sites:
         return None
     if kind == "softmax":
-        return SoftmaxRouter(hidden_size, sites, config.router_hidden, config.router_temperature)
+        return SoftmaxRouter(
+            hidden_size, sites, config.router_hidden, config.router_temperature, normalise=normalise
+        )
     if kind == "concrete":
         return HardConcreteGate(sites)
-    return SigmoidGate(hidden_size, sites)
+    return SigmoidGate(hidden_size, sites, normalise=normalise)
 
 
 __all__ = [
@@ -38,4 +46,5 @@ __all__ = [
     "broadcastable",
     "build_layer_gate",
     "masked_mean",
+    "rms_normalise",
 ]

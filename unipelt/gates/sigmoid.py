@@ -4,6 +4,9 @@ With ``pooling="mean"`` the per-token gate is averaged over the real tokens of e
 :func:`unipelt.gates.pooling.masked_mean`). With ``pooling="token"`` every token keeps its own gate, which is
 what a causal decoder needs: a token's gate must not depend on later tokens, and KV-cached generation then
 matches uncached decoding exactly. All sites of a layer share one Linear, so they cost one matmul.
+
+``normalise=True`` makes the gate read the RMS-normalised state and start with logits of a fixed small spread
+(see :mod:`unipelt.gates.normalise`): what pre-norm decoders need; False is the paper's gate.
 """
 
 from __future__ import annotations
@@ -11,17 +14,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from unipelt.gates.normalise import init_normalised_linear, rms_normalise
 from unipelt.gates.pooling import masked_mean
 
 
 class SigmoidGate(nn.Module):
-    def __init__(self, hidden_size: int, sites: list[str]) -> None:
+    def __init__(self, hidden_size: int, sites: list[str], normalise: bool = False) -> None:
         super().__init__()
         self.sites = list(sites)
+        self.normalise = normalise
         self.linear = nn.Linear(hidden_size, len(self.sites))
+        if normalise:
+            init_normalised_linear(self.linear)
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        """The state the gate's Linear reads: ``x`` itself, or ``x`` divided by its per-token RMS."""
+        return rms_normalise(x) if self.normalise else x
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, pooling: str) -> dict[str, torch.Tensor]:
-        gates = torch.sigmoid(self.linear(x))  # (B, T, n)
+        gates = torch.sigmoid(self.linear(self.view(x)))  # (B, T, n)
         if pooling == "mean":
             gates = masked_mean(gates, mask)  # (B, n)
         return {site: gates[..., i] for i, site in enumerate(self.sites)}
@@ -29,7 +40,7 @@ class SigmoidGate(nn.Module):
     def subset(self, sites: list[str]) -> SigmoidGate:
         """The same gate computing only ``sites`` (independent sigmoids: the others' values are unchanged)."""
         rows = [self.sites.index(site) for site in sites]
-        gate = SigmoidGate(self.linear.in_features, list(sites)).to(self.linear.weight.device)
+        gate = SigmoidGate(self.linear.in_features, list(sites), self.normalise).to(self.linear.weight.device)
         with torch.no_grad():
             gate.linear.weight.copy_(self.linear.weight[rows])
             gate.linear.bias.copy_(self.linear.bias[rows])

@@ -27,8 +27,9 @@ from unipelt.training.run_files import read_labels, read_run_config
 class Run:
     """A trained run folder: its config, label map, tokenizer and model (UniPELT or fully fine-tuned)."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, compile: str | None = None) -> None:
         self.folder = Path(folder)
+        self.compile = compile  # a torch.compile backend for the model when it is loaded, or None
         for name in ("config.json", "labels.json", "checkpoint"):
             if not (self.folder / name).exists():
                 raise UniPELTError(
@@ -69,6 +70,8 @@ class Run:
                 )
                 self._model = UniPELTModel.from_pretrained(base, checkpoint)
             self._model.eval()
+            if self.compile:
+                self._model.compile(backend=self.compile)
         return self._model, self._tokenizer
 
     @property

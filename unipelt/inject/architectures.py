@@ -7,6 +7,10 @@ first third of GPT-2's fused q/k/v Conv1D), and the feed-forward input and outpu
 input of ``ffn_output``, the adapter sits on its output). Every PEFT module names the places it touches by these
 roles (``query``, ``key``, ``value``, ``output``, ``ffn_input``, ``ffn_output``), never by a model's own paths.
 
+``pre_norm`` marks architectures that normalise a layer's input, not its output (LLaMA, GPT-2, ...): their
+residual stream is never normalised and grows with depth, so gates there read an RMS-normalised view of the
+state (``gate_input="auto"``, see :mod:`unipelt.gates.normalise`).
+
 ``seam`` says how prefix keys/values reach attention: ``"interface"`` for models that call transformers'
 pluggable attention function (we register our own, see :mod:`unipelt.attention`), and a named seam for
 the two that compute attention inline (MPNet adds a relative position bias; DeBERTa-v2 adds
@@ -32,6 +36,7 @@ class Architecture:
     ffn_output: str
     ffn_input: str
     decoder: bool = False
+    pre_norm: bool = False
     seam: str = "interface"
     head: tuple[str, ...] = field(default=("classifier", "score", "pre_classifier", "pooler"))
 
@@ -61,6 +66,7 @@ _LLAMA_LIKE = Architecture(
     ffn_output="mlp.down_proj",
     ffn_input="mlp.up_proj",
     decoder=True,
+    pre_norm=True,
 )
 
 ARCHITECTURES: dict[str, Architecture] = {
@@ -117,6 +123,7 @@ ARCHITECTURES: dict[str, Architecture] = {
         ffn_output="mlp.c_proj",
         ffn_input="mlp.c_fc",
         decoder=True,
+        pre_norm=True,
     ),
     "llama": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
@@ -126,9 +133,10 @@ ARCHITECTURES: dict[str, Architecture] = {
 _FUSED = re.compile(r"^(?P<path>.+)\[(?P<index>\d+)/(?P<parts>\d+)\]$")
 
 
-def architecture_for(model: nn.Module) -> Architecture:
-    """The table row for a model, or an error that lists what is supported and how to add more."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+def architecture_for(model: nn.Module | Any) -> Architecture:
+    """The table row for a model (or for its Transformers config alone, to check a model before loading its
+    weights), or an error that lists what is supported and how to add more."""
+    model_type = getattr(getattr(model, "config", model), "model_type", None)
     if model_type in ARCHITECTURES:
         return ARCHITECTURES[model_type]
     supported = ", ".join(sorted(ARCHITECTURES))

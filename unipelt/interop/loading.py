@@ -13,11 +13,13 @@ from typing import Any
 
 from unipelt.config import UniPELTConfig
 from unipelt.errors import UniPELTError
+from unipelt.interop.adapterhub import is_adapterhub_folder, read_adapterhub
 from unipelt.interop.peft_import import Imported, is_peft_folder, read_peft
 
 # Format name -> (does this folder hold it, reader). Checked in order; unipelt's own checkpoints are the default.
 READERS: dict[str, tuple[Callable[[Path], bool], Callable[[Any, Path], Imported]]] = {
     "peft": (is_peft_folder, read_peft),
+    "adapterhub": (is_adapterhub_folder, read_adapterhub),
 }
 
 

@@ -2,7 +2,8 @@
 
 It sits on the output of the feed-forward block's last projection, before dropout, the residual sum and
 layer norm, which is where the UniPELT reference code places it. ``up`` starts at zero, so the adapter is
-the identity at initialisation. Its sigmoid gate, when used, reads the adapter's own input, as in the paper;
+the identity at initialisation. Its sigmoid gate, when used, reads the adapter's own input, as in the paper
+(RMS-normalised on pre-norm decoders, whose feed-forward outputs reach norms in the thousands);
 under the softmax router it takes the router's ``adapter`` weight instead.
 """
 
@@ -31,6 +32,7 @@ class BottleneckAdapter(PeftModule):
         activation: str = "relu",
         gated: bool = False,
         pooling: str = "mean",
+        normalise_gate: bool = False,
     ):
         super().__init__()
         self.down = nn.Linear(hidden_size, bottleneck)
@@ -38,7 +40,7 @@ class BottleneckAdapter(PeftModule):
         self.up = nn.Linear(bottleneck, hidden_size)
         nn.init.zeros_(self.up.weight)
         nn.init.zeros_(self.up.bias)
-        self.gate = SigmoidGate(hidden_size, ["adapter"]) if gated else None
+        self.gate = SigmoidGate(hidden_size, ["adapter"], normalise_gate) if gated else None
         self.pooling = pooling
         self.routed = False  # True under the softmax router: the weight comes from the layer's router
 
@@ -53,6 +55,7 @@ class BottleneckAdapter(PeftModule):
             config.adapter_activation,
             gated=config.gate == "sigmoid",
             pooling=config.resolved_pooling(spec.arch),
+            normalise_gate=config.resolved_gate_input(spec.arch) == "rms",
         )
         adapter.routed = config.gate in ("softmax", "concrete")  # its weight comes from the layer's gate
         return adapter
@@ -88,8 +91,8 @@ class BottleneckAdapter(PeftModule):
         z = torch.cat([z, column], dim=-1)
         weight = torch.cat([self.up.weight, self.up.bias[:, None]], dim=1)
         flat, z = h.reshape(-1, h.shape[-1]), z.reshape(-1, z.shape[-1])
-        if not torch.is_grad_enabled() and flat.data_ptr() == h.data_ptr():
-            return flat.addmm_(z, weight.t()).view(h.shape)  # inference: accumulate into h, no copy
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling() and h.is_contiguous():
+            return flat.addmm_(z, weight.t()).view(h.shape)  # inference: accumulate into h (flat is a view)
         return torch.addmm(flat, z, weight.t()).view(h.shape)  # training: down(h) saved h for backward
 
     def parameter_counts(self) -> dict[str, int]:

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 
 from unipelt.checkpoint import atomic_directory, write_json
-from unipelt.config import UniPELTConfig
 from unipelt.data.chat import (
     Conversation,
     check_chat_template,
@@ -36,6 +35,8 @@ from unipelt.data.chat import (
 from unipelt.errors import UniPELTError
 from unipelt.inference.chat_scoring import score_chats
 from unipelt.training.config import TrainConfig
+from unipelt.training.model_card import write_card
+from unipelt.training.model_init import wrap_base
 
 
 @dataclass
@@ -93,7 +94,6 @@ def build_causal_model(config: TrainConfig) -> tuple[torch.nn.Module, Any, Any]:
     """(model, the UniPELT wrapper or None for ``ft``, tokenizer) with the model's own LM head."""
     from unipelt.backbones import load_base_model, load_tokenizer
     from unipelt.inject.architectures import architecture_for
-    from unipelt.model import UniPELTModel
     from unipelt.pretrained import resolve_model
 
     tokenizer = load_tokenizer(resolve_model(config.model))
@@ -104,7 +104,7 @@ def build_causal_model(config: TrainConfig) -> tuple[torch.nn.Module, Any, Any]:
     if config.method == "ft":
         model, unipelt = base, None
     else:
-        unipelt = UniPELTModel(base, UniPELTConfig.from_preset(config.method, **config.unipelt))
+        unipelt = wrap_base(base, config.method, config.unipelt, config.init_from)
         model = unipelt
     if config.gradient_checkpointing:
         enable_gradient_checkpointing(model)
@@ -138,8 +138,8 @@ def train_causal_lm(
 
     from transformers import set_seed
 
+    from unipelt.backbones import check_model
     from unipelt.data.chat import ChatCollator
-    from unipelt.pretrained import resolve_model
     from unipelt.training.guards import make_divergence_guard, stop_diverged
     from unipelt.training.resume import finished_run, prepare_resume
     from unipelt.training.run_files import read_run_config
@@ -155,7 +155,7 @@ def train_causal_lm(
         return finished_run(run_dir, config)
     if config.threads:
         torch.set_num_threads(config.threads)
-    resolve_model(config.model)  # a bad model fails here, before any data is read
+    check_model(config.model, "causal-lm")  # a bad path or model kind fails here, before any data is read
     splits = load_chat_splits(config)
     set_seed(config.seed)
     model, unipelt, tokenizer = build_causal_model(config)
@@ -238,6 +238,7 @@ def train_causal_lm(
         _save_final(model, unipelt, tokenizer, run_dir, info)
         _write_learning_curves(run_dir)
         write_json(run_dir / "metrics.json", result)
+        write_card(run_dir)  # README.md: the Hub model card of the finished run
         if not config.keep_trainer_checkpoints:
             shutil.rmtree(trainer_dir, ignore_errors=True)
     return result

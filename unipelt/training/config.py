@@ -80,6 +80,8 @@ class TrainConfig:
     model: str = "minilm"
     method: str = "unipelt"
     unipelt: dict[str, Any] = field(default_factory=dict)  # overrides of UniPELTConfig fields
+    # a PEFT or AdapterHub adapter folder the method's modules start from (unipelt.interop.loading.start_from)
+    init_from: str | None = None
     # data: a GLUE task, or the user's files
     task: str | None = "rte"
     data_dir: str | None = None

@@ -88,3 +88,20 @@ def set_backbone_dropout(model: nn.Module, probability: float) -> int:
         if config is not None and isinstance(getattr(config, name, None), float):
             setattr(config, name, probability)
     return changed
+
+
+def wrap_base(model: nn.Module, method: str, overrides: dict, init_from: str | None = None) -> nn.Module:
+    """The run's UniPELT model: ``method`` with ``overrides`` on ``model``; with ``init_from`` (a PEFT or
+    AdapterHub folder) the method's modules start from that adapter's weights (:func:`unipelt.interop.loading.
+    start_from`: the method decides the gates, the adapter the sizes of the modules it has)."""
+    from unipelt.config import UniPELTConfig
+    from unipelt.interop.loading import start_from
+    from unipelt.model import DEFAULT_TASK, UniPELTModel
+
+    config = UniPELTConfig.from_preset(method, **overrides)
+    if not init_from:
+        return UniPELTModel(model, config)
+    unipelt = UniPELTModel(model)
+    start_from(unipelt, DEFAULT_TASK, config, init_from)
+    unipelt.set_task(DEFAULT_TASK)
+    return unipelt
