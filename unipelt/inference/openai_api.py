@@ -66,13 +66,16 @@ class Generation:
         """Text pieces as they become final; ``self.finish`` is set at the end. Leaving early (a client gone,
         a cancelled task) cancels the request in the scheduler."""
         self.engine.scheduler.submit(self.sequence)
+        checked = time.monotonic()
         try:
             while self.finish is None:
+                if gone is not None and time.monotonic() - checked >= DISCONNECT_POLL_S:
+                    if await gone():
+                        return
+                    checked = time.monotonic()
                 try:
                     kind, value = await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:  # noqa: UP041 - Python 3.10 raises its own class
-                    if gone is not None and await gone():
-                        return
                     continue
                 if kind == "token":
                     piece, stopped = self.text.push(value)
