@@ -321,3 +321,24 @@ def test_runs_of_another_base_are_refused_by_name(runs, tmp_path):
     with pytest.raises(UniPELTError, match="one server shares one backbone") as refused:
         GenerationEngine([str(runs["lora"]), str(other)])
     assert "llm2" in str(refused.value)
+
+
+def test_causal_lm_tasks_use_the_backbone_tensors_of_the_other_kinds(runs):
+    """With classification tasks of the same base in the server, the causal LM runs on their backbone weights
+    (the same tensors), and generates what the run alone does."""
+    from unipelt.backbones import load_base_model
+    from unipelt.inference.generation_engine import GenerationEngine
+
+    classifier = load_base_model(str(runs["lora"].parent / "llm"), "classification", labels=["no", "yes"])
+    engine = GenerationEngine([str(runs["lora"]), str(runs["gated"])], backbone=classifier)
+    try:
+        ours = dict(engine.model.base_model.base_model.named_parameters())
+        theirs = dict(classifier.base_model.named_parameters())
+        assert theirs and all(ours[name] is weight for name, weight in theirs.items())
+        conversation = parse_conversation({"prompt": PROMPTS[3]}, "p", False)
+        text = generate_texts(
+            engine.model, engine.tokenizer, [conversation], Sampling(max_new_tokens=8), task="gated"
+        )
+        assert text[0] == _alone(runs["gated"], PROMPTS[3], 8)
+    finally:
+        engine.close()

@@ -49,8 +49,8 @@ class NoEncoderTasks:
         raise UniPELTError("this server has no classification tasks")
 
 
-def build_generation(specs: list[str], args: argparse.Namespace) -> Any:
-    """The causal-LM runs among ``specs`` on one backbone, or None when there are none."""
+def build_generation(specs: list[str], args: argparse.Namespace, backbone: Any = None) -> Any:
+    """The causal-LM runs among ``specs`` on one backbone (``backbone``'s weights when given), or None."""
     if not specs:
         return None
     if args.runtime == "onnx":
@@ -59,7 +59,9 @@ def build_generation(specs: list[str], args: argparse.Namespace) -> Any:
         )
     from unipelt.inference.generation_engine import GenerationEngine
 
-    return GenerationEngine(specs, max_rows=args.max_running_rows, max_step_tokens=args.max_step_tokens)
+    return GenerationEngine(
+        specs, max_rows=args.max_running_rows, max_step_tokens=args.max_step_tokens, backbone=backbone
+    )
 
 
 def _base_of(spec: str) -> str:
@@ -82,12 +84,13 @@ def build_app(args: argparse.Namespace, key: str | None) -> tuple[Any, list[Any]
         raise UniPELTError(
             f"{chat[0]} and {encoders[0]} were trained on different base models; one server shares one backbone"
         )
-    generation = build_generation(chat, args)
     engine = (
         build_engine(encoders, args.runtime, args.threads, args.int8, args.compile)
         if encoders
         else NoEncoderTasks()
     )
+    models = list(getattr(engine, "models", {}).values())  # the encoder tasks' models, when on torch
+    generation = build_generation(chat, args, models[0].base_model if models else None)
     served = [*engine.tasks.values(), *(generation.tasks.values() if generation else [])]
     return assemble(engine, generation, options_from(args, key)), served
 

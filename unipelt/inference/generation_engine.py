@@ -14,6 +14,7 @@ from typing import Any
 
 from unipelt.data.chat import Conversation, check_chat_template, encode_prompt, parse_conversation
 from unipelt.errors import UniPELTError
+from unipelt.inference.engine import share_backbone
 from unipelt.inference.scheduler import Params, Scheduler
 from unipelt.inference.served_tasks import InputError, default_name, run_score, split_name, unique_names
 
@@ -39,8 +40,15 @@ class GenerationEngine:
     """Loads causal-LM runs of one base model as tasks of one model and starts their scheduler."""
 
     def __init__(
-        self, specs: Sequence[str | Path], max_rows: int = 16, max_step_tokens: int = 512, device: Any = None
+        self,
+        specs: Sequence[str | Path],
+        max_rows: int = 16,
+        max_step_tokens: int = 512,
+        device: Any = None,
+        backbone: Any = None,
     ) -> None:
+        """``backbone``: a Transformers model of the same base (the server's classification or tagging tasks)
+        whose backbone weights the causal LM then uses, the very same tensors, so the base is in memory once."""
         from unipelt.backbones import load_base_model, load_tokenizer
         from unipelt.inference.generation import ChatRun
         from unipelt.model import UniPELTModel
@@ -67,6 +75,8 @@ class GenerationEngine:
                 )
         self.tokenizer = load_tokenizer(first.folder / "tokenizer")
         base = load_base_model(first.config.model, "causal-lm", pad_token_id=self.tokenizer.pad_token_id)
+        if backbone is not None:
+            share_backbone(backbone, base)
         if device is not None:
             base = base.to(device)
         self.model = UniPELTModel(base)
