@@ -67,7 +67,7 @@ def _port() -> int:
 
 
 def _wait_for(url: str, server: subprocess.Popen | None = None) -> None:
-    deadline = time.time() + 90
+    deadline = time.time() + 300  # a busy machine can take minutes to import torch and load the runs
     while True:
         try:
             if httpx.get(url, timeout=1).status_code == 200:
