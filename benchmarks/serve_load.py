@@ -1,19 +1,22 @@
-"""Load test of `unipelt serve` on loopback: latency against offered load, and memory, for three ways to serve
-three MiniLM tasks (RTE, SST-2, STS-B):
+"""Load test of `unipelt serve` on loopback: latency and throughput against offered load for three ways of
+batching three MiniLM tasks (RTE, SST-2, STS-B) on one backbone, memory of 3 tasks against 1, and a 10 MB
+request with a small one sent right after it.
 
-- ``multi``: one server, one backbone, three tasks, dynamic batching (mixed-task forwards);
-- ``multi-nobatch``: the same server with ``--no-batching`` (one forward per request);
-- ``single-x3``: one single-task server per task (three processes, three backbones), each request sent to
-  its task's server;
-- ``single``: one single-task server (SST-2) alone under the same total load of its task only: the reference
-  for "at a QPS the single-task server sustains, multi-task p95 within 1.2x of it".
+- ``tokens``: token-budget batching (the default): each forward takes what is waiting, rows of one length
+  bucket under ``--max-batch-tokens``, and a lone request runs at once;
+- ``wait``: the first request of a batch waits ``--max-wait-ms`` for others, up to ``--max-batch`` rows of any
+  lengths (the policy before token budgets);
+- ``none``: one forward per request;
+- ``single``: one SST-2 server (token batching), for memory only.
 
-Arrivals are open-loop (Poisson, seeded): a request is sent at its scheduled time whether or not earlier ones
-have been answered, and its latency counts from that time. Each load level is bounded in time and count.
-Every server runs with ``--threads 1``. Results are JSON lines (one per configuration and load level, resumable:
-finished pairs are skipped), plus a PNG of p95 latency against offered QPS and the peak RSS of each server.
+The three 3-task servers run side by side and each load level is offered to them in turn (tokens, wait, none),
+so their numbers share the machine's state of that minute. Arrivals are open-loop (Poisson, seeded): a request
+is sent at its scheduled time whether or not earlier ones were answered, and its latency counts from that time.
+Every level is bounded in time and count; the highest level (``--saturate``) measures saturated throughput.
+Every server runs with ``--threads 1`` and logs warnings only. Results are JSON lines, a markdown table with
+the targets' ratios (``--table``), and a PNG of p50/p95/p99 and achieved QPS against offered QPS.
 
-    flock /tmp/unipelt-bench.lock .venv/bin/python -m benchmarks.serve_load
+    nice python -m benchmarks.serve_load --runs-dir RUNS
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "benchmarks" / "out" / "serve"
 TASKS = ("rte", "sst2", "stsb")
 GLUE_FILES = {"rte": ("RTE", 1, 2), "sst2": ("SST-2", 0, None), "stsb": ("STS-B", 7, 8)}
-CONFIGS = ("multi", "multi-nobatch", "single-x3", "single")
+CONFIGS = ("tokens", "wait", "none")
+LABELS = {"tokens": "token budget", "wait": "wait 5 ms, 32 rows", "none": "no batching"}
 
 
 def train_runs(runs_dir: Path, data_dir: Path) -> dict[str, Path]:
@@ -46,7 +50,9 @@ def train_runs(runs_dir: Path, data_dir: Path) -> dict[str, Path]:
         out = runs_dir / task
         if not (out / "metrics.json").is_file():
             command = [
-                str(ROOT / ".venv/bin/unipelt"),
+                sys.executable,
+                "-m",
+                "unipelt.cli",
                 "train",
                 "--model",
                 "minilm",
@@ -89,12 +95,15 @@ class Server:
     """One `unipelt serve` process on a free loopback port."""
 
     def __init__(self, runs: list[Path], *extra: str) -> None:
+        import tempfile
+
         import httpx
 
         self.port = free_port()
-        command = [str(ROOT / ".venv/bin/unipelt"), "serve", *map(str, runs), "--port", str(self.port)]
-        command += ["--threads", "1", *extra]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        command = [sys.executable, "-m", "unipelt.cli", "serve", *map(str, runs), "--port", str(self.port)]
+        command += ["--threads", "1", "--log-level", "warning", *extra]
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - open for the life of the server
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.log)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 300
         while True:
@@ -104,7 +113,8 @@ class Server:
             except httpx.TransportError:
                 pass
             if self.process.poll() is not None:
-                raise RuntimeError(self.process.stderr.read().decode())
+                self.log.seek(0)
+                raise RuntimeError(self.log.read().decode())
             if time.time() > deadline:
                 raise RuntimeError("server did not start in 300 s")
             time.sleep(0.5)
@@ -125,6 +135,7 @@ class Server:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        self.log.close()
 
 
 async def open_loop(
@@ -184,188 +195,232 @@ async def open_loop(
     }
 
 
-def start_servers(
-    config: str, runs: dict[str, Path], max_batch: int, max_wait_ms: float
-) -> tuple[list[Server], dict]:
-    batching = ["--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
-    if config == "multi":
-        server = Server([runs[t] for t in TASKS], *batching)
-        return [server], dict.fromkeys(TASKS, server.url)
-    if config == "multi-nobatch":
-        server = Server([runs[t] for t in TASKS], "--no-batching")
-        return [server], dict.fromkeys(TASKS, server.url)
-    if config == "single-x3":
-        servers = [Server([runs[t]], *batching) for t in TASKS]
-        return servers, {t: s.url for t, s in zip(TASKS, servers)}
-    server = Server([runs["sst2"]], *batching)
-    return [server], {"sst2": server.url}
+def start_servers(runs: dict[str, Path], max_batch: int, max_wait_ms: float) -> dict[str, Server]:
+    """The three 3-task servers, one per batching policy."""
+    three = [runs[t] for t in TASKS]
+    flags = {
+        "tokens": ["--batching", "tokens"],
+        "wait": ["--batching", "wait", "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)],
+        "none": ["--batching", "none"],
+    }
+    servers: dict[str, Server] = {}
+    try:
+        for config in CONFIGS:
+            servers[config] = Server(three, *flags[config])
+    except BaseException:
+        for server in servers.values():
+            server.close()
+        raise
+    return servers
 
 
-def load_done(path: Path) -> set[tuple[str, float]]:
+def loads(path: Path) -> list[dict]:
     if not path.is_file():
-        return set()
-    return {(r["config"], r["offered_qps"]) for r in map(json.loads, path.read_text().splitlines()) if r}
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot(path: Path, figure: Path) -> None:
+def plot(records: list[dict], figure: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    colours = {"tokens": "tab:green", "wait": "tab:red", "none": "tab:blue"}
     for config in CONFIGS:
         rows = sorted((r for r in records if r["config"] == config), key=lambda r: r["offered_qps"])
         if not rows:
             continue
         qps = [r["offered_qps"] for r in rows]
-        axes[0].plot(qps, [r["p95_ms"] for r in rows], marker="o", label=config)
-        axes[1].plot(qps, [r["achieved_qps"] for r in rows], marker="o", label=config)
-    axes[0].set(xlabel="offered QPS", ylabel="p95 latency (ms)", yscale="log", title="p95 latency vs load")
-    axes[1].set(xlabel="offered QPS", ylabel="achieved QPS", title="throughput")
+        for key, style in (("p50_ms", ":"), ("p95_ms", "-"), ("p99_ms", "--")):
+            axes[0 if key != "p99_ms" else 1].plot(
+                qps, [r[key] for r in rows], style, marker="o", color=colours[config],
+                label=f"{LABELS[config]} {key[:3]}",
+            )  # fmt: skip
+        axes[2].plot(
+            qps, [r["achieved_qps"] for r in rows], marker="o", color=colours[config], label=LABELS[config]
+        )
+    axes[0].set(xlabel="offered QPS", ylabel="latency (ms)", yscale="log", xscale="log", title="p50 and p95")
+    axes[1].set(xlabel="offered QPS", ylabel="latency (ms)", yscale="log", xscale="log", title="p99")
+    axes[2].set(xlabel="offered QPS", ylabel="achieved QPS", xscale="log", title="throughput")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
+    load = ", ".join(f"{r['loadavg'][0]:.1f}" for r in records[:1])
     fig.suptitle(
-        "unipelt serve, MiniLM, 3 GLUE tasks, loopback, --threads 1 per server (shared 2-core machine)"
+        f"unipelt serve, MiniLM, 3 GLUE tasks, one backbone, loopback, 1 thread (load avg at start {load})"
     )
     fig.tight_layout()
     figure.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(figure, dpi=110)
 
 
-def table(path: Path) -> str:
-    """The JSON lines as a markdown table, and the two targets (memory ratio, p95 ratio at equal load)."""
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def table(records: list[dict]) -> str:
+    """The load levels as a markdown table, then the targets: batched p95 / unbatched p95 at every level and
+    saturated throughput / unbatched."""
     lines = [
-        "| configuration | offered QPS | achieved QPS | p50 ms | p95 ms | p99 ms | errors | peak RSS MB (per server) |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        "| batching | offered QPS | achieved QPS | p50 ms | p95 ms | p99 ms | errors | load avg (1 min) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for config in CONFIGS:
-        for r in sorted((r for r in records if r["config"] == config), key=lambda r: r["offered_qps"]):
-            rss = " + ".join(f"{m:.0f}" for m in r["peak_rss_mb"])
+    levels = sorted({r["offered_qps"] for r in records if "offered_qps" in r})
+    for qps in levels:
+        for config in CONFIGS:
+            for r in (r for r in records if r.get("config") == config and r.get("offered_qps") == qps):
+                lines.append(
+                    f"| {LABELS[config]} | {qps:g} | {r['achieved_qps']} | {r['p50_ms']} | {r['p95_ms']} | "
+                    f"{r['p99_ms']} | {r['errors']} | {r['loadavg'][0]:.1f} |"
+                )
+    by = {(r.get("config"), r.get("offered_qps")): r for r in records}
+    for qps in levels:
+        base = by.get(("none", qps))
+        for config in ("tokens", "wait"):
+            r = by.get((config, qps))
+            if base and r:
+                lines.append(
+                    f"\np95 at {qps:g} QPS, {LABELS[config]} / no batching: {r['p95_ms'] / base['p95_ms']:.2f}x"
+                )
+    top = max(levels, default=None)
+    if top is not None and by.get(("none", top)):
+        for config in ("tokens", "wait"):
+            if by.get((config, top)):
+                ratio = by[(config, top)]["achieved_qps"] / by[("none", top)]["achieved_qps"]
+                lines.append(
+                    f"\nthroughput at {top:g} QPS offered, {LABELS[config]} / no batching: {ratio:.2f}x"
+                )
+    for r in records:
+        if r.get("kind") == "memory":
             lines.append(
-                f"| {config} | {r['offered_qps']:g} | {r['achieved_qps']} | {r['p50_ms']} | {r['p95_ms']} | "
-                f"{r['p99_ms']} | {r['errors']} | {rss} |"
+                f"\nmemory after {r['requests']} requests: 3 tasks {r['three_mb']} MB, 1 task {r['one_mb']} MB "
+                f"({r['three_mb'] / r['one_mb']:.3f}x); load avg {r['loadavg'][0]:.1f}"
             )
-    peak = {
-        c: max((r["peak_rss_total_mb"] for r in records if r["config"] == c), default=None) for c in CONFIGS
-    }
-    if peak["multi"] and peak["single"]:
-        lines.append(
-            f"\nmemory, 3 tasks on one backbone / one single-task server: {peak['multi'] / peak['single']:.3f}x"
-        )
-    if peak["single-x3"] and peak["multi"]:
-        lines.append(
-            f"memory, three single-task servers / one 3-task server: {peak['single-x3'] / peak['multi']:.2f}x"
-        )
-    for reference in ("single", "single-x3"):
-        by_qps = {r["offered_qps"]: r for r in records if r["config"] == reference}
-        for r in sorted((r for r in records if r["config"] == "multi"), key=lambda r: r["offered_qps"]):
-            base = by_qps.get(r["offered_qps"])
-            if base and base["completed"] == base["requests"]:
-                ratio = r["p95_ms"] / base["p95_ms"]
-                lines.append(f"p95 at {r['offered_qps']:g} QPS, multi / {reference}: {ratio:.2f}x")
+        if r.get("kind") == "big":
+            lines.append(
+                f"\n{r['body_mb']} MB request ({r['limits']}): status {r['big_status']} in {r['big_ms']} ms; a small "
+                f"request sent right after it: {r['small_ms']} ms (status {r['small_status']}); load avg "
+                f"{r['loadavg'][0]:.1f}"
+            )
     return "\n".join(lines)
 
 
-def memory_only(runs: dict[str, Path], inputs: dict[str, list], out: Path, requests: int = 30) -> None:
-    """Peak RSS of each configuration's servers after ``requests`` sequential requests per task: no timing, so
-    it may run while the benchmark lock is held by someone else."""
+async def big_then_small(url: str, body_mb: float, task: str, text) -> dict:
+    """A body of ``body_mb`` MB holding one text, and a small request sent 50 ms after it starts."""
     import httpx
 
-    for config in ("multi", "single"):
-        servers, routes = start_servers(config, runs, 32, 5.0)
+    big = json.dumps({"task": "sst2", "inputs": ["word " * int(body_mb * 1e6 / 5)]}).encode()
+    async with httpx.AsyncClient(timeout=300) as client:
+        start = time.perf_counter()
+
+        async def send_big():
+            answer = await client.post(
+                f"{url}/v1/predict", content=big, headers={"content-type": "application/json"}
+            )
+            return answer.status_code, time.perf_counter() - start
+
+        async def send_small():
+            await asyncio.sleep(0.05)
+            began = time.perf_counter()
+            answer = await client.post(f"{url}/v1/predict", json={"task": task, "inputs": [text]})
+            return answer.status_code, time.perf_counter() - began
+
+        (big_status, big_s), (small_status, small_s) = await asyncio.gather(send_big(), send_small())
+    return {
+        "body_mb": round(len(big) / 1e6, 1),
+        "big_status": big_status,
+        "big_ms": round(big_s * 1000, 1),
+        "small_status": small_status,
+        "small_ms": round(small_s * 1000, 1),
+    }
+
+
+def memory(runs: dict[str, Path], inputs: dict[str, list], requests: int = 30) -> dict:
+    """Peak RSS of a 3-task and a 1-task (SST-2) server after ``requests`` sequential SST-2 requests each."""
+    import httpx
+
+    peaks = {}
+    for name, folders in (("three_mb", [runs[t] for t in TASKS]), ("one_mb", [runs["sst2"]])):
+        server = Server(folders)
         try:
-            for task, url in routes.items():
-                for text in inputs[task][:requests]:
-                    httpx.post(
-                        f"{url}/v1/predict", json={"task": task, "inputs": [text]}, timeout=60
-                    ).raise_for_status()
-            memory = [s.memory() for s in servers]
-            record = {
-                "config": config,
-                "memory_only": True,
-                "tasks": list(routes),
-                "requests_per_task": requests,
-                "idle_rss_mb": [s.idle_rss_mb for s in servers],
-                "peak_rss_mb": [m["peak_rss_mb"] for m in memory],
-                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
+            for text in inputs["sst2"][:requests]:
+                httpx.post(f"{server.url}/v1/predict", json={"task": "sst2", "inputs": [text]}, timeout=60)
+            peaks[name] = server.memory()["peak_rss_mb"]
         finally:
-            for server in servers:
-                server.close()
-        print(json.dumps(record), flush=True)
-        with open(out, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+            server.close()
+    return {"kind": "memory", "requests": requests, **peaks}
+
+
+def record(out: Path, data: dict) -> None:
+    data = {
+        **data,
+        "loadavg": list(os.getloadavg()),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    print(json.dumps(data), flush=True)
+    with open(out, "a") as handle:
+        handle.write(json.dumps(data) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        epilog="Time: 5-10 min (starts servers on 127.0.0.1, offers load for a few seconds per level).",
+        epilog="Time: about 10 min (servers on 127.0.0.1, a few seconds of load per level and policy).",
         description=__doc__.splitlines()[0],
     )
-    p.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data" / "glue")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(os.environ.get("UNIPELT_DATA_DIR", ROOT.parent / "shared" / "data" / "glue")),
+    )
     p.add_argument("--runs-dir", type=Path, default=OUT / "runs")
-    p.add_argument("--qps", default="2,5,10,20,40", help="offered loads, comma-separated")
-    p.add_argument("--seconds", type=float, default=15.0, help="arrivals per load level last this long")
-    p.add_argument("--max-requests", type=int, default=600, help="and are at most this many")
-    p.add_argument("--configs", default=",".join(CONFIGS))
-    p.add_argument("--max-batch", type=int, default=32)
-    p.add_argument("--max-wait-ms", type=float, default=5.0)
+    p.add_argument("--qps", default="2,5,10,20", help="offered loads, comma-separated")
+    p.add_argument(
+        "--saturate", type=float, default=100.0, help="the last offered load: saturated throughput"
+    )
+    p.add_argument("--seconds", type=float, default=10.0, help="arrivals per load level last this long")
+    p.add_argument("--max-requests", type=int, default=400, help="and are at most this many")
+    p.add_argument("--max-batch", type=int, default=32, help="the wait policy's rows per batch")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="the wait policy's wait")
     p.add_argument("--out", type=Path, default=OUT / "load.jsonl")
     p.add_argument("--figure", type=Path, default=ROOT / "benchmarks" / "figures" / "serve_latency.png")
-    p.add_argument("--table", action="store_true", help="only print the results so far as a markdown table")
-    p.add_argument(
-        "--memory-only", action="store_true", help="peak RSS of the multi and single servers, no timing"
-    )
+    p.add_argument("--table", action="store_true", help="only print the results in --out as a markdown table")
+    p.add_argument("--skip-load", action="store_true", help="only the memory and 10 MB measurements")
     args = p.parse_args(argv)
     if args.table:
-        print(table(args.out))
+        print(table(loads(args.out)))
         return 0
     runs = train_runs(args.runs_dir, args.data_dir)
     inputs = {t: texts(args.data_dir, t) for t in TASKS}
-    if args.memory_only:
-        memory_only(runs, inputs, args.out.with_name("memory.jsonl"))
-        return 0
-    done = load_done(args.out)
-    levels = [float(q) for q in args.qps.split(",")]
-    for config in args.configs.split(","):
-        todo = [q for q in levels if (config, q) not in done]
-        if not todo:
-            continue
-        servers, routes = start_servers(config, runs, args.max_batch, args.max_wait_ms)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if not args.skip_load:
+        servers = start_servers(runs, args.max_batch, args.max_wait_ms)
         try:
-            for qps in todo:
-                mix = list(routes)
-                result = asyncio.run(
-                    open_loop(routes, inputs, mix, qps, args.seconds, args.max_requests, seed=1)
-                )
-                memory = [s.memory() for s in servers]
-                record = {
-                    "config": config,
-                    **result,
-                    "servers": len(servers),
-                    "tasks": mix,
-                    "idle_rss_mb": [s.idle_rss_mb for s in servers],
-                    "peak_rss_mb": [m["peak_rss_mb"] for m in memory],
-                    "peak_rss_total_mb": round(sum(m["peak_rss_mb"] for m in memory), 1),
-                    "max_batch": args.max_batch if config != "multi-nobatch" else 1,
-                    "max_wait_ms": args.max_wait_ms if config != "multi-nobatch" else 0,
-                    "load_avg": os.getloadavg()[0],
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                }
-                print(json.dumps(record), flush=True)
-                with open(args.out, "a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                if result["completed"] < 0.5 * result["requests"] or result["p95_ms"] > 10_000:
-                    break  # saturated: higher loads only queue up
+            for qps in [*(float(q) for q in args.qps.split(",")), args.saturate]:
+                for config, server in servers.items():
+                    routes = dict.fromkeys(TASKS, server.url)
+                    result = asyncio.run(
+                        open_loop(routes, inputs, list(TASKS), qps, args.seconds, args.max_requests, seed=1)
+                    )
+                    record(
+                        args.out, {"config": config, **result, "peak_rss_mb": server.memory()["peak_rss_mb"]}
+                    )
         finally:
-            for server in servers:
+            for server in servers.values():
                 server.close()
-    if args.out.is_file():
-        plot(args.out, args.figure)
+    record(args.out, memory(runs, inputs))
+    for limits, extra in (("defaults", []), ("--max-body-bytes 20000000", ["--max-body-bytes", "20000000"])):
+        server = Server([runs[t] for t in TASKS], *extra)
+        try:
+            asyncio.run(big_then_small(server.url, 0.001, "sst2", inputs["sst2"][0]))  # warm up
+            result = asyncio.run(big_then_small(server.url, 10, "sst2", inputs["sst2"][1]))
+            record(
+                args.out,
+                {"kind": "big", "limits": limits, **result, "peak_rss_mb": server.memory()["peak_rss_mb"]},
+            )
+        finally:
+            server.close()
+    records = loads(args.out)
+    if any("offered_qps" in r for r in records):
+        plot([r for r in records if "offered_qps" in r], args.figure)
+    print(table(records))
     return 0
 
 

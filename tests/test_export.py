@@ -111,7 +111,7 @@ def test_serve_with_the_onnx_runtime(exported, rte_run):
     }
     answers = []
     for engine in (TorchEngine([rte_run]), OnnxEngine([exported], threads=1)):
-        with TestClient(create_app(engine, max_wait_ms=1)) as client:
+        with TestClient(create_app(engine)) as client:
             assert client.get("/health").json()["runtime"] == engine.runtime
             answers.append(client.post("/v1/predict", json=body).json()["predictions"])
             if engine.runtime == "onnx":

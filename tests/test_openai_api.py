@@ -184,7 +184,7 @@ def test_concurrent_requests_of_several_tasks_equal_each_alone(client, runs, ser
     assert together == expected
     assert len(set(expected)) > 4  # the tasks and prompts do answer differently
     metrics = httpx.get(f"{server}/metrics").text
-    assert 'unipelt_requests_total{status="200",task="gated"}' in metrics
+    assert 'unipelt_requests_total{route="/v1/chat/completions",status="200",task="gated"}' in metrics
 
 
 def test_completions_and_stop_texts(client, runs):
@@ -250,9 +250,8 @@ def test_a_client_that_drops_mid_stream_frees_its_row_at_once(runs):
     """In-process uvicorn with a slowed model (each forward sleeps), so the stream is surely mid-way."""
     import uvicorn
 
-    from unipelt.cli.serve import NoEncoderTasks
+    from unipelt.cli.serve import NoEncoderTasks, assemble
     from unipelt.inference.generation_engine import GenerationEngine
-    from unipelt.inference.serve import create_app
 
     engine = GenerationEngine([str(runs["lora"])], max_rows=2, max_step_tokens=64)
     model = engine.model
@@ -264,7 +263,7 @@ def test_a_client_that_drops_mid_stream_frees_its_row_at_once(runs):
 
     model.forward = slow
     port = _port()
-    app = create_app(NoEncoderTasks(), generation=engine)
+    app = assemble(NoEncoderTasks(), engine)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_token_classification import sentences, write_conll
 
 from unipelt.errors import UniPELTError
 from unipelt.inference.batching import DynamicBatcher
@@ -95,6 +96,23 @@ def runs(tiny_model_dir, glue_dir, tmp_path_factory) -> dict[str, Path]:
         out[task] = root / task
         args = ["train", "--model", tiny_model_dir, "--data-dir", glue_dir, "--task", task, "--k", "8"]
         assert main([str(a) for a in [*args, "--n-valid", "8", "--out", out[task], *FAST]]) == 0
+    train = write_conll(root / "train.conll", sentences(40, seed=1))
+    test = write_conll(root / "test.conll", sentences(12, seed=2))
+    out["ner"] = root / "ner"
+    args = [
+        "train",
+        "--model",
+        tiny_model_dir,
+        "--train",
+        train,
+        "--test",
+        test,
+        "--lr",
+        "1e-2",
+        "--out",
+        out["ner"],
+    ]
+    assert main([str(a) for a in [*args, *FAST]]) == 0
     return out
 
 
@@ -102,24 +120,25 @@ def runs(tiny_model_dir, glue_dir, tmp_path_factory) -> dict[str, Path]:
 def engine(runs):
     from unipelt.inference.engine import TorchEngine
 
-    return TorchEngine([runs["rte"], runs["sst2"], runs["stsb"]])
+    return TorchEngine([runs["rte"], runs["sst2"], runs["stsb"], runs["ner"]])
 
 
 @pytest.fixture(scope="module")
 def client(engine):
     from fastapi.testclient import TestClient
 
-    from unipelt.inference.serve import create_app
+    from unipelt.inference.serve import ServeOptions, create_app
 
-    with TestClient(create_app(engine, max_batch=16, max_wait_ms=1, max_inputs=4)) as test_client:
+    with TestClient(create_app(engine, ServeOptions(max_batch=16, max_inputs=4))) as test_client:
         yield test_client
 
 
 @pytest.mark.slow
 def test_tasks_are_listed_with_labels_scores_and_parameters(client, runs):
-    assert client.get("/health").json() == {"status": "ok", "runtime": "torch", "tasks": 3}
+    assert client.get("/health").json() == {"status": "ok", "runtime": "torch", "tasks": 4}
     tasks = {t["name"]: t for t in client.get("/v1/tasks").json()["tasks"]}
-    assert list(tasks) == ["rte", "sst2", "stsb"]
+    assert list(tasks) == ["rte", "sst2", "stsb", "ner"]
+    assert tasks["ner"]["kind"] == "token-classification" and tasks["ner"]["inputs"] == "words"
     assert tasks["rte"]["labels"] == ["entailment", "not_entailment"] and tasks["rte"]["inputs"] == "pair"
     assert tasks["sst2"]["inputs"] == "single" and tasks["stsb"]["kind"] == "regression"
     assert tasks["stsb"]["labels"] is None and tasks["stsb"]["metric"] == "spearman"
@@ -156,8 +175,8 @@ def test_bad_requests_get_clear_answers_and_are_counted(client):
         return client.post("/v1/predict", json=body)
 
     unknown = post({"task": "mnli", "inputs": ["x"]})
-    assert unknown.status_code == 404 and unknown.json()["tasks"] == ["rte", "sst2", "stsb"]
-    assert "rte, sst2, stsb" in unknown.json()["error"]
+    assert unknown.status_code == 404 and unknown.json()["tasks"] == ["rte", "sst2", "stsb", "ner"]
+    assert "rte, sst2, stsb, ner" in unknown.json()["error"]
     missing = post({"inputs": ["x"]})
     assert missing.status_code == 422 and missing.json()["fields"] == ["task"]
     assert "'task'" in missing.json()["error"]
@@ -172,7 +191,8 @@ def test_bad_requests_get_clear_answers_and_are_counted(client):
     assert post({"task": "sst2", "inputs": [["a", "b"]]}).status_code == 400
     assert client.get("/health").status_code == 200  # still up
     text = client.get("/metrics").text
-    assert 'unipelt_requests_total{status="413",task="sst2"}' in text
+    assert 'unipelt_requests_total{route="/v1/predict",status="413",task="sst2"} 1.0' in text
+    assert 'unipelt_requests_total{route="/v1/predict",status="404",task=""} 1.0' in text
     assert 'unipelt_request_errors_total{status="422"} 3.0' in text
     assert "unipelt_request_latency_seconds_bucket" in text and "unipelt_batch_rows_bucket" in text
 
@@ -211,7 +231,8 @@ def _free_port() -> int:
 def test_real_server_batches_concurrent_requests_of_three_tasks(runs):
     port = _free_port()
     command = [sys.executable, "-m", "unipelt.cli", "serve", *(str(runs[t]) for t in ("rte", "sst2", "stsb"))]
-    command += ["--port", str(port), "--max-wait-ms", "200", "--max-batch", "64", "--threads", "1"]
+    command += ["--port", str(port), "--batching", "wait", "--max-wait-ms", "200", "--max-batch", "64"]
+    command += ["--threads", "1"]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
     base = f"http://127.0.0.1:{port}"
     try:
@@ -268,3 +289,119 @@ def _sample(text: str, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+@pytest.mark.slow
+def test_tagging_answers_equal_predict_and_share_the_backbone(client, engine, runs):
+    from unipelt.inference import Run
+
+    sentences_in = ["John Smith lives in Paris", ["Acme", "Corp", "hired", "Mary"]]
+    answer = client.post("/v1/predict", json={"task": "ner", "inputs": sentences_in})
+    assert answer.status_code == 200
+    expected = list(Run(runs["ner"]).tag(sentences_in))
+    for got, want in zip(answer.json()["predictions"], expected):
+        assert got["tokens"] == want["tokens"] and got["tags"] == want["tags"]
+        assert got["scores"] == pytest.approx(want["scores"], abs=1e-5)
+        assert [(e["type"], e["start"], e["end"]) for e in got["entities"]] == [
+            (e["type"], e["start"], e["end"]) for e in want["entities"]
+        ]
+    sequence, tokens = engine.models["sequence"].base_model, engine.models["tokens"].base_model
+    shared = dict(sequence.base_model.named_parameters())
+    for name, parameter in tokens.base_model.named_parameters():
+        assert parameter is shared[name]  # one copy of the backbone for both kinds of head
+    mixed = [{"task": "ner", "inputs": ["Mary flies to Rome"]}, {"task": "sst2", "inputs": ["fine"]}] * 3
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda b: client.post("/v1/predict", json=b).json(), mixed))
+    alone = [client.post("/v1/predict", json=b).json() for b in mixed[:2]]
+    for i, answer in enumerate(together):
+        assert answer["task"] == alone[i % 2]["task"]
+        a, b = answer["predictions"][0], alone[i % 2]["predictions"][0]
+        assert (a.get("tags"), a.get("label")) == (b.get("tags"), b.get("label"))
+    words = client.post("/v1/predict", json={"task": "ner", "inputs": [["ok", " "]]})
+    assert words.status_code == 400 and "inputs[0]" in words.json()["error"]
+
+
+@pytest.mark.slow
+def test_tagging_exports_to_onnx_with_parity_and_serves_there(runs, tmp_path, capsys):
+    from fastapi.testclient import TestClient
+
+    from unipelt.cli import main
+    from unipelt.inference.onnx_runtime import OnnxEngine
+    from unipelt.inference.serve import create_app
+
+    out = tmp_path / "ner-onnx"
+    assert main(["export", str(runs["ner"]), "--out", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["parity_max_abs_diff"] <= 1e-4 and report["examples"] == 12
+    lines = tmp_path / "lines.txt"
+    lines.write_text("John Smith lives in Paris\nAcme Corp hired Mary\n")
+    assert main(["predict", str(runs["ner"]), "--input", str(lines)]) == 0
+    torch_records = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert main(["predict", str(out), "--runtime", "onnx", "--input", str(lines)]) == 0
+    onnx_records = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(onnx_records) == 2
+    for a, b in zip(torch_records, onnx_records):
+        assert a["tags"] == b["tags"] and a["scores"] == pytest.approx(b["scores"], abs=1e-5)
+    with TestClient(create_app(OnnxEngine([f"tags={out}"], threads=1))) as client:
+        answer = client.post("/v1/predict", json={"task": "tags", "inputs": ["Acme Corp hired Mary"]}).json()
+    assert answer["predictions"][0]["tags"] == onnx_records[1]["tags"]
+
+
+def _live(app, **ssl):
+    """A real uvicorn server for ``app`` on a free loopback port, in a thread: (base URL, stop)."""
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error", **ssl))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+
+    def stop():
+        server.should_exit = True
+        thread.join(30)
+
+    return f"{'https' if ssl else 'http'}://127.0.0.1:{port}", stop
+
+
+@pytest.mark.slow
+def test_schemathesis_finds_no_failing_check_on_a_live_server(engine, tmp_path):
+    pytest.importorskip("schemathesis")
+    from unipelt.inference.serve import ServeOptions, create_app
+
+    app = create_app(engine, ServeOptions(api_key="fuzz-key", max_inputs=8, max_text_chars=400))
+    base, stop = _live(app)
+    # 413 answers the schema's own limits (maxItems, maxLength): a rejection like 400 and 422
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(
+        '[checks.negative_data_rejection]\nexpected-statuses = ["400", "401", "404", "413", "422"]\n'
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(config),
+        "run",
+        f"{base}/openapi.json",
+    ]
+    command += [
+        "-H",
+        "Authorization: Bearer fuzz-key",
+        "--checks",
+        "all",
+        "--max-examples",
+        "25",
+        "--seed",
+        "7",
+    ]
+    command += ["--workers", "1", "--phases", "examples,coverage,fuzzing"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    finally:
+        stop()
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "No issues found" in result.stdout and "4 selected / 4 total" in result.stdout

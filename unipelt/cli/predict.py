@@ -20,6 +20,12 @@ def run(args: argparse.Namespace) -> int:
         from unipelt.inference.onnx_runtime import open_export
 
         trained = open_export(args.run)
+        if trained.is_tagger:
+            from unipelt.inference.tagging import print_tagged
+
+            return print_tagged(
+                trained, args.input, args.format, args.encoding or "utf-8", trained.tag_column
+            )
         text_columns = trained.info.get("text_columns") or (
             ["text_a", "text_b"] if trained.pair else ["text"]
         )
@@ -31,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         if trained.is_tagger:  # token classification: sentences in, tags and entity spans out
             from unipelt.inference.tagging import print_tagged
 
-            return print_tagged(trained, args.input, args.format, args.encoding or trained.config.encoding)
+            encoding = args.encoding or trained.config.encoding
+            return print_tagged(trained, args.input, args.format, encoding, trained.config.tag_column)
         text_columns = trained.input_columns
         encoding, task = args.encoding or trained.config.encoding, trained.config.task
         task = task.upper() if task else None

@@ -25,6 +25,7 @@ from unipelt.inference.served_tasks import (
     default_name,
     pair_task,
     run_score,
+    served_task,
     split_name,
     unique_names,
 )
@@ -48,19 +49,27 @@ def pad_rows(rows: Sequence[Row], pad_id: int, side: str = "right") -> dict[str,
 
 
 class TorchEngine:
-    """One backbone, one task per run folder; ``forward(rows)`` answers rows of mixed tasks in one call."""
+    """One backbone, one task per run folder; ``forward(rows)`` answers rows of mixed tasks in one call per group.
+
+    Sequence tasks (classification, regression) share one model; token-classification tasks run on a token
+    classifier whose backbone weights are the very same tensors (one copy in memory), since a head per token and
+    a head per sequence need different base model classes. Rows of both groups in one call are split by group.
+    """
 
     runtime = "torch"
 
     def __init__(self, specs: Sequence[str | Path]) -> None:
-        from unipelt.backbones import load_base_model, load_tokenizer
+        from unipelt.backbones import load_tokenizer
+        from unipelt.inference.onnx_runtime import is_export
         from unipelt.inference.runs import Run
-        from unipelt.model import UniPELTModel
         from unipelt.pretrained import resolve_model
 
         if not specs:
             raise UniPELTError("give at least one run folder to serve")
         named = [split_name(str(s)) for s in specs]
+        for _, folder in named:
+            if is_export(folder):
+                raise UniPELTError(f"{folder} is an ONNX export; serve it with --runtime onnx")
         runs = [Run(folder) for _, folder in named]
         first = runs[0]
         for run in runs:
@@ -78,22 +87,14 @@ class TorchEngine:
                     f"{first.config.model!r} ({base_path}); one server shares one backbone"
                 )
         self.tokenizer = load_tokenizer(first.folder / "tokenizer")
-        base = load_base_model(
-            first.config.model,
-            "regression" if first.regression else "classification",
-            labels=first.labels,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        self.model = UniPELTModel(base)
         names = unique_names(
             [name or default_name(run.config, run.folder) for (name, _), run in zip(named, runs)]
         )
         self.tasks: dict[str, ServedTask] = {}
         for name, run in zip(names, runs):
-            self.model.load_task(name, run.folder / "checkpoint")
-            self.model.eject_prefix_mlp(name)  # inference keeps only the prefix vectors it produces
             metric, score = run_score(run.folder)
-            self.tasks[name] = ServedTask(
+            self.tasks[name] = served_task(
+                run.task_kind,
                 name=name,
                 source=str(run.folder),
                 labels=run.labels,
@@ -103,20 +104,92 @@ class TorchEngine:
                 tokenizer=self.tokenizer,
                 metric=metric,
                 score=score,
-                parameters=self.model.parameter_counts(name),
             )
-        self.model.eval()
+        self.models = self._load_models(runs, names)
+        for name in names:
+            self.tasks[name].parameters = self.models[self.tasks[name].group].parameter_counts(name)
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.padding_side = getattr(self.tokenizer, "padding_side", "right")
 
+    def _load_models(self, runs: Sequence[Any], names: Sequence[str]) -> dict[str, Any]:
+        """One UniPELT model per group of tasks, all groups on the same backbone tensors."""
+        from unipelt.backbones import load_base_model
+        from unipelt.model import UniPELTModel
+
+        models: dict[str, Any] = {}
+        shared = None
+        for group in dict.fromkeys(self.tasks[n].group for n in names):
+            lead = next(run for run, n in zip(runs, names) if self.tasks[n].group == group)
+            base = load_base_model(
+                lead.config.model,
+                lead.task_kind,
+                labels=lead.labels,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            if shared is None:
+                shared = base
+            else:
+                share_backbone(shared, base)
+            models[group] = UniPELTModel(base)
+        for run, name in zip(runs, names):
+            model = models[self.tasks[name].group]
+            model.load_task(name, run.folder / "checkpoint")
+            model.eject_prefix_mlp(name)  # inference keeps only the prefix vectors it produces
+        for model in models.values():
+            model.eval()
+        return models
+
+    def group(self, row: Row) -> str:
+        return self.tasks[row.task].group
+
     def forward(self, rows: Sequence[Row], gates: bool = False) -> tuple[list[np.ndarray], list[dict] | None]:
-        """Logits of every row (cut to its task's outputs) and, when asked, its gate values per layer and site."""
-        batch = {k: torch.from_numpy(v) for k, v in pad_rows(rows, self.pad_id, self.padding_side).items()}
+        """Logits of every row (cut to its task's outputs; per token for tagging) and, when asked, its gate
+        values per layer and site."""
+        outputs: list[Any] = [None] * len(rows)
+        values: list[Any] = [None] * len(rows)
+        for group in dict.fromkeys(self.group(r) for r in rows):
+            index = [i for i, r in enumerate(rows) if self.group(r) == group]
+            part = [rows[i] for i in index]
+            logits, part_gates = self._forward(self.models[group], part, gates)
+            for j, i in enumerate(index):
+                outputs[i] = logits[j]
+                values[i] = part_gates[j] if part_gates is not None else None
+        return outputs, values if gates else None
+
+    def _forward(self, model: Any, rows: Sequence[Row], gates: bool) -> tuple[list[np.ndarray], Any]:
+        padded = pad_rows(rows, self.pad_id, self.padding_side)
+        batch = {k: torch.from_numpy(v) for k, v in padded.items()}
         names = [r.task for r in rows]
         with torch.inference_mode():
-            logits = self.model(**batch, task=names).logits.float().numpy()
-            values = row_gates(self.model.gate_values(), batch["attention_mask"]) if gates else None
-        return [logits[i, : self.tasks[n].num_labels] for i, n in enumerate(names)], values
+            logits = model(**batch, task=names).logits.float().numpy()
+            values = row_gates(model.gate_values(), batch["attention_mask"]) if gates else None
+        return row_outputs(logits, rows, self.tasks, self.padding_side), values
+
+
+def row_outputs(
+    logits: np.ndarray, rows: Sequence[Row], tasks: dict[str, Any], side: str
+) -> list[np.ndarray]:
+    """Each row's logits cut to its task's labels: (labels,) per sequence, or (its tokens, labels) per token
+    (the padding positions left out, on whichever side the tokenizer pads)."""
+    out = []
+    for i, row in enumerate(rows):
+        labels = tasks[row.task].num_labels
+        if logits.ndim == 3:
+            lo = logits.shape[1] - row.length if side == "left" else 0
+            out.append(logits[i, lo : lo + row.length, :labels])
+        else:
+            out.append(logits[i, :labels])
+    return out
+
+
+def share_backbone(source: torch.nn.Module, target: torch.nn.Module) -> None:
+    """Make ``target``'s backbone use ``source``'s backbone weights (same tensors, no copy), by name."""
+    weights = dict(source.base_model.named_parameters())
+    for module_name, module in target.base_model.named_modules():
+        for name, parameter in list(module.named_parameters(recurse=False)):
+            full = f"{module_name}.{name}" if module_name else name
+            if full in weights and weights[full].shape == parameter.shape:
+                setattr(module, name, weights[full])
 
 
 def row_gates(values: dict[int, dict[str, torch.Tensor]], mask: torch.Tensor) -> list[dict[str, Any]]:

@@ -59,10 +59,10 @@ def exportable(run: Any) -> None:
         raise UniPELTError(f"{run.folder} holds {len(tasks)} tasks; an ONNX export holds one task")
     if tasks is not None:
         kind = next(iter(tasks.values())).kind
-        if kind not in ("classification", "regression"):
+        if kind not in ("classification", "regression", "token-classification"):
             raise UniPELTError(
-                f"{run.folder} is a {kind} task; export supports classification and regression runs "
-                "(generation loops and token tagging are not exported)"
+                f"{run.folder} is a {kind} task; export supports classification, regression and token "
+                "classification runs (generation is served with PyTorch only: its decoding loop is not one graph)"
             )
 
 
@@ -87,7 +87,7 @@ def _trace(run: Any, path: Path) -> tuple[str, ...]:
     sample = _sample(tokenizer, pair_task(run.config), run.config.max_length)
     names = tuple(sample)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch"}
+    axes["logits"] = {0: "batch", 1: "sequence"} if run.is_tagger else {0: "batch"}
     try:
         # Grad mode ON while tracing: under no_grad the modules add into the frozen projections' outputs in
         # place (addmm_), which the tracer records but the ONNX converter does not carry through the view.
@@ -114,19 +114,41 @@ def _trace(run: Any, path: Path) -> tuple[str, ...]:
     return names
 
 
-def torch_logits(run: Any, examples: list[Example], batch_size: int = 32) -> np.ndarray:
-    model, tokenizer = run.load()
+def batches(run: Any, examples: list[Any], batch_size: int = 32) -> list[dict[str, np.ndarray]]:
+    """Padded int64 batches of the run's inputs: texts as ``predict`` reads them, or, for a tagging run,
+    sentences split into words as training aligned them."""
+    _, tokenizer = run.load()
+    if not run.is_tagger:
+        return list(encode_batches(examples, tokenizer, run.config.max_length, batch_size))
+    from unipelt.inference.engine import pad_rows
+    from unipelt.inference.served_tasks import served_task
+
+    task = served_task(
+        run.task_kind, name="parity", source=str(run.folder), labels=run.labels, regression=False, pair=False,
+        max_length=run.config.max_length, tokenizer=tokenizer,
+    )  # fmt: skip
+    rows = task.encode([list(e.tokens) for e in examples])
+    pad = tokenizer.pad_token_id or 0
+    side = getattr(tokenizer, "padding_side", "right")
+    return [pad_rows(rows[i : i + batch_size], pad, side) for i in range(0, len(rows), batch_size)]
+
+
+def torch_logits(run: Any, examples: list[Any], batch_size: int = 32) -> list[np.ndarray]:
+    """The run's logits per batch of :func:`batches` (per token for a tagging run)."""
+    model, _ = run.load()
     outputs = []
     with torch.inference_mode():
-        for batch in encode_batches(examples, tokenizer, run.config.max_length, batch_size):
+        for batch in batches(run, examples, batch_size):
             outputs.append(model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy())
-    return np.concatenate(outputs)
+    return outputs
 
 
-def onnx_logits(sess: Any, run: Any, examples: list[Example], batch_size: int = 32) -> np.ndarray:
-    _, tokenizer = run.load()
-    batches = encode_batches(examples, tokenizer, run.config.max_length, batch_size)
-    return np.concatenate([run_session(sess, b) for b in batches])
+def onnx_logits(sess: Any, run: Any, examples: list[Any], batch_size: int = 32) -> list[np.ndarray]:
+    return [run_session(sess, b) for b in batches(run, examples, batch_size)]
+
+
+def max_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
 
 
 def single_latency(sess: Any, length: int = 128, repeats: int = 20) -> float:
@@ -166,7 +188,7 @@ def export_run(
     exportable(run)
     test = run.data(path=data)
     examples = test.examples[:max_examples] if max_examples else test.examples
-    labelled = all(e.label is not None for e in examples)
+    labelled = not run.is_tagger and all(e.label is not None for e in examples)  # sequence metrics
     report: dict[str, Any] = {"run": str(run.folder), "opset": OPSET, "examples": len(examples)}
 
     def write(tmp: Path) -> None:
@@ -176,7 +198,7 @@ def export_run(
         fp32 = session(tmp / "model.onnx", threads)
         reference = torch_logits(run, examples)
         got = onnx_logits(fp32, run, examples)
-        diff = float(np.abs(got - reference).max())
+        diff = max_difference(got, reference)
         report["inputs"] = list(names)
         report["parity_max_abs_diff"] = diff
         if not diff <= tolerance:
@@ -185,8 +207,9 @@ def export_run(
                 f"(allowed {tolerance:.0e}); nothing was written"
             )
         if labelled:
-            report["metrics_torch"] = compute_task_metrics(run.metric_kind, reference, _labels(examples))
-            report["metrics_onnx"] = compute_task_metrics(run.metric_kind, got, _labels(examples))
+            labels = _labels(examples)
+            report["metrics_torch"] = compute_task_metrics(run.metric_kind, np.concatenate(reference), labels)
+            report["metrics_onnx"] = compute_task_metrics(run.metric_kind, np.concatenate(got), labels)
         if quantize == "int8":
             report["int8"] = _quantize(tmp, run, examples, labelled, fp32, threads)
         _, tokenizer = run.load()
@@ -199,6 +222,8 @@ def export_run(
             tmp / EXPORT_INFO,
             {
                 "task": default_name(run.config, run.folder),
+                "kind": run.task_kind,
+                "tag_column": run.config.tag_column,
                 "labels": run.labels,
                 "regression": run.regression,
                 "pair": pair_task(run.config),
@@ -243,8 +268,9 @@ def _quantize(tmp: Path, run: Any, examples: list[Example], labelled: bool, fp32
     start = time.perf_counter()
     got = onnx_logits(int8, run, examples)
     int8_seconds = time.perf_counter() - start
-    result["max_abs_diff_vs_fp32"] = float(np.abs(got - reference).max())
+    result["max_abs_diff_vs_fp32"] = max_difference(got, reference)
     if labelled:
+        reference, got = np.concatenate(reference), np.concatenate(got)
         metric = main_metric(run.metric_kind)
         before = compute_task_metrics(run.metric_kind, reference, _labels(examples))[metric]
         after = compute_task_metrics(run.metric_kind, got, _labels(examples))[metric]

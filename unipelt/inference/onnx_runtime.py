@@ -18,7 +18,7 @@ import numpy as np
 from unipelt.data import Example
 from unipelt.data.tokenize import token_counts
 from unipelt.errors import UniPELTError
-from unipelt.inference.served_tasks import Row, ServedTask, split_name, unique_names
+from unipelt.inference.served_tasks import Row, ServedTask, served_task, split_name, unique_names
 
 EXPORT_INFO = "export.json"
 
@@ -77,6 +77,9 @@ class OnnxModel:
         self.regression: bool = self.info["regression"]
         self.max_length: int = self.info["max_length"]
         self.pair: bool = self.info["pair"]
+        self.kind: str = self.info.get("kind") or ("regression" if self.regression else "classification")
+        self.is_tagger = self.kind == "token-classification"
+        self.tag_column: int = self.info.get("tag_column", -1)
 
     def batches(self, examples: Sequence[Example], batch_size: int = 64) -> Iterator[dict[str, np.ndarray]]:
         yield from encode_batches(examples, self.tokenizer, self.max_length, batch_size)
@@ -95,8 +98,23 @@ class OnnxModel:
             cut = Row(task.name, {}, count > self.max_length, count)
             yield {**record, **task.answer(row[: task.num_labels], cut)}
 
+    def tag(self, sentences: Sequence[Any], batch_size: int = 32) -> Iterator[dict[str, Any]]:
+        """Tags, word scores and entity spans of an exported tagging run, as :meth:`Run.tag` gives them."""
+        from unipelt.inference.engine import pad_rows, row_outputs
+        from unipelt.inference.tagging import as_sentence
+
+        task = self.served(self.info.get("task") or "task")
+        rows = task.encode([list(as_sentence(s).tokens) for s in sentences])
+        side = getattr(task.tokenizer, "padding_side", "right")
+        for start in range(0, len(rows), batch_size):
+            part = rows[start : start + batch_size]
+            logits = run_session(self.session, pad_rows(part, task.tokenizer.pad_token_id or 0, side))
+            for out, row in zip(row_outputs(logits, part, {task.name: task}, side), part):
+                yield task.answer(out, row)
+
     def served(self, name: str) -> ServedTask:
-        return ServedTask(
+        return served_task(
+            self.kind,
             name=name,
             source=str(self.folder),
             labels=self.labels,
@@ -173,15 +191,15 @@ class OnnxEngine:
         self.tasks = {name: m.served(name) for name, m in self.models.items()}
 
     def forward(self, rows: Sequence[Row], gates: bool = False) -> tuple[list[np.ndarray], None]:
-        from unipelt.inference.engine import pad_rows
+        from unipelt.inference.engine import pad_rows, row_outputs
 
         outputs: list[np.ndarray | None] = [None] * len(rows)
         for name in dict.fromkeys(r.task for r in rows):
             index = [i for i, r in enumerate(rows) if r.task == name]
-            model = self.models[name]
-            pad = model.tokenizer.pad_token_id or 0
-            batch = pad_rows([rows[i] for i in index], pad, getattr(model.tokenizer, "padding_side", "right"))
-            logits = run_session(model.session, batch)
-            for j, i in enumerate(index):
-                outputs[i] = logits[j, : self.tasks[name].num_labels]
+            part = [rows[i] for i in index]
+            tokenizer = self.tasks[name].tokenizer
+            side = getattr(tokenizer, "padding_side", "right")
+            logits = run_session(self.models[name].session, pad_rows(part, tokenizer.pad_token_id or 0, side))
+            for i, out in zip(index, row_outputs(logits, part, self.tasks, side)):
+                outputs[i] = out
         return outputs, None  # type: ignore[return-value]

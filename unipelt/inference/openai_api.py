@@ -152,6 +152,7 @@ def openai_router(engine: GenerationEngine, observe: Callable[[str, int, float],
                 raise ApiError(400, f"the body is not valid JSON: {error}") from None
             body = parse(schema, data)
             model = body.model
+            request.state.task = model  # the request log and /metrics count it under its task
             try:
                 task = engine.task_of(body.model)
             except InputError as error:

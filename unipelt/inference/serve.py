@@ -1,224 +1,279 @@
 """The HTTP server: many tasks on one backbone behind one small JSON API, with Prometheus metrics.
 
-    GET  /health        {"status": "ok", "runtime": ..., "tasks": n}
-    GET  /v1/tasks      every task: name, labels (or regression), inputs (single / pair), metric and score
-                        from the run's metrics.json, parameter counts
-    POST /v1/predict    {"task": name, "inputs": [text | [text_a, text_b], ...], "gates": false}
-                        -> {"task", "predictions": [{"label", "probabilities"} | {"score"}, ...]}, plus
-                        "gates" per input ({layer: {site: value}}) when asked; over-long texts are cut to the
-                        run's max_length and flagged with "truncated": true and their full token count
-    GET  /metrics       Prometheus text format: requests by task and status, latency histogram, batch sizes
+    GET  /health        {"status": "ok", "runtime": ..., "tasks": n} (never needs the API key)
+    GET  /v1/tasks      every task: name, kind, labels, inputs (single / pair / words), metric and score from
+                        the run's metrics.json, parameter counts
+    POST /v1/predict    {"task": name, "inputs": [...], "gates": false} -> {"task", "predictions": [...]}:
+                        {"label", "probabilities"} or {"score"} per text (pair), tags and entity spans per
+                        sentence of a tagging task; "gates" per input when asked; over-long texts are cut to
+                        the run's max_length and flagged with "truncated": true and their full token count
+    GET  /metrics       Prometheus text format: responses by route, task and status, latency, batch sizes
+    GET  /docs, /openapi.json: the typed schema of all of the above, every status code documented
 
-A bad request is answered, never raised into the server: unknown task 404 (listing the tasks), malformed JSON
-or a missing / mistyped field 422 (naming the field), empty inputs 400, more than ``max_inputs`` 413, one text
-for a pair task 400. Inputs are tokenised in the request's handler; the model runs only in the batcher's worker
-thread (:mod:`unipelt.inference.batching`), which gathers concurrent requests of any tasks into one forward.
+Every error is one JSON object in the route's shape (:mod:`unipelt.inference.http_errors`); the API key,
+request ids, counting and logging of every request are middleware (:mod:`unipelt.inference.http_guard`), so
+routes mounted with :func:`mount` (the OpenAI-compatible ones) get them too. Limits: the body size (413 before
+parsing), inputs per request (413), characters per text (413, checked before tokenising), texts that are not
+UTF-8 (422), and the number of waiting requests (429 with Retry-After). Inputs are tokenised in a thread pool,
+never on the event loop; the model runs only in the batcher's worker thread
+(:mod:`unipelt.inference.batching`), which shares forwards between concurrent requests of any tasks.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the request model from the handler's annotation.
 import asyncio
-import time
-from typing import Any
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from unipelt.inference.batching import DynamicBatcher
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import Response
+from pydantic import WithJsonSchema
+
+from unipelt.inference.batching import DynamicBatcher, TokenBatcher
+from unipelt.inference.http_errors import (
+    ApiError,
+    ErrorShape,
+    ErrorShapes,
+    install_error_handlers,
+    server_error,
+)
+from unipelt.inference.http_guard import Guard, Metrics
+from unipelt.inference.serve_schema import (
+    Health,
+    PredictRequest,
+    PredictResponse,
+    TaskList,
+    error_responses,
+    predict_schema,
+)
 from unipelt.inference.served_tasks import InputError
 
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+BATCHING = ("tokens", "wait", "none")
 
 
-class Metrics:
-    """The server's Prometheus metrics, in a registry of their own (one per app, so tests can run several)."""
+@dataclass
+class ServeOptions:
+    """How a server batches, what it takes, and whom it lets in."""
 
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+    batching: str = (
+        "tokens"  # tokens: token-budget batches, never waiting; wait: the max_wait_ms policy; none
+    )
+    max_batch_tokens: int = 4096  # padded tokens (rows x longest row) per forward, tokens policy
+    max_batch: int = 64  # rows per forward
+    max_wait_ms: float = 5.0  # wait policy only
+    max_inputs: int = 64  # inputs per request
+    max_body_bytes: int = 1_000_000
+    max_text_chars: int = 20_000
+    max_queue: int = 256  # requests waiting for the model; more: 429
+    tokenizer_threads: int = 2
+    api_key: str | None = None
+    public_metrics: bool = False
+    cors_origins: Sequence[str] = ()
+    log_inputs: bool = False
 
-        disable_created_metrics()  # the *_created gauges only add noise to a scrape
+    def __post_init__(self) -> None:
+        if self.batching not in BATCHING:
+            raise ValueError(f"batching must be one of {BATCHING}, not {self.batching!r}")
 
-        self.registry = CollectorRegistry()
-        self.requests = Counter(
-            "unipelt_requests",
-            "Prediction requests by task and status",
-            ["task", "status"],
-            registry=self.registry,
+
+def make_batcher(engine: Any, options: ServeOptions, metrics: Metrics) -> Any:
+    if options.batching == "tokens":
+        return TokenBatcher(
+            engine.forward,
+            max_tokens=options.max_batch_tokens,
+            max_rows=options.max_batch,
+            max_queue=options.max_queue,
+            observe=metrics.observe_batch,
+            group=getattr(engine, "group", lambda row: None),
         )
-        self.errors = Counter(
-            "unipelt_request_errors",
-            "Requests answered with an error, by status",
-            ["status"],
-            registry=self.registry,
-        )
-        self.inputs = Counter("unipelt_inputs", "Inputs predicted, by task", ["task"], registry=self.registry)
-        self.latency = Histogram(
-            "unipelt_request_latency_seconds",
-            "Time from receiving a prediction request to its answer",
-            ["task"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        self.batch_rows = Histogram(
-            "unipelt_batch_rows", "Rows per model forward", buckets=BATCH_BUCKETS, registry=self.registry
-        )
-        self.batch_tasks = Histogram(
-            "unipelt_batch_tasks",
-            "Distinct tasks per model forward",
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
-        )
-
-    def observe_batch(self, rows: int, tasks: int) -> None:
-        self.batch_rows.observe(rows)
-        self.batch_tasks.observe(tasks)
-
-    def text(self) -> bytes:
-        from prometheus_client import generate_latest
-
-        return generate_latest(self.registry)
+    return DynamicBatcher(
+        engine.forward,
+        max_batch=options.max_batch,
+        max_wait_ms=options.max_wait_ms,
+        batching=options.batching == "wait",
+        observe=metrics.observe_batch,
+        max_queue=options.max_queue,
+    )
 
 
-def _field_errors(errors: list[dict[str, Any]]) -> str:
-    """One line naming each bad field (or where the JSON broke) and what is wrong with it."""
-    parts = []
-    for error in errors:
-        if error.get("type") == "json_invalid":
-            position = error.get("loc", ("body", "?"))[-1]
-            parts.append(f"malformed JSON at character {position}: {error.get('ctx', {}).get('error', '')}")
-            continue
-        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body") or "body"
-        parts.append(f"field {where!r}: {error.get('msg', 'invalid')}")
-    return "; ".join(parts)
+def mount(app: FastAPI, router: APIRouter, error_shape: ErrorShape = server_error) -> None:
+    """Add ``router``'s routes to the server; errors on their paths (the guard's 401 and 413 included) are
+    answered in ``error_shape``. The API key, request ids, metrics and logs apply to them as to every route."""
+    before = len(app.router.routes)
+    app.include_router(router)
+    app.state.error_shapes.add(app.router.routes[before:], error_shape)
+    app.openapi_schema = None  # the schema is rebuilt with the new routes
 
 
 def create_app(
     engine: Any,
-    max_batch: int = 32,
-    max_wait_ms: float = 5.0,
-    batching: bool = True,
-    max_inputs: int = 64,
-    generation: Any = None,
-) -> Any:
-    """A FastAPI app answering ``engine``'s tasks; its batcher's worker thread starts now and stops on shutdown.
-    With ``generation`` (a :class:`~unipelt.inference.generation_engine.GenerationEngine`) it also serves
-    that engine's causal-LM tasks on the OpenAI-compatible routes of :mod:`unipelt.inference.openai_api`."""
+    options: ServeOptions | None = None,
+    routers: Sequence[tuple[APIRouter, ErrorShape]] = (),
+    on_shutdown: Sequence[Callable[[], None]] = (),
+) -> FastAPI:
+    """A FastAPI app answering ``engine``'s tasks, plus each of ``routers`` mounted with its error shape (see
+    :func:`mount`); the batcher's worker thread starts now and stops on shutdown, after each of
+    ``on_shutdown``."""
     from contextlib import asynccontextmanager
 
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, Response
-    from pydantic import BaseModel, Field, field_validator
-
+    options = options or ServeOptions()
     metrics = Metrics()
-    batcher = DynamicBatcher(
-        engine.forward,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        batching=batching,
-        observe=metrics.observe_batch,
-    )
-
-    class PredictRequest(BaseModel):
-        task: str = Field(description="a task name from GET /v1/tasks")
-        inputs: list[Any] = Field(description="texts, or [text_a, text_b] pairs for pair tasks")
-        gates: bool = Field(False, description="also return each input's gate values per layer")
-
-        @field_validator("inputs")
-        @classmethod
-        def texts(cls, inputs: list[Any]) -> list[Any]:
-            for i, item in enumerate(inputs):
-                ok = isinstance(item, str) or (
-                    isinstance(item, list) and 1 <= len(item) <= 2 and all(isinstance(t, str) for t in item)
-                )
-                if not ok:
-                    raise ValueError(f"inputs[{i}] must be a text or a list of two texts, not {item!r:.60}")
-            return inputs
+    batcher = make_batcher(engine, options, metrics)
+    tokenizers = ThreadPoolExecutor(options.tokenizer_threads, thread_name_prefix="unipelt-tokenize")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
+        for stop in on_shutdown:
+            stop()
         batcher.close()
-        if generation is not None:
-            generation.close()
+        tokenizers.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="unipelt", lifespan=lifespan)
+    app = FastAPI(
+        title="unipelt",
+        description="Many UniPELT tasks on one frozen backbone.",
+        lifespan=lifespan,
+    )
     app.state.engine, app.state.batcher, app.state.metrics = engine, batcher, metrics
+    app.state.options, app.state.error_shapes = options, ErrorShapes()
+    install_error_handlers(app, app.state.error_shapes)
+    app.add_middleware(
+        Guard,
+        shapes=app.state.error_shapes,
+        metrics=metrics,
+        routes=app.router,
+        api_key=options.api_key,
+        public_metrics=options.public_metrics,
+        log_inputs=options.log_inputs,
+        max_body_bytes=options.max_body_bytes,
+    )
+    if options.cors_origins:  # outermost: a browser's preflight carries no key
+        from fastapi.middleware.cors import CORSMiddleware
 
-    def fail(status: int, message: str, task: str = "", **extra: Any) -> JSONResponse:
-        metrics.errors.labels(str(status)).inc()
-        metrics.requests.labels(task, str(status)).inc()
-        return JSONResponse({"error": message, **extra}, status_code=status)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(options.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
+    mount(app, encoder_routes(engine, batcher, metrics, options, tokenizers))
+    for router, shape in routers:
+        mount(app, router, shape)
+    install_security_schema(app, options)
+    return app
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
-        return fail(422, _field_errors(list(error.errors())), fields=_fields(error.errors()))
 
-    @app.get("/health")
+def encoder_routes(
+    engine: Any, batcher: Any, metrics: Metrics, options: ServeOptions, tokenizers: ThreadPoolExecutor
+) -> APIRouter:
+    """/health, /v1/tasks, /v1/predict and /metrics."""
+    router = APIRouter()
+    keyed = (401,) if options.api_key else ()
+    has_gates = getattr(engine, "has_gates", True)
+    body_schema = predict_schema(
+        {name: task.schema_item(options.max_text_chars) for name, task in engine.tasks.items()},
+        options.max_inputs,
+        gates=has_gates,
+    )
+    Body = Annotated[PredictRequest, WithJsonSchema(body_schema)]
+
+    @router.get("/health", response_model=Health, responses=error_responses(500))
     async def health() -> dict[str, Any]:
+        """Whether the server is up; open to all, even with an API key."""
         return {"status": "ok", "runtime": engine.runtime, "tasks": len(engine.tasks)}
 
-    @app.get("/v1/tasks")
+    @router.get("/v1/tasks", response_model=TaskList, responses=error_responses(*keyed, 500))
     async def tasks() -> dict[str, Any]:
+        """The served tasks: kind, labels, input shape, score of the run."""
         return {"tasks": [task.describe() for task in engine.tasks.values()]}
 
-    @app.get("/metrics")
+    metrics_keyed = keyed if not options.public_metrics else ()
+
+    @router.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}}, **error_responses(*metrics_keyed, 500)},
+    )
     async def prometheus() -> Response:
+        """Prometheus metrics of every response, the batches and the queue."""
         from prometheus_client import CONTENT_TYPE_LATEST
 
+        metrics.queue.set(batcher.waiting)
         return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/v1/predict")
-    async def predict(body: PredictRequest) -> Any:
-        start = time.perf_counter()
+    @router.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        response_model_exclude_none=True,
+        responses=error_responses(400, *keyed, 404, 413, 422, 429, 500),
+    )
+    async def predict(body: Body, request: Request) -> Any:
+        """Answers for a batch of inputs of one task."""
+        state = request.state
+        state.task, state.rows = body.task, len(body.inputs)
+        if options.log_inputs:
+            state.inputs = body.inputs
         task = engine.tasks.get(body.task)
         if task is None:
-            return fail(
-                404,
-                f"unknown task {body.task!r}; this server has: {', '.join(engine.tasks)}",
-                tasks=list(engine.tasks),
+            state.task = ""  # no label per unknown name in /metrics
+            names = ", ".join(engine.tasks)
+            raise ApiError(
+                404, f"unknown task {body.task!r}; this server has: {names}", tasks=list(engine.tasks)
             )
         if not body.inputs:
-            return fail(400, "inputs is empty: give at least one text", body.task)
-        if len(body.inputs) > max_inputs:
-            return fail(
+            raise ApiError(400, "inputs is empty: give at least one text")
+        if len(body.inputs) > options.max_inputs:
+            raise ApiError(
                 413,
                 f"{len(body.inputs)} inputs is more than this server takes in one request "
-                f"({max_inputs}); split the request",
-                body.task,
+                f"({options.max_inputs}); split the request",
             )
-        if body.gates and not getattr(engine, "has_gates", True):
-            return fail(
-                400, f"the {engine.runtime} runtime does not report gate values; ask without gates", body.task
+        if body.gates and not has_gates:
+            raise ApiError(
+                400, f"the {engine.runtime} runtime does not report gate values; ask without gates"
             )
         try:
-            rows = task.encode(body.inputs)
+            task.check(body.inputs, options.max_text_chars)
+            rows = await asyncio.get_running_loop().run_in_executor(tokenizers, task.encode, body.inputs)
         except InputError as error:
-            return fail(error.status, str(error), body.task)
+            raise ApiError(error.status, str(error)) from None
         try:
             outputs, gates = await asyncio.wrap_future(batcher.submit(rows, body.gates))
+        except ApiError:
+            raise
         except Exception as error:  # noqa: BLE001 - the model failed on this batch; the server stays up
-            return fail(500, f"prediction failed: {type(error).__name__}: {error}", body.task)
+            raise ApiError(500, f"prediction failed: {type(error).__name__}: {error}") from None
         predictions = [task.answer(out, row) for out, row in zip(outputs, rows)]
         if gates is not None:
             for record, values in zip(predictions, gates):
                 record["gates"] = values
-        metrics.requests.labels(body.task, "200").inc()
         metrics.inputs.labels(body.task).inc(len(rows))
-        metrics.latency.labels(body.task).observe(time.perf_counter() - start)
         return {"task": body.task, "predictions": predictions}
 
-    if generation is not None:
-        from unipelt.inference.openai_api import openai_router, scheduler_metrics
-
-        def observe(task: str, status: int, seconds: float) -> None:
-            metrics.requests.labels(task, str(status)).inc()
-            if status >= 400:
-                metrics.errors.labels(str(status)).inc()
-            else:
-                metrics.latency.labels(task).observe(seconds)
-
-        scheduler_metrics(metrics.registry, generation.scheduler)
-        app.include_router(openai_router(generation, observe))
-    return app
+    return router
 
 
-def _fields(errors: Any) -> list[str]:
-    return sorted({".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body" for e in errors})
+def install_security_schema(app: FastAPI, options: ServeOptions) -> None:
+    """With an API key, /openapi.json declares bearer authentication on every operation but /health's."""
+    if not options.api_key:
+        return
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "bearer": {"type": "http", "scheme": "bearer"}
+        }
+        for path, operations in schema.get("paths", {}).items():
+            if path == "/health" or (path == "/metrics" and options.public_metrics):
+                continue
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -182,9 +182,9 @@ def bracketed(record: dict[str, Any]) -> str:
     return " ".join(out)
 
 
-def print_tagged(run: Any, source: str, fmt: str, encoding: str = "utf-8") -> int:
+def print_tagged(run: Any, source: str, fmt: str, encoding: str = "utf-8", tag_column: int = -1) -> int:
     """``unipelt predict`` for a tagging run: JSON lines with spans and scores, or bracketed sentences."""
-    sentences = read_sentences(source, run.config.tag_column, encoding)
+    sentences = read_sentences(source, tag_column, encoding)
     for record in run.tag(sentences):
         print(json.dumps(record) if fmt == "jsonl" else bracketed(record))
     return 0
