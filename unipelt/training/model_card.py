@@ -57,7 +57,7 @@ def card_text(run: str | Path, peft_folder: str | Path | None = None) -> str:
     model = str(config.get("model") or "unknown")
     base = HUB_NAMES.get(model.lower(), model)
     kind = str(metrics.get("task_type") or (checkpoint.get("task") or {}).get("kind") or "classification")
-    task = str(config.get("task") or "own data")
+    task = str(config.get("task") or Path(str(config.get("train_file") or "own data")).name)
     glue = config.get("task") is not None and not config.get("train")
     test = _numbers(metrics.get("test"))
     results = [
@@ -83,7 +83,7 @@ def card_text(run: str | Path, peft_folder: str | Path | None = None) -> str:
         ),
         datasets=["nyu-mll/glue"] if glue else None,
         metrics=sorted(test) or None,
-        model_name=f"{model}-{task}-{config.get('method', 'unipelt')}",
+        model_name=f"{Path(model).name}-{task}-{config.get('method', 'unipelt')}",
         eval_results=results or None,
     )
     body = _body(run, config, metrics, checkpoint, task, kind, peft_folder)
