@@ -19,8 +19,7 @@ from tiny_chat import save_tiny_chat_llm, sentiment_rows, write_chats
 from unipelt.data.chat import encode_prompt, parse_conversation
 from unipelt.errors import UniPELTError
 from unipelt.inference.generation import ChatRun, Sampling, generate_ids, generate_texts
-from unipelt.training import TrainConfig
-from unipelt.training.causal_lm import train_causal_lm
+from unipelt.training import TrainConfig, train
 
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
@@ -55,7 +54,7 @@ def runs(tmp_path_factory):
             max_new_tokens=4,
             seed=len(name),
         )
-        train_causal_lm(config)
+        train(config)
         folders[name] = root / name
     return folders
 

@@ -51,6 +51,7 @@ class GenerationEngine:
         whose backbone weights the causal LM then uses, the very same tensors, so the base is in memory once."""
         from unipelt.backbones import load_base_model, load_tokenizer
         from unipelt.inference.generation import ChatRun
+        from unipelt.methods import get_method
         from unipelt.model import UniPELTModel
         from unipelt.pretrained import resolve_model
 
@@ -59,7 +60,7 @@ class GenerationEngine:
         named = [split_name(str(s)) for s in specs]
         runs = [ChatRun(folder) for _, folder in named]
         for run in runs:
-            if run.config.method == "ft":
+            if not get_method(run.config.method).adds_modules:
                 raise UniPELTError(
                     f"{run.folder} is a full fine-tuning run: it has its own backbone and cannot share one; "
                     "serve runs trained with a UniPELT method"

@@ -26,7 +26,7 @@ def export_peft_run(run_folder: str | Path, out: str | Path) -> dict[str, Any]:
     from unipelt.model import UniPELTModel
 
     run = Run(run_folder)
-    if run.config.method == "ft":
+    if not run.method.adds_modules:
         raise UniPELTError(f"{run_folder} is a full fine-tuning run: it has no adapter to export to PEFT")
     folders = task_folders(run.folder / "checkpoint")
     if len(folders) != 1:
