@@ -95,3 +95,23 @@ def test_auto_detects_images_and_a_model_without_processor_gets_a_default(image_
     processor = get_kind("image-classification").load_preprocessor(bare)
     assert processor.size == {"height": 16, "width": 16}
     assert "has no image processor" in caplog.text
+
+
+def test_an_image_run_is_refused_by_onnx_export_with_the_reason(image_data, tmp_path):
+    from unipelt.inference.export import export_run
+
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--model",
+        str(image_data / "vit"),
+        "--train",
+        str(image_data / "train"),
+        "--method",
+        "lora",
+    ]
+    args += ["--epochs", "1", "--batch-size", "16", "--out", str(run), "--threads", "1"]
+    assert main(args) == 0
+    with pytest.raises(Exception, match="image-classification run; ONNX export supports"):
+        export_run(run, tmp_path / "export")
+    assert not (tmp_path / "export").exists()

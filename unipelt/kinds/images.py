@@ -74,7 +74,7 @@ class ImageCollator:
 class ImageClassification(TaskKind):
     name = "image-classification"
     head = "image-classification"
-    onnx_export = True
+    metrics_as = "classification"  # labels.json's metric_kind: scored exactly as text classification
 
     def detect(self, config: TrainConfig) -> bool:
         return config.task is None and config.train_file is not None and is_image_source(config.train_file)
@@ -176,15 +176,6 @@ class ImageClassification(TaskKind):
 
     def result_extra(self, splits: Splits, cuts: dict[str, Any]) -> dict[str, Any]:
         return {"majority_class": majority_class_scores(splits), "train_examples": len(splits.train)}
-
-    def run_info(self, splits: Splits) -> dict[str, Any]:
-        """Scored as classification; ``task_type`` tells a finished run's images from texts."""
-        return {
-            "labels": splits.labels,
-            "regression": False,
-            "metric_kind": "classification",
-            "task_type": self.name,
-        }
 
     def auto_class(self) -> Any:
         from transformers import AutoModelForImageClassification
