@@ -22,7 +22,9 @@ from unipelt.pretrained import resolve_model
 if TYPE_CHECKING:
     import torch
 
-TaskKind = Literal["classification", "regression", "token-classification", "causal-lm"]
+TaskKind = Literal[
+    "classification", "regression", "token-classification", "causal-lm", "image-classification"
+]
 Init = Literal["pretrained", "random", "meta"]
 
 
@@ -44,9 +46,10 @@ def head_kwargs(
         if labels is not None or num_labels not in (None, 1):
             raise UniPELTError("a regression head has one output and no label names")
         return {"num_labels": 1, "problem_type": "regression"}
-    if task_kind not in ("classification", "token-classification"):
+    if task_kind not in ("classification", "token-classification", "image-classification"):
         raise UniPELTError(
-            f"task_kind must be 'classification', 'regression' or 'token-classification', not {task_kind!r}"
+            "task_kind must be 'classification', 'regression', 'token-classification' or "
+            f"'image-classification', not {task_kind!r}"
         )
     if labels is None:
         return {} if num_labels is None else {"num_labels": num_labels}
@@ -111,11 +114,13 @@ def _auto_class(task_kind: str) -> Any:
     """The Transformers Auto class that builds a model for ``task_kind``."""
     from transformers import (
         AutoModelForCausalLM,
+        AutoModelForImageClassification,
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
     )
 
     return {
+        "image-classification": AutoModelForImageClassification,
         "token-classification": AutoModelForTokenClassification,
         "causal-lm": AutoModelForCausalLM,
     }.get(task_kind, AutoModelForSequenceClassification)
@@ -158,19 +163,38 @@ def check_model_kind(config: Any, auto: Any, name: str | Path, task_kind: str) -
         ("a sequence-to-sequence model", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"),
     )
     kind = next((text for text, table in kinds if model_type in getattr(names, table, {})), "a model")
+    if kind == "an image model" and model_type in ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"{str(name)!r} is an image model ({model_type}): train it on images with --task-type "
+            "image-classification (a folder of class folders, or a table of image paths)"
+        )
     raise UnsupportedModelError(
         f"{str(name)!r} is {kind} ({model_type}), which unipelt cannot use for {task_kind}: it trains text "
-        f"encoders and decoder-only language models of these types: {', '.join(sorted(ARCHITECTURES))}"
+        f"encoders, decoder-only language models and image encoders of these types: "
+        f"{', '.join(sorted(ARCHITECTURES))}"
     )
 
 
-def load_tokenizer(path: str | Path) -> Any:
+def natural_kind(path_or_name: str | Path) -> TaskKind:
+    """The head a model folder is made for when nothing else says: image classification for image models
+    (ViT, DeiT), else sequence classification."""
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    config = AutoConfig.from_pretrained(resolve_model(str(path_or_name)))
+    image = type(config) in AutoModelForImageClassification._model_mapping
+    return "image-classification" if image else "classification"
+
+
+def load_tokenizer(path: str | Path, local: bool = False) -> Any:
     """The tokenizer saved in ``path`` (a folder or Hub name as ``from_pretrained`` takes it, e.g. from
-    :func:`~unipelt.pretrained.resolve_model`), with the end-of-sequence token as padding when it has none."""
+    :func:`~unipelt.pretrained.resolve_model`), with the end-of-sequence token as padding when it has none.
+    ``local``: ``path`` is a folder of a run, never a Hub name: a missing one fails at once, without the Hub."""
     from transformers import AutoTokenizer
 
+    if local and not Path(path).is_dir():
+        raise UniPELTError(f"{path} is missing: the run's tokenizer folder was deleted")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
     except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways, deep inside tokenizers
         lines = str(error).strip().splitlines()
         detail = lines[0] if lines else type(error).__name__

@@ -11,7 +11,7 @@ import argparse
 import json
 from typing import Any
 
-from unipelt.cli.common import GLUE_HELP, add_compile_flag
+from unipelt.cli.common import GLUE_HELP, add_compile_flag, add_device_flags, placement_of
 
 
 def run(args: argparse.Namespace) -> int:
@@ -19,13 +19,14 @@ def run(args: argparse.Namespace) -> int:
     from unipelt.inference import Run
     from unipelt.inference.generation import is_chat_run
 
+    where = placement_of(args)
     if is_chat_run(args.run):
         if args.compile:
             raise UniPELTError("--compile applies to classification, regression and tagging runs")
-        return _retention(args) if args.retention else _evaluate_chat_run(args)
+        return _retention(args, where) if args.retention else _evaluate_chat_run(args, where)
     if args.retention:
         raise UniPELTError(f"--retention measures chat models; {args.run} is not a causal-lm run")
-    trained = Run(args.run, compile=args.compile)
+    trained = Run(args.run, where, compile=args.compile)
     data = trained.data(task=args.task, data_dir=args.data_dir, path=args.data, encoding=args.encoding)
     metrics = trained.evaluate(data)
     if args.json:
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_chat_run(args: argparse.Namespace) -> int:
+def _evaluate_chat_run(args: argparse.Namespace, where: Any) -> int:
     """A causal-LM run on its test chats or --data: loss and perplexity, and accuracy when it has answer choices."""
     from unipelt.errors import UniPELTError
     from unipelt.inference.generation import ChatRun
@@ -49,7 +50,7 @@ def _evaluate_chat_run(args: argparse.Namespace) -> int:
         raise UniPELTError(
             f"{args.run} is a causal-lm run: evaluate it on chats with --data FILE.jsonl (GLUE tasks do not apply)"
         )
-    trained = ChatRun(args.run)
+    trained = ChatRun(args.run, where)
     conversations = trained.data(args.data)
     metrics = trained.evaluate(conversations, task=args.task if args.data else None)
     source = args.data or trained.config.test_file
@@ -63,7 +64,7 @@ def _evaluate_chat_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _retention(args: argparse.Namespace) -> int:
+def _retention(args: argparse.Namespace, where: Any) -> int:
     """How many facts the base model answers correctly the run still answers correctly; kept in metrics.json."""
     from pathlib import Path
 
@@ -73,7 +74,7 @@ def _retention(args: argparse.Namespace) -> int:
     from unipelt.inference.retention import facts_path, measure_retention, read_facts, retention_line
 
     facts = read_facts(facts_path(args.retention))
-    trained = ChatRun(args.run)
+    trained = ChatRun(args.run, where)
     model, tokenizer = trained.load()
     base = None
     if not hasattr(model, "disabled"):  # full fine-tuning: the base is a fresh copy of the model
@@ -117,6 +118,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "the packaged facts",
     )
     p.add_argument("--json", action="store_true")
+    add_device_flags(p)
     add_compile_flag(p)
     p.set_defaults(func=run)
     return p

@@ -135,6 +135,7 @@ def _flag_fields(args: argparse.Namespace) -> dict[str, Any]:
         "regression_bias": args.regression_bias,
         "max_steps": args.max_steps,
         "threads": args.threads,
+        "device": args.device,
         "encoding": args.encoding,
         "on_divergence": args.on_divergence,
     }
@@ -219,7 +220,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The data, model, method and optimisation flags of one run, shared by ``train`` and ``tune``."""
-    from unipelt.training.config import METHODS, TASK_TYPES
+    from unipelt.kinds import kind_names
+    from unipelt.methods import method_names
 
     p.add_argument(
         "--config",
@@ -229,7 +231,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default="minilm", help="minilm (packaged, default), mpnet, a folder or a Hub name"
     )
-    p.add_argument("--method", default="unipelt", choices=list(METHODS))
+    p.add_argument("--method", default="unipelt", choices=list(method_names()))
     p.add_argument(
         "--set",
         action="append",
@@ -253,7 +255,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task-type",
         default="auto",
-        choices=list(TASK_TYPES),
+        choices=["auto", *kind_names()],
         help="kind of task (default auto: token-classification for CoNLL or {tokens, tags} JSONL files, "
         "regression with --regression, else classification); token-classification with --task NAME reads "
         "a tagged Hub dataset such as conll2003",
@@ -363,6 +365,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "label-mean for prefix and autopelt)",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the run trains: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or mps",
+    )
     p.add_argument(
         "--encoding",
         default="utf-8",

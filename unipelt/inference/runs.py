@@ -14,22 +14,36 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
 
-from unipelt.data import Example, TaskData, load_glue, load_table, tokenize_examples
+from unipelt.backbones import load_base_model
+from unipelt.data import Example, TaskData, load_glue, load_table
+from unipelt.data.conll import load_hub_tokens, load_tokens
 from unipelt.data.files import input_lines
 from unipelt.data.glue import glue_task, is_glue_task
-from unipelt.data.tokenize import token_counts
+from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
+from unipelt.inference.loop import chunks, logits_and_labels
+from unipelt.inference.tagging import evaluate_tagged, tag_sentences
+from unipelt.kinds import kind_of_run
+from unipelt.methods import get_method
 from unipelt.metrics import compute_task_metrics
-from unipelt.training.run_files import read_labels, read_run_config
+from unipelt.training.run_files import check_run_folder, read_labels, read_run_config
 
 
 class Run:
-    """A trained run folder: its config, label map, tokenizer and model (UniPELT or fully fine-tuned)."""
+    """A trained run folder: its config, label map, tokenizer and model (UniPELT or fully fine-tuned).
 
-    def __init__(self, folder: str | Path, compile: str | None = None) -> None:
+    ``placement`` says where the model goes when it is loaded (default: the CPU, in the dtype it was saved in);
+    ``compile`` names a torch.compile backend for it, or is None."""
+
+    def __init__(
+        self, folder: str | Path, placement: Placement | None = None, compile: str | None = None
+    ) -> None:
         self.folder = Path(folder)
-        self.compile = compile  # a torch.compile backend for the model when it is loaded, or None
+        self.placement = placement
+        self.compile = compile
         for name in ("config.json", "labels.json", "checkpoint"):
             if not (self.folder / name).exists():
                 raise UniPELTError(
@@ -37,38 +51,34 @@ class Run:
                 )
         self.config = read_run_config(self.folder)
         labels = read_labels(self.folder)
+        check_run_folder(self.folder, labels)
         self.labels: list[str] | None = labels["labels"]
         self.regression: bool = labels["regression"]
-        self.metric_kind: str = labels["metric_kind"]
-        self.is_tagger = self.metric_kind == "token-classification"  # a token-classification run
+        self.metric_kind: str = labels["metric_kind"]  # the GLUE task or the kind whose metrics score it
+        self.kind = kind_of_run(labels)
+        self.method = get_method(self.config.method)
+        self.is_tagger = self.kind.name == "token-classification"
         self._model = None
         self._tokenizer = None
 
     def load(self) -> tuple[torch.nn.Module, Any]:
         """(model in eval mode, tokenizer), loaded on first use."""
-        from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
-        from transformers.utils import logging as hf_logging
-
-        from unipelt.backbones import load_base_model, load_tokenizer
-        from unipelt.model import UniPELTModel
-
         if self._model is None:
             hf_logging.set_verbosity_error()
-            self._tokenizer = load_tokenizer(self.folder / "tokenizer")
-            checkpoint = self.folder / "checkpoint"
-            if self.config.method == "ft":  # the whole fine-tuned model was saved: nothing to rebuild
-                auto = (
-                    AutoModelForTokenClassification if self.is_tagger else AutoModelForSequenceClassification
-                )
-                self._model = _load_full_model(auto, checkpoint)
-            else:
-                base = load_base_model(
+            tokenizer = self.kind.load_preprocessor(self.folder / "tokenizer", local=True)
+
+            def base() -> torch.nn.Module:
+                return load_base_model(
                     self.config.model,
-                    self.task_kind,
+                    self.kind.head,
                     labels=self.labels,
-                    pad_token_id=self._tokenizer.pad_token_id,
+                    pad_token_id=getattr(tokenizer, "pad_token_id", None),
                 )
-                self._model = UniPELTModel.from_pretrained(base, checkpoint)
+
+            self._tokenizer = tokenizer
+            self._model = self.method.load(self.folder / "checkpoint", self.kind, base)
+            if self.placement is not None:
+                self.placement.place(self._model)
             self._model.eval()
             if self.compile:
                 self._model.compile(backend=self.compile)
@@ -86,9 +96,7 @@ class Run:
 
     @property
     def task_kind(self) -> str:
-        if self.is_tagger:
-            return "token-classification"
-        return "regression" if self.regression else "classification"
+        return self.kind.name
 
     def data(
         self,
@@ -100,22 +108,13 @@ class Run:
         """The run's test split by default; another GLUE task split or a file with the run's columns otherwise
         (for a tagging run: a CoNLL / JSON-lines file, or the test split of a tagged Hub dataset)."""
         if self.is_tagger and (path is not None or task is not None or self.config.task is not None):
-            from unipelt.data.conll import load_hub_tokens, load_tokens
-
             if path is not None:
                 return load_tokens(
                     path, self.config.tag_column, self.labels, encoding=encoding or self.config.encoding
                 )
             return load_hub_tokens(task or self.config.task, "test", self.labels)
         if path is not None:
-            return load_table(
-                path,
-                self.config.text_columns,
-                self.config.label_column,
-                self.labels,
-                regression=self.regression,
-                encoding=encoding or self.config.encoding,
-            )
+            return self.kind.read_file(path, self.config, self.labels, encoding)
         task = task or self.config.task
         if task is None:
             if self.config.test_file is None:
@@ -126,25 +125,15 @@ class Run:
         return load_glue(task, data_dir or self.config.data_dir, "dev")
 
     def logits(self, examples: list[Example], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        from tqdm.auto import tqdm
-        from transformers import DataCollatorWithPadding
-
         model, tokenizer = self.load()
-        dataset = tokenize_examples(examples, tokenizer, self.config.max_length)
-        dataset = dataset.remove_columns([c for c in ("labels",) if c in dataset.column_names])
-        collate = DataCollatorWithPadding(tokenizer)
-        outputs = []
-        starts = range(0, len(dataset), batch_size)
-        with torch.inference_mode():
-            for start in tqdm(starts, disable=not progress, desc="predict", unit="batch"):
-                rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-                outputs.append(model(**collate(rows)).logits.float().numpy())
-        return np.concatenate(outputs)
+        items, collate = self.kind.prediction_batches(examples, tokenizer, self.config.max_length)
+        batches = chunks(items, collate, batch_size)
+        total = -(-len(items) // batch_size)
+        batches = tqdm(batches, total=total, disable=not progress, desc="predict", unit="batch")
+        return logits_and_labels(model, batches)[0]
 
     def evaluate(self, data: TaskData, progress: bool = True) -> dict[str, float]:
         if self.is_tagger:
-            from unipelt.inference.tagging import evaluate_tagged
-
             model, tokenizer = self.load()
             return evaluate_tagged(model, tokenizer, data.examples, self.labels, self.config.max_length)
         if any(e.label is None for e in data.examples):
@@ -155,8 +144,6 @@ class Run:
 
     def tag(self, sentences: list[Any]) -> Iterator[dict[str, Any]]:
         """Tags, word scores and entity spans of a tagging run for each sentence (a TokenExample)."""
-        from unipelt.inference.tagging import tag_sentences
-
         if not self.is_tagger:
             raise UniPELTError(f"{self.folder} is not a token-classification run")
         model, tokenizer = self.load()
@@ -166,7 +153,7 @@ class Run:
         """One record per example: its label and class probabilities (or score), plus ``truncated`` and its
         full ``tokens`` count when it was longer than the run's ``max_length`` and only its start was read."""
         logits = self.logits(examples, progress=progress)
-        counts = token_counts(examples, self.load()[1])
+        tokenizer = self.load()[1]
         if self.regression:
             records = ({"score": float(value)} for value in logits[:, 0])
         else:
@@ -178,27 +165,10 @@ class Run:
                 }
                 for row in probabilities
             )
-        for example, answer, count in zip(examples, records, counts):
-            record: dict[str, Any] = {"text": example.text_a}
-            if example.text_b is not None:
-                record["text_b"] = example.text_b
-            record.update(answer)
-            if count > self.config.max_length:
-                record.update(truncated=True, tokens=count)
-            yield record
-
-
-def _load_full_model(auto: Any, checkpoint: Path) -> torch.nn.Module:
-    """A fully fine-tuned run's model, with one clear error when its files are damaged."""
-    from safetensors import SafetensorError
-
-    try:
-        return auto.from_pretrained(checkpoint)
-    except (OSError, ValueError, SafetensorError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UniPELTError(
-            f"{checkpoint} cannot be loaded ({first}); the run's model files are truncated or damaged"
-        ) from None
+        for example, answer in zip(examples, records):
+            record = self.kind.input_record(example, tokenizer, self.config.max_length)
+            cut = {key: record.pop(key) for key in ("truncated", "tokens") if key in record}
+            yield {**record, **answer, **cut}
 
 
 def read_inputs(

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from unipelt.atomic import writing
+from unipelt.devices import placement
+from unipelt.errors import UniPELTError
+from unipelt.methods import get_method
 from unipelt.training.config import TrainConfig
 from unipelt.training.faults import kill_point
-from unipelt.training.resume import mark_complete, step_of, stopped_early
+from unipelt.training.resume import mark_complete, read_progress, step_of, stopped_early
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainingArguments
@@ -30,6 +34,20 @@ def _precision_flags(precision: str) -> dict[str, bool]:
             return {}
         return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def training_device(config: TrainConfig) -> torch.device:
+    """The device a run trains on (``config.device``), checked to exist here; sets the CPU threads too.
+
+    The Trainer puts a run on the first visible GPU (or on the GPU of its rank under torchrun), so ``cuda:N``
+    other than ``cuda:0`` is refused with how to choose another GPU."""
+    device = placement(config.device, None, config.threads).device
+    if device.type == "cuda" and device.index not in (None, 0):
+        raise UniPELTError(
+            f"--device {config.device}: training uses the first visible GPU; pick GPU {device.index} with "
+            f"CUDA_VISIBLE_DEVICES={device.index} and --device cuda"
+        )
+    return device
 
 
 def training_arguments(config: TrainConfig, trainer_dir: Path, metric: str) -> TrainingArguments:
@@ -65,8 +83,8 @@ def training_arguments(config: TrainConfig, trainer_dir: Path, metric: str) -> T
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(),  # also what lets torchrun on CPU run DDP over gloo
+        dataloader_pin_memory=training_device(config).type == "cuda",
+        use_cpu=training_device(config).type == "cpu",  # also what lets torchrun on CPU run DDP over gloo
         disable_tqdm=False,
         save_only_model=False,
         ddp_find_unused_parameters=False,
@@ -104,46 +122,20 @@ def make_trainer_class() -> type[Trainer]:
             if self.optimizer is not None:
                 return self.optimizer
             rates = self.run_config.learning_rates()
-            decay = self.args.weight_decay
-            if self.unipelt is not None:
-                groups = self.unipelt.parameter_groups()
-                if rates["prefix"] == rates["added"]:  # one group, as before the prefix had its own rate, so
-                    groups["added"] += groups.pop("prefix")  # checkpoints of older versions still resume
-                param_groups = [
-                    {"params": groups["added"], "lr": rates["added"], "weight_decay": decay},
-                    {"params": groups.get("prefix", []), "lr": rates["prefix"], "weight_decay": decay},
-                    {"params": groups["gates"], "lr": rates["gates"], "weight_decay": 0.0, "name": "gates"},
-                    {"params": groups["head"], "lr": rates["head"], "weight_decay": decay},
-                ]
-            else:
-                from unipelt.inject.architectures import architecture_for
-
-                # the same head modules UniPELT keeps trainable
-                head_names = architecture_for(self.model).head
-                head, backbone = [], []
-                for name, parameter in self.model.named_parameters():
-                    (head if any(part in head_names for part in name.split(".")) else backbone).append(
-                        parameter
-                    )
-                param_groups = [
-                    {"params": backbone, "lr": rates["backbone"], "weight_decay": decay},
-                    {"params": head, "lr": rates["head"], "weight_decay": decay},
-                ]
+            method = get_method(self.run_config.method)
+            param_groups = method.optimizer_groups(self.model, rates, self.args.weight_decay)
             param_groups = [g for g in param_groups if g["params"]]
             self.optimizer = torch.optim.AdamW(param_groups, lr=rates["added"])
             return self.optimizer
 
         def create_scheduler(self, num_training_steps: int, optimizer=None):
-            """The usual schedule, except that autopelt's on/off gates keep a constant rate.
-
-            Its gates are held for the first third of training and must then travel several units of log alpha
-            to close; under the linear decay to zero they moved about 2.4 units in the last two thirds of a
-            3-epoch run, too little to close any unit at any latency weight (SST-2, weights 0.3 to 300).
-            """
+            """The usual schedule, except for the method's groups that keep a constant rate (autopelt's
+            on/off gates: under a decay to zero they move too little to close; RESULTS.md, "AutoPELT")."""
             scheduler = super().create_scheduler(num_training_steps, optimizer)
-            if self.run_config.method == "autopelt" and hasattr(scheduler, "lr_lambdas"):
+            constant = get_method(self.run_config.method).constant_rate_groups
+            if constant and hasattr(scheduler, "lr_lambdas"):
                 for index, group in enumerate(scheduler.optimizer.param_groups):
-                    if group.get("name") == "gates":
+                    if group.get("name") in constant:
                         scheduler.lr_lambdas[index] = _constant_rate
             return scheduler
 
@@ -196,14 +188,43 @@ def make_trainer_class() -> type[Trainer]:
                 super()._save_checkpoint(model, trial)
                 if self.args.should_save:
                     kill_point(f"checkpoint-complete:{step}")
-                    mark_complete(folder)
+                    mark_complete(folder, self.progress())
 
         def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
-            if isinstance(resume_from_checkpoint, (str, os.PathLike)) and stopped_early(
-                resume_from_checkpoint
-            ):
+            resuming = isinstance(resume_from_checkpoint, (str, os.PathLike))
+            if resuming and stopped_early(resume_from_checkpoint):
                 self.args.max_steps = step_of(resume_from_checkpoint)  # finished there: no step more
+            # what the sessions before this one did: their training time and summed step losses
+            self.carried = read_progress(resume_from_checkpoint) if resuming else {}
+            self.session_start = time.time()
             return super().train(resume_from_checkpoint, *args, **kwargs)
+
+        def progress(self) -> dict[str, float]:
+            """The whole run's training seconds and summed step losses so far, over every resumed session:
+            kept in each checkpoint's completion mark, so a resumed run reports the totals."""
+            pending = getattr(self, "_tr_loss", None)  # the steps' losses not yet logged
+            session_loss = self._total_loss_scalar + (float(pending) if pending is not None else 0.0)
+            return {
+                "train_seconds": self.carried.get("train_seconds", 0.0) + time.time() - self.session_start,
+                "loss_sum": self.carried.get("loss_sum", 0.0) + session_loss,
+            }
+
+        @property
+        def train_seconds(self) -> float:
+            """Training wall time of the whole run, over every resumed session."""
+            return self.progress()["train_seconds"]
+
+        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            if "train_loss" in logs and "train_runtime" in logs and self.carried:
+                # the end-of-training summary: the Trainer counts this session only (a resume from the last
+                # checkpoint trained no step: loss 0); report the run's mean step loss and its whole time
+                total = self.carried.get("loss_sum", 0.0) + self._total_loss_scalar
+                logs = {
+                    **logs,
+                    "train_loss": total / max(self.state.global_step, 1),
+                    "train_runtime": round(self.carried.get("train_seconds", 0.0) + logs["train_runtime"], 4),
+                }
+            super().log(logs, *args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
