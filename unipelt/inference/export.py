@@ -33,7 +33,9 @@ from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
 from unipelt.inference.loop import forward_batches, model_device
 from unipelt.inference.onnx_runtime import EXPORT_INFO, encode_batches, run_session, session
+from unipelt.inference.runs import Run
 from unipelt.inference.served_tasks import default_name, pair_task, run_score
+from unipelt.metrics import compute_task_metrics, main_metric
 
 OPSET = 17
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -182,9 +184,6 @@ def export_run(
 
     The run's model is traced and checked where ``placement`` puts it (default: the CPU); the graph itself is
     float32 and device-free, and ONNX Runtime runs it on the CPU."""
-    from unipelt.inference.runs import Run
-    from unipelt.metrics import compute_task_metrics
-
     if quantize not in (None, "int8"):
         raise UniPELTError(f"--quantize takes int8, not {quantize!r}")
     if placement is not None and placement.dtype not in (None, torch.float32):
@@ -255,8 +254,6 @@ def _quantize(tmp: Path, run: Any, examples: list[Example], labelled: bool, fp32
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from unipelt.metrics import compute_task_metrics, main_metric
 
     root = logging.getLogger()
     level = root.level
