@@ -125,14 +125,20 @@ def test_mixed_task_batch_of_images_equals_each_row_alone(arch):
             assert torch.allclose(mixed[row, : widths[name]], alone[0], atol=1e-5), (row, name)
 
 
-def test_vit_base_lora_count_by_hand(tmp_path):
+def test_vit_base_lora_count_by_hand(tmp_path, capsys):
     """ViT-B/16: 12 layers, hidden 768; rank-8 LoRA on query and value: 12 x 2 x (8 x 768 + 768 x 8)."""
+    import json
+
     from unipelt.backbones import load_base_model
+    from unipelt.cli import main
 
     tf.ViTConfig().save_pretrained(tmp_path)  # the config of google/vit-base-patch16-224, no weights
     model = load_base_model(tmp_path, "image-classification", num_labels=10, init="meta")
     counts = add_unipelt(model, "lora", lora_rank=8).parameter_counts()
     assert counts["lora"] == 12 * 2 * (8 * 768 + 768 * 8) == 294_912
+    assert main(["params", str(tmp_path), "--method", "unipelt", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["lora"] == 294_912 and printed["adapter"] == 12 * (2 * 768 * 48 + 48 + 768)
 
 
 def test_clip_image_tower_takes_every_module_as_a_feature_extractor(tmp_path):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -197,9 +196,8 @@ def train_causal_lm(
         run_config=config,
         divergence_guard=guard,
     )
-    start = time.time()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    train_seconds = time.time() - start
+    train_seconds = trainer.train_seconds  # over every session of a resumed run
     if guard.event is not None and guard.action == "stop":
         stop_diverged(guard, trainer, run_dir, lambda: _save_final(model, unipelt, tokenizer, run_dir, info))
 

@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -295,7 +294,6 @@ def _train(
         divergence_guard=guard,
     )
     trainer.class_weights = weights  # for ft, whose loss is the base model's own (UniPELT tasks hold theirs)
-    start = time.time()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except ValueError as error:
@@ -305,7 +303,7 @@ def _train(
             f"{resume_from} was saved with other optimizer groups than this run's configuration makes (was "
             f"{run_dir / 'config.json'} edited?); start the run again without --resume"
         ) from error
-    train_seconds = time.time() - start
+    train_seconds = trainer.train_seconds  # over every session of a resumed run
     if guard.event is not None and guard.action == "stop":
         stop_diverged(
             guard, trainer, run_dir, lambda: _save_final(model, unipelt, tokenizer, run_dir, splits)

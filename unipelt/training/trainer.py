@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from unipelt.devices import placement
 from unipelt.errors import UniPELTError
 from unipelt.training.config import TrainConfig
 from unipelt.training.faults import kill_point
-from unipelt.training.resume import mark_complete, step_of, stopped_early
+from unipelt.training.resume import mark_complete, read_progress, step_of, stopped_early
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainingArguments
@@ -212,14 +213,43 @@ def make_trainer_class() -> type[Trainer]:
                 super()._save_checkpoint(model, trial)
                 if self.args.should_save:
                     kill_point(f"checkpoint-complete:{step}")
-                    mark_complete(folder)
+                    mark_complete(folder, self.progress())
 
         def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
-            if isinstance(resume_from_checkpoint, (str, os.PathLike)) and stopped_early(
-                resume_from_checkpoint
-            ):
+            resuming = isinstance(resume_from_checkpoint, (str, os.PathLike))
+            if resuming and stopped_early(resume_from_checkpoint):
                 self.args.max_steps = step_of(resume_from_checkpoint)  # finished there: no step more
+            # what the sessions before this one did: their training time and summed step losses
+            self.carried = read_progress(resume_from_checkpoint) if resuming else {}
+            self.session_start = time.time()
             return super().train(resume_from_checkpoint, *args, **kwargs)
+
+        def progress(self) -> dict[str, float]:
+            """The whole run's training seconds and summed step losses so far, over every resumed session:
+            kept in each checkpoint's completion mark, so a resumed run reports the totals."""
+            pending = getattr(self, "_tr_loss", None)  # the steps' losses not yet logged
+            session_loss = self._total_loss_scalar + (float(pending) if pending is not None else 0.0)
+            return {
+                "train_seconds": self.carried.get("train_seconds", 0.0) + time.time() - self.session_start,
+                "loss_sum": self.carried.get("loss_sum", 0.0) + session_loss,
+            }
+
+        @property
+        def train_seconds(self) -> float:
+            """Training wall time of the whole run, over every resumed session."""
+            return self.progress()["train_seconds"]
+
+        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            if "train_loss" in logs and "train_runtime" in logs and self.carried:
+                # the end-of-training summary: the Trainer counts this session only (a resume from the last
+                # checkpoint trained no step: loss 0); report the run's mean step loss and its whole time
+                total = self.carried.get("loss_sum", 0.0) + self._total_loss_scalar
+                logs = {
+                    **logs,
+                    "train_loss": total / max(self.state.global_step, 1),
+                    "train_runtime": round(self.carried.get("train_seconds", 0.0) + logs["train_runtime"], 4),
+                }
+            super().log(logs, *args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
