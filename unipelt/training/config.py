@@ -44,7 +44,7 @@ class TrainConfig:
     label_column: str = "label"
     regression: bool = False
     # auto: regression with --regression, token-classification for CoNLL / {"tokens","tags"} files, else
-    # classification (unipelt.training.task_setup.resolve_task_type)
+    # classification (unipelt.kinds.resolve_kind)
     task_type: str = "auto"
     tag_column: int = -1  # CoNLL files: which whitespace-separated column holds the tag (default the last)
     # class imbalance: "none", "balanced" (inverse class frequency) or comma-separated weights in label order
@@ -69,7 +69,9 @@ class TrainConfig:
     lr: float | None = None
     lr_gates: float | None = None
     lr_head: float | None = None
-    lr_prefix: float | None = None  # the prefix encoder's rate; None: lr, at most PREFIX_LR_CAP in a mix
+    lr_prefix: float | None = (
+        None  # the prefix encoder's rate; None: lr, at most the method's prefix cap in a mix
+    )
     lr_backbone: float | None = None
     weight_decay: float = 0.0
     warmup_ratio: float = 0.06
