@@ -92,7 +92,7 @@ class TrainConfig:
     backbone_dropout: float | None = None
     # where a regression head's output bias starts: zero (the layer's default) or the training labels' mean;
     # None: the method's default (regression_start()). zero measured better on STS-B at K = 100 with the tuned
-    # rates for the gated and single methods (benchmarks/RESULTS.md, issue 15); autopelt needs the mean.
+    # rates for the gated and single methods (RESULTS.md, "What the defaults learnt from these runs"); autopelt needs the mean.
     regression_bias: str | None = None  # zero | label-mean | None
     max_steps: int = -1
     logging_steps: int = 10
