@@ -55,6 +55,12 @@ class _Logits(torch.nn.Module):
 
 def exportable(run: Any) -> None:
     """Refuse, with the reason, what this exporter cannot turn into one graph."""
+    if not run.kind.onnx_export:
+        raise UniPELTError(
+            f"{run.folder} is a {run.kind.name} run; ONNX export supports classification, regression and token "
+            "classification runs of text (generation is served with PyTorch only: its decoding loop is not one "
+            "graph; image runs are not exported yet)"
+        )
     model, _ = run.load()
     # Modules merged into the base weights (an optimized run loaded alone) need nothing special: the graph
     # is traced from the merged model, which is exactly the deployed form, and parity is checked as always.
