@@ -197,7 +197,9 @@ def test_unsupported_model_kinds_are_one_line_saying_what_is_supported(tmp_path,
         assert len(err) < 400 and "bert" in err and "roberta" in err and "Config," not in err, err
         assert {"swin": "'swin' is not supported", "whisper": "(whisper)"}[name] in err, err
     ViTConfig().save_pretrained(tmp_path / "vit")  # an image model unipelt trains, given text: says how
-    with pytest.raises(UniPELTError, match="is an image model \\(vit\\): train it on images with --task-type"):
+    with pytest.raises(
+        UniPELTError, match="is an image model \\(vit\\): train it on images with --task-type"
+    ):
         check_model(tmp_path / "vit", "classification")
 
 
