@@ -139,11 +139,11 @@ def _training_model_and_batch(method: str, checkpointing: bool):
     first 8 training chats that the cost and saved-bytes phases measure one step on."""
     from unipelt.data.chat import ChatCollator, read_chat_file, tokenize_conversations
     from unipelt.training import TrainConfig
-    from unipelt.training.causal_lm import build_causal_model
+    from unipelt.training.run import build_model
 
     config = TrainConfig(model="smollm2", method=method, task=None, task_type="causal-lm")
     config.gradient_checkpointing = checkpointing
-    model, unipelt, tokenizer = build_causal_model(config)
+    model, unipelt, tokenizer = build_model(config)
     if unipelt is None:
         model.requires_grad_(True)
     model.train()
@@ -281,10 +281,10 @@ def phase_gen(args: argparse.Namespace) -> None:
             modules = "trained run"
         else:  # the same operations run whatever the weights' values: freshly initialised modules time the same
             from unipelt.training import TrainConfig
-            from unipelt.training.causal_lm import build_causal_model
+            from unipelt.training.run import build_model
 
             config = TrainConfig(model="smollm2", method=method, task=None, task_type="causal-lm")
-            model, _, tokenizer = build_causal_model(config)
+            model, _, tokenizer = build_model(config)
             model.eval()
             modules = "freshly initialised (no finished run)"
         model.base_model.config.use_cache = True

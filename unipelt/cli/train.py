@@ -219,7 +219,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     """The data, model, method and optimisation flags of one run, shared by ``train`` and ``tune``."""
-    from unipelt.training.config import METHODS, TASK_TYPES
+    from unipelt.kinds import kind_names
+    from unipelt.methods import method_names
 
     p.add_argument(
         "--config",
@@ -229,7 +230,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default="minilm", help="minilm (packaged, default), mpnet, a folder or a Hub name"
     )
-    p.add_argument("--method", default="unipelt", choices=list(METHODS))
+    p.add_argument("--method", default="unipelt", choices=list(method_names()))
     p.add_argument(
         "--set",
         action="append",
@@ -253,7 +254,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--task-type",
         default="auto",
-        choices=list(TASK_TYPES),
+        choices=["auto", *kind_names()],
         help="kind of task (default auto: token-classification for CoNLL or {tokens, tags} JSONL files, "
         "regression with --regression, else classification); token-classification with --task NAME reads "
         "a tagged Hub dataset such as conll2003",

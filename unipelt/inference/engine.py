@@ -79,7 +79,7 @@ class TorchEngine:
         runs = [Run(folder) for _, folder in named]
         first = runs[0]
         for run in runs:
-            if run.config.method == "ft":
+            if not run.method.adds_modules:
                 raise UniPELTError(
                     f"{run.folder} is a full fine-tuning run: it has its own backbone and cannot share one; "
                     "serve runs trained with a UniPELT method"

@@ -14,11 +14,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import (
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
     DataCollatorWithPadding,
 )
 from transformers.utils import logging as hf_logging
@@ -33,8 +30,9 @@ from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
 from unipelt.inference.loop import chunks, logits_and_labels
 from unipelt.inference.tagging import evaluate_tagged, tag_sentences
+from unipelt.kinds import kind_of_run
+from unipelt.methods import get_method
 from unipelt.metrics import compute_task_metrics
-from unipelt.model import UniPELTModel
 from unipelt.training.run_files import check_run_folder, read_labels, read_run_config
 
 
@@ -60,8 +58,10 @@ class Run:
         check_run_folder(self.folder, labels)
         self.labels: list[str] | None = labels["labels"]
         self.regression: bool = labels["regression"]
-        self.metric_kind: str = labels["metric_kind"]
-        self.is_tagger = self.metric_kind == "token-classification"  # a token-classification run
+        self.metric_kind: str = labels["metric_kind"]  # the GLUE task or the kind whose metrics score it
+        self.kind = kind_of_run(labels)
+        self.method = get_method(self.config.method)
+        self.is_tagger = self.kind.name == "token-classification"
         self._model = None
         self._tokenizer = None
 
@@ -69,21 +69,15 @@ class Run:
         """(model in eval mode, tokenizer), loaded on first use."""
         if self._model is None:
             hf_logging.set_verbosity_error()
-            self._tokenizer = load_tokenizer(self.folder / "tokenizer", local=True)
-            checkpoint = self.folder / "checkpoint"
-            if self.config.method == "ft":  # the whole fine-tuned model was saved: nothing to rebuild
-                auto = (
-                    AutoModelForTokenClassification if self.is_tagger else AutoModelForSequenceClassification
+            tokenizer = load_tokenizer(self.folder / "tokenizer", local=True)
+
+            def base() -> torch.nn.Module:
+                return load_base_model(
+                    self.config.model, self.kind.head, labels=self.labels, pad_token_id=tokenizer.pad_token_id
                 )
-                self._model = _load_full_model(auto, checkpoint)
-            else:
-                base = load_base_model(
-                    self.config.model,
-                    self.task_kind,
-                    labels=self.labels,
-                    pad_token_id=self._tokenizer.pad_token_id,
-                )
-                self._model = UniPELTModel.from_pretrained(base, checkpoint)
+
+            self._tokenizer = tokenizer
+            self._model = self.method.load(self.folder / "checkpoint", self.kind, base)
             if self.placement is not None:
                 self.placement.place(self._model)
             self._model.eval()
@@ -103,9 +97,7 @@ class Run:
 
     @property
     def task_kind(self) -> str:
-        if self.is_tagger:
-            return "token-classification"
-        return "regression" if self.regression else "classification"
+        return self.kind.name
 
     def data(
         self,
@@ -192,17 +184,6 @@ class Run:
             if count > self.config.max_length:
                 record.update(truncated=True, tokens=count)
             yield record
-
-
-def _load_full_model(auto: Any, checkpoint: Path) -> torch.nn.Module:
-    """A fully fine-tuned run's model, with one clear error when its files are damaged."""
-    try:
-        return auto.from_pretrained(checkpoint, local_files_only=True)
-    except (OSError, ValueError, SafetensorError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UniPELTError(
-            f"{checkpoint} cannot be loaded ({first}); the run's model files are truncated or damaged"
-        ) from None
 
 
 def read_inputs(

@@ -1,8 +1,8 @@
-"""What defines a training run: the method names, their default learning rates and :class:`TrainConfig`.
+"""What defines a training run: :class:`TrainConfig`, saved as RUN/config.json.
 
-This is the one list of methods (full fine-tuning ``ft`` plus every UniPELT preset of :mod:`unipelt.config`)
-and of their default learning rates: the command line's choices, the trainer and the benchmark scripts all
-import them from here, so a new preset appears everywhere at once.
+Each field's ``metadata`` holds its command-line help (and choices): the ``train`` and ``tune`` flags are made
+from it (:mod:`unipelt.cli.flags`). Method-specific defaults (learning rates, gate warm-up, regression start)
+belong to the method objects of :mod:`unipelt.methods`; task kinds are those of :mod:`unipelt.kinds`.
 """
 
 from __future__ import annotations
@@ -11,65 +11,17 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from unipelt.config import PRESETS, UniPELTConfig
 from unipelt.data import is_glue_task
 from unipelt.data.files import check_encoding
 from unipelt.errors import UniPELTError
+from unipelt.kinds import get_kind, kind_names
+from unipelt.methods import get_method, method_names
 
-TASK_TYPES: tuple[str, ...] = ("auto", "classification", "regression", "token-classification", "causal-lm")
-"""What ``--task-type`` accepts; ``auto`` infers it from the data (and ``--regression``)."""
-
-METHODS: tuple[str, ...] = ("ft", *PRESETS)
-"""Every method a run can use: full fine-tuning, then the UniPELT presets in their table order."""
-
-# Learning rates that worked on MiniLM/BERT-sized models in low-resource GLUE (chosen on validation data).
-# A method without an entry needs an explicit --lr (TrainConfig.validate says so).
+METHODS: tuple[str, ...] = method_names()  # the built-in methods (benchmark scripts); runs ask the registry
 DEFAULT_LR: dict[str, float] = {
-    "ft": 5e-5,
-    "adapter": 1e-3,
-    "lora": 1e-3,
-    "prefix": 1e-3,
-    "unipelt-ap": 5e-4,
-    "unipelt": 5e-4,
-    "unipelt-router": 5e-4,
-    "ap-nogate": 5e-4,
-    "autopelt": 5e-4,
-    # Not tuned here: the usual rates of the IA3 (Liu et al. 2022) and BitFit (Ben Zaken et al. 2022) papers.
-    "ia3": 3e-3,
-    "bitfit": 1e-3,
+    name: get_method(name).lr for name in METHODS if get_method(name).lr is not None
 }
-
-
-# The prefix encoder's rate when the prefix shares the model with other modules (unipelt, AP, autopelt, ...) and
-# --lr-prefix is not given: the modules' rate, at most this. Its reparameterisation MLP grows the prefix keys
-# fast: on STS-B (K = 1000, seed 2) at the validation-chosen rate 3e-3 they grew from norm 5 to 53-90 (token keys
-# about 20), layers 2 and 4 put 83 % of their attention on the prefix, every input got the same representation,
-# and the run stayed at the labels' mean (validation Spearman 0.19, test 4.02). With the prefix at 1e-3 and the
-# rest at 3e-3 the same run reached validation 0.797 (benchmarks/RESULTS.md, "The prefix that captures
-# attention"). 1e-3 is the prefix-only method's validation-tuned rate. The prefix-only method keeps --lr: there
-# the one rate is the prefix's, and its search sees the collapse.
-PREFIX_LR_CAP = 1e-3
-
-AUTOPELT_GATE_LR = 0.05
-# autopelt holds its gates for this share of the training steps (when --gate-warmup-steps is not given). Its
-# gates learn at AUTOPELT_GATE_LR from the first step, while the head and the modules are still at their random
-# start; on STS-B (K = 1000, 3 epochs, latency weight 3, seed 1) that cost 12 test points against holding them
-# for the first third (62.65 -> 75.23 Spearman; benchmarks/RESULTS.md, AutoPELT; with a zero head start seeds 2 and 3
-# stay at the mean either way). The gates then choose among modules that have learnt something.
-AUTOPELT_GATE_WARMUP = 1 / 3
-# Methods whose regression heads start at the training labels' mean when --regression-bias is not given (all
-# others start at zero, which measured better for the adapter and APL on STS-B at K = 100).
-# - autopelt: STS-B, K = 1000, 3 epochs, 3 seeds x 3 latency weights: with a zero start 6 of 9 runs stayed at the
-#   labels' mean (test Spearman 3.7-21.1), with the mean 3 of 9 (19.4-30.7, all on seed 1), the others at
-#   75.7-79.6; starting the gates half open instead did not help. At 3 epochs the gates are held for one epoch
-#   only: whether the modules leave the mean before the sampled gates start is down to the seed; over 10 epochs
-#   all 3 seeds left it (81.2-83.2 test Spearman; RESULTS.md, AutoPELT, session 6).
-# - prefix: the prefix is its only trainable path, so the quickest way to close a zero-started head's offset is a
-#   constant output, which the prefix gets by taking the attention (59-95 % of it per layer, output std 0.000).
-#   With a zero start every STS-B run of the K = 1000 grid stayed at the mean at every rate tried (validation
-#   Spearman 17.7-24.5, test 3.9-6.8); with the mean start the same configs reached validation 78-81 (RESULTS.md,
-#   "Prefix-tuning's STS-B", session 11).
-LABEL_MEAN_START = frozenset({"autopelt", "prefix"})
+TASK_TYPES: tuple[str, ...] = ("auto", *kind_names())  # what --task-type accepts; auto: from the data
 
 
 @dataclass
@@ -151,10 +103,7 @@ class TrainConfig:
     on_divergence: str = "stop"  # stop | continue
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise UniPELTError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
-        if self.lr is None and self.method not in DEFAULT_LR:
-            raise UniPELTError(f"method {self.method!r} has no default learning rate yet; give one with --lr")
+        method = get_method(self.method)  # one clear error for an unknown method
         for name in ("lr", "lr_gates", "lr_head", "lr_prefix", "lr_backbone"):
             value = getattr(self, name)
             if value is not None and not value > 0:  # AdamW would only fail later, with a traceback
@@ -165,8 +114,8 @@ class TrainConfig:
             raise UniPELTError(f"unknown GLUE task {self.task!r}; for your own data use --train FILE")
         if self.gate_penalty not in ("none", "sparsity", "entropy"):
             raise UniPELTError(f"gate_penalty must be none, sparsity or entropy, not {self.gate_penalty!r}")
-        if self.task_type not in TASK_TYPES:
-            raise UniPELTError(f"task_type must be one of {', '.join(TASK_TYPES)}, not {self.task_type!r}")
+        if self.task_type != "auto":
+            get_kind(self.task_type)
         if self.gate_warmup_steps is not None and self.gate_warmup_steps < 0:
             raise UniPELTError(f"gate_warmup_steps must be 0 or more, got {self.gate_warmup_steps}")
         if self.backbone_dropout is not None and not 0.0 <= self.backbone_dropout < 1.0:
@@ -180,41 +129,19 @@ class TrainConfig:
         if self.on_divergence not in ("stop", "continue"):
             raise UniPELTError(f"on_divergence must be stop or continue, not {self.on_divergence!r}")
         check_encoding(self.encoding)
-        if self.method != "ft":
-            UniPELTConfig.from_preset(self.method, **self.unipelt)  # raises on unknown fields
+        method.validate(self)
 
     def gate_warmup(self, max_steps: int) -> int:
         """Optimizer steps during which the gates are held at their initial value."""
-        if self.gate_warmup_steps is not None:
-            return self.gate_warmup_steps
-        return int(round(AUTOPELT_GATE_WARMUP * max_steps)) if self.method == "autopelt" else 0
+        return get_method(self.method).gate_warmup(self, max_steps)
 
     def regression_start(self) -> str:
         """Where a regression head's output bias starts: the flag, else the method's default."""
-        if self.regression_bias is not None:
-            return self.regression_bias
-        return "label-mean" if self.method in LABEL_MEAN_START else "zero"
-
-    def _default_gate_lr(self, base: float) -> float:
-        # A hard-concrete gate's log_alpha must travel several units to close within a run: a rate of 5e-4
-        # moves it by ~0.3 over 600 steps, so autopelt's gates learn at a fixed, much higher rate.
-        return AUTOPELT_GATE_LR if self.method == "autopelt" else base
-
-    def _default_prefix_lr(self, base: float) -> float:
-        if self.method == "ft":
-            return base
-        modules = UniPELTConfig.from_preset(self.method, **self.unipelt).modules
-        return min(base, PREFIX_LR_CAP) if "prefix" in modules and len(modules) > 1 else base
+        return get_method(self.method).regression_start(self)
 
     def learning_rates(self) -> dict[str, float]:
-        base = self.lr if self.lr is not None else DEFAULT_LR[self.method]
-        return {
-            "added": base,
-            "gates": self.lr_gates if self.lr_gates is not None else self._default_gate_lr(base),
-            "head": self.lr_head if self.lr_head is not None else base,
-            "prefix": self.lr_prefix if self.lr_prefix is not None else self._default_prefix_lr(base),
-            "backbone": self.lr_backbone if self.lr_backbone is not None else base,
-        }
+        """The rate of each optimizer group (added, gates, head, prefix, backbone): flags, else the method's."""
+        return get_method(self.method).learning_rates(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
