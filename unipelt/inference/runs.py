@@ -15,17 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
-from transformers import (
-    DataCollatorWithPadding,
-)
 from transformers.utils import logging as hf_logging
 
-from unipelt.backbones import load_base_model, load_tokenizer
-from unipelt.data import Example, TaskData, load_glue, load_table, tokenize_examples
+from unipelt.backbones import load_base_model
+from unipelt.data import Example, TaskData, load_glue, load_table
 from unipelt.data.conll import load_hub_tokens, load_tokens
 from unipelt.data.files import input_lines
 from unipelt.data.glue import glue_task, is_glue_task
-from unipelt.data.tokenize import token_counts
 from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
 from unipelt.inference.loop import chunks, logits_and_labels
@@ -69,11 +65,14 @@ class Run:
         """(model in eval mode, tokenizer), loaded on first use."""
         if self._model is None:
             hf_logging.set_verbosity_error()
-            tokenizer = load_tokenizer(self.folder / "tokenizer", local=True)
+            tokenizer = self.kind.load_preprocessor(self.folder / "tokenizer", local=True)
 
             def base() -> torch.nn.Module:
                 return load_base_model(
-                    self.config.model, self.kind.head, labels=self.labels, pad_token_id=tokenizer.pad_token_id
+                    self.config.model,
+                    self.kind.head,
+                    labels=self.labels,
+                    pad_token_id=getattr(tokenizer, "pad_token_id", None),
                 )
 
             self._tokenizer = tokenizer
@@ -115,14 +114,7 @@ class Run:
                 )
             return load_hub_tokens(task or self.config.task, "test", self.labels)
         if path is not None:
-            return load_table(
-                path,
-                self.config.text_columns,
-                self.config.label_column,
-                self.labels,
-                regression=self.regression,
-                encoding=encoding or self.config.encoding,
-            )
+            return self.kind.read_file(path, self.config, self.labels, encoding)
         task = task or self.config.task
         if task is None:
             if self.config.test_file is None:
@@ -134,12 +126,9 @@ class Run:
 
     def logits(self, examples: list[Example], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         model, tokenizer = self.load()
-        dataset = tokenize_examples(examples, tokenizer, self.config.max_length)
-        dataset = dataset.remove_columns([c for c in ("labels",) if c in dataset.column_names])
-        batches = chunks(
-            [dataset[i] for i in range(len(dataset))], DataCollatorWithPadding(tokenizer), batch_size
-        )
-        total = -(-len(dataset) // batch_size)
+        items, collate = self.kind.prediction_batches(examples, tokenizer, self.config.max_length)
+        batches = chunks(items, collate, batch_size)
+        total = -(-len(items) // batch_size)
         batches = tqdm(batches, total=total, disable=not progress, desc="predict", unit="batch")
         return logits_and_labels(model, batches)[0]
 
@@ -164,7 +153,7 @@ class Run:
         """One record per example: its label and class probabilities (or score), plus ``truncated`` and its
         full ``tokens`` count when it was longer than the run's ``max_length`` and only its start was read."""
         logits = self.logits(examples, progress=progress)
-        counts = token_counts(examples, self.load()[1])
+        tokenizer = self.load()[1]
         if self.regression:
             records = ({"score": float(value)} for value in logits[:, 0])
         else:
@@ -176,14 +165,10 @@ class Run:
                 }
                 for row in probabilities
             )
-        for example, answer, count in zip(examples, records, counts):
-            record: dict[str, Any] = {"text": example.text_a}
-            if example.text_b is not None:
-                record["text_b"] = example.text_b
-            record.update(answer)
-            if count > self.config.max_length:
-                record.update(truncated=True, tokens=count)
-            yield record
+        for example, answer in zip(examples, records):
+            record = self.kind.input_record(example, tokenizer, self.config.max_length)
+            cut = {key: record.pop(key) for key in ("truncated", "tokens") if key in record}
+            yield {**record, **answer, **cut}
 
 
 def read_inputs(

@@ -143,6 +143,47 @@ class TaskKind:
 
         return AutoModelForSequenceClassification
 
+    # ------------------------------------------------------------------ what turns inputs into model inputs
+
+    def load_preprocessor(self, path: str | Path, local: bool = False) -> Any:
+        """What turns the kind's inputs into model inputs: a tokenizer for text (an image processor for images),
+        from a model folder or a run's ``tokenizer/`` folder (``local``: never from the Hub)."""
+        from unipelt.backbones import load_tokenizer
+
+        return load_tokenizer(path, local=local)
+
+    def prediction_inputs(
+        self, source: str, columns: list[str], encoding: str, task: str | None
+    ) -> list[Any]:
+        """What ``predict --input SOURCE`` reads: texts from a table, a file of lines or standard input."""
+        from unipelt.inference.runs import read_inputs  # here: inference.runs imports the kinds
+
+        return read_inputs(source, columns, encoding, task)
+
+    def prediction_batches(
+        self, examples: list[Any], tokenizer: Any, max_length: int
+    ) -> tuple[list[Any], Any]:
+        """(one item per example, the collator that batches them) for ``eval`` and ``predict``."""
+        from transformers import DataCollatorWithPadding
+
+        from unipelt.data import tokenize_examples
+
+        dataset = tokenize_examples(examples, tokenizer, max_length)
+        dataset = dataset.remove_columns([c for c in ("labels",) if c in dataset.column_names])
+        return [dataset[i] for i in range(len(dataset))], DataCollatorWithPadding(tokenizer)
+
+    def input_record(self, example: Any, tokenizer: Any, max_length: int) -> dict[str, Any]:
+        """What a prediction record says about its input (the texts; whether only their start was read)."""
+        from unipelt.data.tokenize import token_counts
+
+        record: dict[str, Any] = {"text": example.text_a}
+        if example.text_b is not None:
+            record["text_b"] = example.text_b
+        count = token_counts([example], tokenizer)[0]
+        if count > max_length:
+            record.update(truncated=True, tokens=count)
+        return record
+
     # ------------------------------------------------------------------ using a finished run
 
     def encode_request(self, tokenizer: Any, texts: list[Any], max_length: int) -> dict[str, Any]:

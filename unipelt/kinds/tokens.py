@@ -26,6 +26,7 @@ log = logging.getLogger("unipelt")
 class TokenClassification(TaskKind):
     name = "token-classification"
     head = "token-classification"
+    onnx_export = True
 
     def detect(self, config: TrainConfig) -> bool:
         return (

@@ -15,13 +15,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("unipelt")
 
 GATE_LR = 0.05  # log alpha must travel several units to close within a run: RESULTS.md, "AutoPELT"
-GATE_WARMUP = 1 / 3  # share of the steps the gates are held: RESULTS.md, "AutoPELT" (session 5)
+GATE_WARMUP = 1 / 3  # share of the steps the gates are held: RESULTS.md, "AutoPELT"
 
 
 @dataclass(frozen=True)
 class AutoPELT(Method):
     """Gates at their own, constant rate, held for the first third of the steps; regression heads start at the
-    labels' mean (RESULTS.md, "AutoPELT", session 6)."""
+    labels' mean (RESULTS.md, "AutoPELT")."""
 
     label_mean_start: bool = True
     constant_rate_groups: tuple[str, ...] = ("gates",)

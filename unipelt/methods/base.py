@@ -65,9 +65,7 @@ class Method:
     lr: float | None
     preset: str | None = None
     label_mean_start: bool = False  # a regression head starts at the training labels' mean by default
-    prefix_lr_cap: float = (
-        1e-3  # the prefix's rate next to other modules: RESULTS.md, "The prefix that captures attention"
-    )
+    prefix_lr_cap: float = 1e-3  # the prefix's rate next to other modules: RESULTS.md, "What the defaults..."
     constant_rate_groups: tuple[str, ...] = ()  # optimizer groups that keep their rate (no decay schedule)
     adds_modules: bool = True  # False: the base model itself is trained, and saved whole
 

@@ -79,4 +79,4 @@ class FullFineTuning(Method):
             ) from None
 
 
-FT = FullFineTuning("ft", lr=5e-5)  # rate: RESULTS.md, "Accuracy: the paper's low-resource grid"
+FT = FullFineTuning("ft", lr=5e-5)  # rate: RESULTS.md, "Accuracy"

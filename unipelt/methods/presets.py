@@ -5,11 +5,9 @@ from __future__ import annotations
 from unipelt.methods.base import Method
 
 PRESET_METHODS = (
-    Method(
-        "adapter", lr=1e-3
-    ),  # rates: chosen on validation data, RESULTS.md "Accuracy: the paper's low-resource grid"
+    Method("adapter", lr=1e-3),  # rates: chosen on validation data (RESULTS.md, "Accuracy")
     Method("lora", lr=1e-3),
-    Method("prefix", lr=1e-3, label_mean_start=True),  # start: RESULTS.md, "Prefix-tuning's STS-B"
+    Method("prefix", lr=1e-3, label_mean_start=True),  # mean start: RESULTS.md, "What the defaults learnt..."
     Method("unipelt-ap", lr=5e-4),
     Method("unipelt", lr=5e-4),
     Method("unipelt-router", lr=5e-4),

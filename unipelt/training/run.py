@@ -114,12 +114,11 @@ def prepare(config: TrainConfig, resume: bool) -> TrainConfig:
 def build_model(config: TrainConfig, splits: Splits | None = None) -> tuple[torch.nn.Module, Any, Any]:
     """(model, the UniPELT model or None for a method that trains the base model, tokenizer): the base model
     with a fresh head sized from the data, as the method makes it."""
-    from unipelt.backbones import load_tokenizer
     from unipelt.pretrained import resolve_model
 
     kind = splits.kind if splits is not None else resolve_kind(config)
     method = get_method(config.method)
-    tokenizer = load_tokenizer(resolve_model(config.model))
+    tokenizer = kind.load_preprocessor(resolve_model(config.model))
     kind.check_tokenizer(tokenizer)
     base = kind.base_model(config, splits, tokenizer)
     if config.backbone_dropout is not None:  # before wrapping: the added modules keep their own dropout
