@@ -430,3 +430,30 @@ def test_tls_round_trip_and_the_openai_client_with_right_and_wrong_keys(tmp_path
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def test_an_exception_in_a_route_is_a_500_in_its_shape_and_counted(caplog):
+    app, _ = app_with()
+    broken = APIRouter()
+
+    @broken.get("/v1/broken")
+    async def fails():
+        raise RuntimeError("bug")
+
+    mount(app, broken, openai_error)
+    with (
+        caplog.at_level(logging.ERROR, logger="unipelt.serve"),
+        TestClient(app, raise_server_exceptions=False) as client,
+    ):
+        answer = client.get("/v1/broken", headers={"X-Request-ID": "r-500"})
+        assert client.get("/health").status_code == 200  # still serving
+        text = client.get("/metrics").text
+    assert answer.status_code == 500 and answer.headers["x-request-id"] == "r-500"
+    assert answer.json()["error"] == {
+        "message": "internal error: RuntimeError (request id r-500)",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+    assert 'unipelt_requests_total{route="/v1/broken",status="500",task=""} 1.0' in text
+    assert any("request r-500 failed: RuntimeError: bug" in r.getMessage() for r in caplog.records)
