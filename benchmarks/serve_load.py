@@ -9,10 +9,11 @@ request with a small one sent right after it.
 - ``none``: one forward per request;
 - ``single``: one SST-2 server (token batching), for memory only.
 
-The three 3-task servers run side by side and each load level is offered to them in turn (tokens, wait, none),
-so their numbers share the machine's state of that minute. Arrivals are open-loop (Poisson, seeded): a request
+The three 3-task servers run side by side and each load level is offered to them in turns, so their numbers
+share the machine's state of that minute. Arrivals are open-loop (Poisson, seeded): a request
 is sent at its scheduled time whether or not earlier ones were answered, and its latency counts from that time.
-Every level is bounded in time and count; the highest level (``--saturate``) measures saturated throughput.
+Every level is bounded in time and count, and offered in several turns per policy (the order rotating); the
+last level is closed-loop (``--clients`` clients, each sending again when answered): saturated throughput.
 Every server runs with ``--threads 1`` and logs warnings only. Results are JSON lines, a markdown table with
 the targets' ratios (``--table``), and a PNG of p50/p95/p99 and achieved QPS against offered QPS.
 
@@ -416,10 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--runs-dir", type=Path, default=OUT / "runs")
     p.add_argument("--qps", default="2,4,8,12", help="offered loads (open loop), comma-separated")
-    p.add_argument(
-        "--saturate", type=float, default=100.0, help="the last offered load: saturated throughput"
-    )
-    p.add_argument("--seconds", type=float, default=12.0, help="arrivals per load level and policy, in all")
+    p.add_argument("--clients", type=int, default=32, help="closed-loop clients of the saturated level")
+    p.add_argument("--seconds", type=float, default=20.0, help="arrivals per load level and policy, in all")
     p.add_argument("--max-requests", type=int, default=400, help="and are at most this many")
     p.add_argument(
         "--rounds", type=int, default=3, help="each level is offered in this many turns per policy"
@@ -440,22 +439,25 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_load:
         servers = start_servers(runs, args.max_batch, args.max_wait_ms)
         try:
-            for qps in [*(float(q) for q in args.qps.split(",")), args.saturate]:
+            seconds, most = args.seconds / args.rounds, args.max_requests // args.rounds
+            for qps in [*(float(q) for q in args.qps.split(",")), None]:
                 parts: dict[str, list] = {config: [] for config in servers}
-                for round_ in range(args.rounds):  # the policies take turns, so slow minutes hit all of them
-                    for config, server in servers.items():
-                        routes = dict.fromkeys(TASKS, server.url)
-                        seconds, most = args.seconds / args.rounds, args.max_requests // args.rounds
-                        parts[config].append(
-                            asyncio.run(
-                                open_loop(routes, inputs, list(TASKS), qps, seconds, most, seed=round_)
+                for turn in range(args.rounds):  # the policies take turns, in a rotating order
+                    order = list(servers)[turn % len(servers) :] + list(servers)[: turn % len(servers)]
+                    for config in order:
+                        url = servers[config].url
+                        load = (
+                            open_loop(
+                                dict.fromkeys(TASKS, url), inputs, list(TASKS), qps, seconds, most, seed=turn
                             )
+                            if qps is not None
+                            else closed_loop(url, inputs, args.clients, seconds, seed=turn)
                         )
+                        parts[config].append(asyncio.run(load))
                 for config, server in servers.items():
-                    result = summary(qps, parts[config])
-                    record(
-                        args.out, {"config": config, **result, "peak_rss_mb": server.memory()["peak_rss_mb"]}
-                    )
+                    extra = {"clients": args.clients} if qps is None else {}
+                    result = {"config": config, **summary(qps, parts[config]), **extra}
+                    record(args.out, {**result, "peak_rss_mb": server.memory()["peak_rss_mb"]})
         finally:
             for server in servers.values():
                 server.close()
