@@ -194,3 +194,84 @@ def test_unsupported_model_kinds_are_one_line_saying_what_is_supported(tmp_path,
         err = error_line(capsys.readouterr().err)
         assert len(err) < 400 and "bert" in err and "roberta" in err and "Config," not in err, err
         assert {"vit": "is an image model (vit)", "whisper": "(whisper)"}[name] in err, err
+
+
+def _edited(run_folder: Path, tmp_path: Path, **labels_fields) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(run_folder, copy)
+    data = {
+        "labels": ["entailment", "not_entailment"],
+        "regression": False,
+        "metric_kind": "rte",
+        **labels_fields,
+    }
+    (copy / "labels.json").write_text(json.dumps(data))
+    return copy
+
+
+@pytest.mark.parametrize(
+    "fields,says",
+    [
+        (
+            {"labels": ["a", "b", "c"]},
+            "labels.json names 3 label(s) but the head in {run}/checkpoint has 2 outputs",
+        ),
+        ({"labels": ["only"]}, "labels.json names 1 label(s) but the head in {run}/checkpoint has 2 outputs"),
+        ({"labels": ["same", "same"]}, "labels.json: the label names 'same' appear more than once"),
+        ({"metric_kind": "nonsense"}, "labels.json: unknown metric_kind 'nonsense'"),
+        ({"labels": None, "regression": True, "metric_kind": "regression"}, "names 1 label(s) but the head"),
+    ],
+)
+def test_a_label_map_that_does_not_fit_the_checkpoint_is_refused_when_the_run_opens(
+    run_folder, pairs, tmp_path, capsys, fields, says
+):
+    copy = _edited(run_folder, tmp_path, **fields)
+    capsys.readouterr()
+    assert cli("predict", copy, "--input", pairs) == 2
+    assert says.format(run=copy) in error_line(capsys.readouterr().err)
+
+
+def test_a_deleted_tokenizer_folder_is_named_without_going_to_the_hub(
+    run_folder, pairs, tmp_path, capsys, monkeypatch
+):
+    import huggingface_hub
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("a run folder must never reach for the Hub")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    copy = tmp_path / "run"
+    shutil.copytree(run_folder, copy)
+    shutil.rmtree(copy / "tokenizer")
+    capsys.readouterr()
+    assert cli("predict", copy, "--input", pairs) == 2
+    assert f"{copy / 'tokenizer'} is missing or empty" in error_line(capsys.readouterr().err)
+    from unipelt.backbones import load_tokenizer
+
+    with pytest.raises(UniPELTError, match="tokenizer folder was deleted"):
+        load_tokenizer(copy / "tokenizer", local=True)
+
+
+def test_damaged_metrics_json_is_named_when_the_run_opens(run_folder, pairs, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run_folder, copy)
+    (copy / "metrics.json").write_text("[1, 2]")
+    capsys.readouterr()
+    assert cli("predict", copy, "--input", pairs) == 2
+    assert f"{copy / 'metrics.json'} is not a metrics object" in error_line(capsys.readouterr().err)
+
+
+def test_a_fine_tuned_run_is_checked_against_its_own_head(
+    tiny_model_dir, run_folder, pairs, tmp_path, capsys
+):
+    from unipelt.backbones import load_base_model
+
+    copy = _edited(run_folder, tmp_path, labels=["a", "b", "c"])
+    shutil.rmtree(copy / "checkpoint")
+    load_base_model(tiny_model_dir, "classification", labels=["x", "y"]).save_pretrained(copy / "checkpoint")
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "method": "ft"}))
+    capsys.readouterr()
+    assert cli("predict", copy, "--input", pairs) == 2
+    assert "labels.json names 3 label(s) but the head" in error_line(capsys.readouterr().err)

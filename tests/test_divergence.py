@@ -90,8 +90,10 @@ def test_nan_loss_stops_the_run_and_keeps_the_best_checkpoint(tiny_model_dir, gl
     assert "diverged at step 3" in message and "nan" in message and "step 2" in message
     assert "--on-divergence continue" in message and str(out / "checkpoint") in message
     event = json.loads((out / "divergence.json").read_text())
-    assert event["step"] == 3 and event["best_checkpoint"].endswith("checkpoint-2")
-    assert event["kept"] == str(out / "checkpoint")
+    # the Trainer checkpoints are gone: the event names the kept copy and the step it came from
+    assert event["step"] == 3 and event["best_checkpoint"] == event["kept"] == str(out / "checkpoint")
+    assert event["best_checkpoint_step"] == 2 and event["kept_broken"] is None and "broken" not in message
+    assert math.isfinite(event["kept_valid_loss"])
     weights = load_file(str(out / "checkpoint" / "unipelt_weights.safetensors"))
     assert all(
         torch.isfinite(t).all() for t in weights.values()
@@ -99,6 +101,37 @@ def test_nan_loss_stops_the_run_and_keeps_the_best_checkpoint(tiny_model_dir, gl
     assert not (out / "metrics.json").exists() and not (out / "trainer").exists()
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert not any(r.get("step", 0) > 2 and "eval_accuracy" in r for r in log)  # no evaluation after it
+
+
+def _blow_up_before_the_first_evaluation():
+    """A callback that multiplies the head's weights by 1e5 at the end of step 2, before the evaluation and the
+    checkpoint of that step: the checkpoint is saved broken (finite, huge loss) and the loss explodes after."""
+    from transformers import TrainerCallback
+
+    class BlowUp(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 2:
+                with torch.no_grad():
+                    for name, parameter in model.named_parameters():
+                        if parameter.requires_grad and "head" in name:
+                            parameter.mul_(1e5)
+
+    return BlowUp()
+
+
+def test_a_kept_checkpoint_that_is_itself_broken_is_called_so(tiny_model_dir, glue_dir, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError) as caught:
+        train(_config(tiny_model_dir, glue_dir, out), callbacks=[_blow_up_before_the_first_evaluation()])
+    event = json.loads((out / "divergence.json").read_text())
+    assert event["step"] == 3 and event["best_checkpoint_step"] == 2
+    assert event["kept_valid_loss"] > 10 * event["start_loss"]
+    assert event["kept_broken"].startswith(
+        f"its validation loss {event['kept_valid_loss']:.4g} is over 10 times"
+    )
+    message = str(caught.value)
+    assert f"is kept in {out / 'checkpoint'}, but it is broken too: its validation loss" in message
+    assert "so do not use it" in message and "\n" not in message
 
 
 @pytest.mark.slow

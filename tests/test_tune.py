@@ -387,3 +387,33 @@ def test_grid_sets_aside_a_cell_trained_at_a_rate_no_longer_chosen(tmp_path, mon
     moved = tmp_path / "stale" / "rte" / "k1000" / "unipelt" / "seed-2-lr-0.0005"
     assert json.loads((moved / "config.json").read_text())["lr"] == 5e-4
     assert grid.gather(tmp_path) == []  # set-aside runs stay out of the grid's table
+
+
+@pytest.mark.slow
+def test_a_worker_waits_for_a_killed_workers_trial_and_finishes_the_study(tiny_model_dir, reviews, tmp_path):
+    """kill -9 of a worker mid-trial, another started at once on a study whose budget is then all started: it
+    waits (saying so) until the dead trial is stale, runs it again, and leaves a complete study, only the
+    folders of complete trials, and a best.json that counts complete trials."""
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    flags = ["--heartbeat", "30", "--epochs", "1"]  # stale 60 s after the last heartbeat: the second worker
+    first = _worker(
+        tiny_model_dir, reviews, tmp_path, storage, 1, *flags, study="killed"
+    )  # is up long before
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "trials" / "trial-0000").is_dir() and time.monotonic() < deadline:
+        assert first.poll() is None, first.communicate()[1][-2000:]
+        time.sleep(0.05)
+    first.kill()  # SIGKILL: trial 0 stays RUNNING in the database, its heartbeat stops
+    first.communicate()
+    second = _worker(tiny_model_dir, reviews, tmp_path, storage, 1, *flags, study="killed")
+    out, err = second.communicate(timeout=600)
+    assert second.returncode == 0, err[-2000:]
+    assert "the study's 1 trials are all started; waiting for trial 0 still running" in err
+    study = optuna.load_study(study_name="killed", storage=storage)
+    states = {t.number: t.state.name for t in study.trials}
+    assert states == {0: "FAIL", 1: "COMPLETE"}
+    assert study.trials[1].system_attrs.get("failed_trial") == 0  # the same trial, queued again
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["tuning"]["complete_trials"] == 1 and best["tuning"]["trial"] == 1
+    assert [p.name for p in (tmp_path / "trials").iterdir()] == ["trial-0001"]
+    assert "1 finished trial(s), 1 run by this worker" in out

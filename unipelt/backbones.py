@@ -79,21 +79,13 @@ def load_base_model(
     weight values); ``"meta"`` builds it on the meta device, shapes only, for counting parameters of any size.
     ``pad_token_id`` is written into the model config when the config has none.
     """
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoModelForTokenClassification,
-    )
+    from transformers import AutoConfig
     from transformers.utils import logging as hf_logging
 
     if init not in ("pretrained", "random", "meta"):
         raise UniPELTError(f"init must be 'pretrained', 'random' or 'meta', not {init!r}")
     kwargs = head_kwargs(task_kind, labels, num_labels)
-    auto = {
-        "token-classification": AutoModelForTokenClassification,
-        "causal-lm": AutoModelForCausalLM,
-    }.get(task_kind, AutoModelForSequenceClassification)
+    auto = _auto_class(task_kind)
     path = resolve_model(str(path_or_name))
     hf_logging.set_verbosity_error()  # "newly initialized classifier" is expected: that is the head we train
     try:
@@ -113,6 +105,37 @@ def load_base_model(
     if pad_token_id is not None and model.config.pad_token_id is None:
         model.config.pad_token_id = pad_token_id
     return model
+
+
+def _auto_class(task_kind: str) -> Any:
+    """The Transformers Auto class that builds a model for ``task_kind``."""
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
+
+    return {
+        "token-classification": AutoModelForTokenClassification,
+        "causal-lm": AutoModelForCausalLM,
+    }.get(task_kind, AutoModelForSequenceClassification)
+
+
+def check_model(path_or_name: str | Path, task_kind: TaskKind = "classification") -> None:
+    """Refuse a model unipelt cannot train for ``task_kind`` from its config alone, with the message
+    ``unipelt params`` gives, before its tokenizer or weights are read (which would fail first, and blame
+    them: a vision model has no text tokenizer, a sequence-to-sequence folder may hold other weight files)."""
+    from transformers import AutoConfig
+
+    from unipelt.inject.architectures import architecture_for
+
+    path = resolve_model(str(path_or_name))
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise UniPELTError(f"cannot load model {str(path_or_name)!r} from {path}: {error}") from error
+    check_model_kind(config, _auto_class(task_kind), path_or_name, task_kind)
+    architecture_for(config)
 
 
 def check_model_kind(config: Any, auto: Any, name: str | Path, task_kind: str) -> None:
@@ -141,13 +164,16 @@ def check_model_kind(config: Any, auto: Any, name: str | Path, task_kind: str) -
     )
 
 
-def load_tokenizer(path: str | Path) -> Any:
+def load_tokenizer(path: str | Path, local: bool = False) -> Any:
     """The tokenizer saved in ``path`` (a folder or Hub name as ``from_pretrained`` takes it, e.g. from
-    :func:`~unipelt.pretrained.resolve_model`), with the end-of-sequence token as padding when it has none."""
+    :func:`~unipelt.pretrained.resolve_model`), with the end-of-sequence token as padding when it has none.
+    ``local``: ``path`` is a folder of a run, never a Hub name: a missing one fails at once, without the Hub."""
     from transformers import AutoTokenizer
 
+    if local and not Path(path).is_dir():
+        raise UniPELTError(f"{path} is missing: the run's tokenizer folder was deleted")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local)
     except Exception as error:  # noqa: BLE001 - a damaged file fails in many ways, deep inside tokenizers
         lines = str(error).strip().splitlines()
         detail = lines[0] if lines else type(error).__name__

@@ -1,5 +1,11 @@
 """Errors that the command line turns into one clear message instead of a traceback."""
 
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
 
 class UniPELTError(Exception):
     """Base class for every error a user can fix: a bad path, an unsupported model, bad data, a bad config."""
@@ -15,6 +21,35 @@ class CheckpointMismatchError(UniPELTError):
 
 class DataError(UniPELTError):
     """A data file is missing, empty, badly encoded, or lacks a column or label."""
+
+
+class DiskFullError(UniPELTError):
+    """Saving failed because the disk is full, over quota or read-only (see :func:`unipelt.atomic.writing`)."""
+
+    @classmethod
+    def writing(cls, path: str | Path | None, code: int, advice: str = "") -> DiskFullError:
+        """The one line for a failed write of ``path``: why, and the space left where it was written;
+        ``advice`` (from a caller that knows how to continue) is appended."""
+        reason = {errno.EDQUOT: "the disk quota is used up", errno.EROFS: "the file system is read-only"}
+        where = Path(path) if path else Path.cwd()
+        return cls(
+            f"{reason.get(code, 'no space left on the device')} while writing {where} ({_free_space(where)} "
+            f"free there){'; ' + advice if advice else ''}"
+        )
+
+
+def _free_space(path: Path) -> str:
+    """Free space on the file system of ``path`` (or its nearest existing parent), e.g. ``12.5 MB``."""
+    for folder in (path, *path.parents):
+        try:
+            free = float(shutil.disk_usage(folder).free)
+        except OSError:
+            continue
+        for unit in ("bytes", "kB", "MB", "GB"):
+            if free < 1000 or unit == "GB":
+                return f"{free:.0f} bytes" if unit == "bytes" else f"{free:.1f} {unit}"
+            free /= 1000
+    return "an unknown amount"
 
 
 class TrainingDivergedError(UniPELTError):

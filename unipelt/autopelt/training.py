@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from unipelt.atomic import writing
 from unipelt.autopelt.plan import write_plan
 from unipelt.checkpoint import write_json
 from unipelt.gates import HardConcreteGate
@@ -210,7 +211,7 @@ def callbacks(
                 "units": [{**s.to_dict(), "p_open": open_p.get((s.layer, s.site))} for s in stats],
                 "entropy": {str(i): sum(v) / len(v) for i, v in sorted(entropy.items())},
             }
-            with open(run_dir / TRACK_JSONL, "a") as handle:
+            with writing(run_dir / TRACK_JSONL), open(run_dir / TRACK_JSONL, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
     return [Schedule(), Tracker()]

@@ -13,8 +13,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from unipelt.atomic import DISK_ERRNOS
 from unipelt.data import GLUE_TASKS
-from unipelt.errors import UniPELTError
+from unipelt.errors import DiskFullError, UniPELTError
 
 GLUE_HELP = f"GLUE task: {', '.join(GLUE_TASKS)}"
 
@@ -38,6 +39,20 @@ def override(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
+def add_compile_flag(parser: argparse.ArgumentParser) -> None:
+    """``--compile [BACKEND]``: run the model's single-task forwards through ``torch.compile`` (see
+    unipelt.compiling); the value is the backend name, ``inductor`` when the flag is given alone."""
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="compile the model with torch.compile (backend: inductor unless named; the first batches of "
+        "each shape take longer; mixed-task batches stay eager)",
+    )
+
+
 def run_verb(func: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Run one verb and return its exit status: 2 with one line on stderr for a user's error, 130 on Ctrl-C."""
     try:
@@ -48,6 +63,11 @@ def run_verb(func: Callable[[argparse.Namespace], int], args: argparse.Namespace
     except BrokenPipeError:  # output piped into head or similar
         sys.stderr.close()
         return 0
+    except OSError as error:  # a full or read-only disk under a write that no verb explains further
+        if error.errno not in DISK_ERRNOS:
+            raise
+        print(f"unipelt: error: {DiskFullError.writing(error.filename, error.errno)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("unipelt: interrupted", file=sys.stderr)
         return 130

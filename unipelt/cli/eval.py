@@ -9,16 +9,19 @@ import argparse
 import json
 from typing import Any
 
-from unipelt.cli.common import GLUE_HELP
+from unipelt.cli.common import GLUE_HELP, add_compile_flag
 
 
 def run(args: argparse.Namespace) -> int:
+    from unipelt.errors import UniPELTError
     from unipelt.inference import Run
     from unipelt.inference.generation import is_chat_run
 
     if is_chat_run(args.run):
+        if args.compile:
+            raise UniPELTError("--compile applies to classification, regression and tagging runs")
         return _evaluate_chat_run(args)
-    trained = Run(args.run)
+    trained = Run(args.run, compile=args.compile)
     data = trained.data(task=args.task, data_dir=args.data_dir, path=args.data, encoding=args.encoding)
     metrics = trained.evaluate(data)
     if args.json:
@@ -68,5 +71,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--encoding", help="text encoding of --data (default: the run's --encoding, else utf-8)")
     p.add_argument("--json", action="store_true")
+    add_compile_flag(p)
     p.set_defaults(func=run)
     return p

@@ -10,6 +10,8 @@ import argparse
 import json
 from typing import Any
 
+from unipelt.cli.common import add_compile_flag
+
 
 def run(args: argparse.Namespace) -> int:
     from unipelt.errors import UniPELTError
@@ -17,6 +19,8 @@ def run(args: argparse.Namespace) -> int:
     from unipelt.inference.onnx_runtime import is_export
 
     if args.runtime == "onnx":
+        if args.compile:
+            raise UniPELTError("--compile applies to the torch runtime, not to --runtime onnx")
         from unipelt.inference.onnx_runtime import open_export
 
         trained = open_export(args.run)
@@ -33,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     elif is_export(args.run):
         raise UniPELTError(f"{args.run} is an ONNX export; predict from it with --runtime onnx")
     else:
-        trained = Run(args.run)
+        trained = Run(args.run, compile=args.compile)
         if trained.is_tagger:  # token classification: sentences in, tags and entity spans out
             from unipelt.inference.tagging import print_tagged
 
@@ -76,5 +80,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=["torch", "onnx"],
         help="onnx: onnxruntime on an export folder (a run folder is exported first)",
     )
+    add_compile_flag(p)
     p.set_defaults(func=run)
     return p

@@ -19,19 +19,24 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from unipelt.cli.common import add_compile_flag
 from unipelt.errors import UniPELTError
 
 KEY_ENV = "UNIPELT_API_KEY"
 
 
-def build_engine(specs: list[str], runtime: str, threads: int | None = None, int8: bool = False) -> Any:
+def build_engine(
+    specs: list[str], runtime: str, threads: int | None = None, int8: bool = False, compile: str | None = None
+) -> Any:
     if runtime == "onnx":
+        if compile:
+            raise UniPELTError("--compile applies to the torch runtime, not to --runtime onnx")
         from unipelt.inference.onnx_runtime import OnnxEngine
 
         return OnnxEngine(specs, quantized=int8, threads=threads)
     from unipelt.inference.engine import TorchEngine
 
-    return TorchEngine(specs)
+    return TorchEngine(specs, compile=compile)
 
 
 class NoEncoderTasks:
@@ -78,7 +83,11 @@ def build_app(args: argparse.Namespace, key: str | None) -> tuple[Any, list[Any]
             f"{chat[0]} and {encoders[0]} were trained on different base models; one server shares one backbone"
         )
     generation = build_generation(chat, args)
-    engine = build_engine(encoders, args.runtime, args.threads, args.int8) if encoders else NoEncoderTasks()
+    engine = (
+        build_engine(encoders, args.runtime, args.threads, args.int8, args.compile)
+        if encoders
+        else NoEncoderTasks()
+    )
     served = [*engine.tasks.values(), *(generation.tasks.values() if generation else [])]
     return assemble(engine, generation, options_from(args, key)), served
 
@@ -274,5 +283,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=["critical", "error", "warning", "info", "debug"],
         help="info (default) logs one line per request",
     )
+    add_compile_flag(p)
     p.set_defaults(func=run)
     return p

@@ -11,6 +11,7 @@ The engine is not thread-safe on purpose: exactly one thread (the batcher's work
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ class TorchEngine:
 
     runtime = "torch"
 
-    def __init__(self, specs: Sequence[str | Path]) -> None:
+    def __init__(self, specs: Sequence[str | Path], compile: str | None = None) -> None:
         from unipelt.backbones import load_tokenizer
         from unipelt.inference.onnx_runtime import is_export
         from unipelt.inference.runs import Run
@@ -86,7 +87,7 @@ class TorchEngine:
                     f"{run.folder} was trained on {run.config.model!r} ({other}) but {first.folder} on "
                     f"{first.config.model!r} ({base_path}); one server shares one backbone"
                 )
-        self.tokenizer = load_tokenizer(first.folder / "tokenizer")
+        self.tokenizer = load_tokenizer(first.folder / "tokenizer", local=True)
         names = unique_names(
             [name or default_name(run.config, run.folder) for (name, _), run in zip(named, runs)]
         )
@@ -106,6 +107,9 @@ class TorchEngine:
                 score=score,
             )
         self.models = self._load_models(runs, names)
+        for model in self.models.values():
+            if compile:  # batches of one task run the compiled graph; mixed ones and gate readouts stay eager
+                model.compile(backend=compile)
         for name in names:
             self.tasks[name].parameters = self.models[self.tasks[name].group].parameter_counts(name)
         self.pad_id = self.tokenizer.pad_token_id or 0
@@ -160,7 +164,7 @@ class TorchEngine:
         padded = pad_rows(rows, self.pad_id, self.padding_side)
         batch = {k: torch.from_numpy(v) for k, v in padded.items()}
         names = [r.task for r in rows]
-        with torch.inference_mode():
+        with torch.inference_mode(), model.eager() if gates else contextlib.nullcontext():
             logits = model(**batch, task=names).logits.float().numpy()
             values = row_gates(model.gate_values(), batch["attention_mask"]) if gates else None
         return row_outputs(logits, rows, self.tasks, self.padding_side), values

@@ -190,10 +190,10 @@ class ChatRun:
             from unipelt.model import UniPELTModel
 
             hf_logging.set_verbosity_error()
-            self._tokenizer = load_tokenizer(self.folder / "tokenizer")
+            self._tokenizer = load_tokenizer(self.folder / "tokenizer", local=True)
             checkpoint = self.folder / "checkpoint"
             if self.config.method == "ft":
-                self._model = AutoModelForCausalLM.from_pretrained(checkpoint)
+                self._model = AutoModelForCausalLM.from_pretrained(checkpoint, local_files_only=True)
             else:
                 base = load_base_model(
                     self.config.model, "causal-lm", pad_token_id=self._tokenizer.pad_token_id

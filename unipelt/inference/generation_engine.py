@@ -65,7 +65,7 @@ class GenerationEngine:
                     f"{run.folder} was trained on {run.config.model!r} ({other}) but {first.folder} on "
                     f"{first.config.model!r} ({base_path}); one server shares one backbone"
                 )
-        self.tokenizer = load_tokenizer(first.folder / "tokenizer")
+        self.tokenizer = load_tokenizer(first.folder / "tokenizer", local=True)
         base = load_base_model(first.config.model, "causal-lm", pad_token_id=self.tokenizer.pad_token_id)
         if device is not None:
             base = base.to(device)

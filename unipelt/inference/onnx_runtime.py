@@ -72,7 +72,7 @@ class OnnxModel:
                 f"{self.folder} has no {name}" + (" (export with --quantize int8)" if quantized else "")
             )
         self.session = session(self.folder / name, threads)
-        self.tokenizer = load_tokenizer(self.folder / "tokenizer")
+        self.tokenizer = load_tokenizer(self.folder / "tokenizer", local=True)
         self.labels: list[str] | None = self.info["labels"]
         self.regression: bool = self.info["regression"]
         self.max_length: int = self.info["max_length"]

@@ -32,7 +32,7 @@ def export_peft_run(run_folder: str | Path, out: str | Path) -> dict[str, Any]:
     if len(folders) != 1:
         raise UniPELTError(f"{run_folder} holds {len(folders)} tasks; a PEFT folder holds one")
     ((name, checkpoint),) = folders.items()
-    tokenizer = load_tokenizer(run.folder / "tokenizer")
+    tokenizer = load_tokenizer(run.folder / "tokenizer", local=True)
     base = load_base_model(
         run.config.model, run.task_kind, labels=run.labels, pad_token_id=tokenizer.pad_token_id
     )

@@ -21,14 +21,15 @@ from unipelt.data.glue import glue_task, is_glue_task
 from unipelt.data.tokenize import token_counts
 from unipelt.errors import UniPELTError
 from unipelt.metrics import compute_task_metrics
-from unipelt.training.run_files import read_labels, read_run_config
+from unipelt.training.run_files import check_run_folder, read_labels, read_run_config
 
 
 class Run:
     """A trained run folder: its config, label map, tokenizer and model (UniPELT or fully fine-tuned)."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, compile: str | None = None) -> None:
         self.folder = Path(folder)
+        self.compile = compile  # a torch.compile backend for the model when it is loaded, or None
         for name in ("config.json", "labels.json", "checkpoint"):
             if not (self.folder / name).exists():
                 raise UniPELTError(
@@ -36,6 +37,7 @@ class Run:
                 )
         self.config = read_run_config(self.folder)
         labels = read_labels(self.folder)
+        check_run_folder(self.folder, labels)
         self.labels: list[str] | None = labels["labels"]
         self.regression: bool = labels["regression"]
         self.metric_kind: str = labels["metric_kind"]
@@ -53,7 +55,7 @@ class Run:
 
         if self._model is None:
             hf_logging.set_verbosity_error()
-            self._tokenizer = load_tokenizer(self.folder / "tokenizer")
+            self._tokenizer = load_tokenizer(self.folder / "tokenizer", local=True)
             checkpoint = self.folder / "checkpoint"
             if self.config.method == "ft":  # the whole fine-tuned model was saved: nothing to rebuild
                 auto = (
@@ -69,6 +71,8 @@ class Run:
                 )
                 self._model = UniPELTModel.from_pretrained(base, checkpoint)
             self._model.eval()
+            if self.compile:
+                self._model.compile(backend=self.compile)
         return self._model, self._tokenizer
 
     @property
@@ -190,7 +194,7 @@ def _load_full_model(auto: Any, checkpoint: Path) -> torch.nn.Module:
     from safetensors import SafetensorError
 
     try:
-        return auto.from_pretrained(checkpoint)
+        return auto.from_pretrained(checkpoint, local_files_only=True)
     except (OSError, ValueError, SafetensorError, RuntimeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UniPELTError(

@@ -133,9 +133,10 @@ ARCHITECTURES: dict[str, Architecture] = {
 _FUSED = re.compile(r"^(?P<path>.+)\[(?P<index>\d+)/(?P<parts>\d+)\]$")
 
 
-def architecture_for(model: nn.Module) -> Architecture:
-    """The table row for a model, or an error that lists what is supported and how to add more."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+def architecture_for(model: nn.Module | Any) -> Architecture:
+    """The table row for a model (or for its Transformers config alone, to check a model before loading its
+    weights), or an error that lists what is supported and how to add more."""
+    model_type = getattr(getattr(model, "config", model), "model_type", None)
     if model_type in ARCHITECTURES:
         return ARCHITECTURES[model_type]
     supported = ", ".join(sorted(ARCHITECTURES))

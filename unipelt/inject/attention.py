@@ -35,7 +35,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
-from unipelt.inject.context import LAYER
+from unipelt.inject.context import LAYER, current_layer, tracing
 
 
 def _extend_mask(
@@ -147,7 +147,7 @@ def attend_with_prefix(
 
     Under ``model.observe`` the attention without the prefix is computed too and shown to the observer."""
     output, weights = _attend(inner, module, query, key, value, attention_mask, prefix, **kwargs)
-    call = LAYER.get()
+    call = None if tracing() else LAYER.get()  # a traced call has no observer
     observer = None if call is None else call.context.observer
     if observer is not None:
         plain, _ = inner(module, query, key, value, attention_mask, **kwargs)
@@ -202,8 +202,8 @@ def prefix_for(module: torch.nn.Module, batch: int, q_len: int, dtype: torch.dty
     index = module.__dict__.get(LAYER_KEY)
     if index is None:
         return None
-    call = LAYER.get()
-    if call is None or call.index != index or not call.context.enabled:
+    call = current_layer(index)
+    if call is None or not call.context.enabled:
         return None
     kv_heads, head_dim = module.__dict__["_unipelt_kv_shape"]
     return _gather_prefixes(call, index, batch, kv_heads, head_dim, q_len, dtype)

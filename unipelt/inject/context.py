@@ -15,6 +15,13 @@ backward, would see another call's state. So:
 
 Anything shared (the switch of a ``disabled()`` block, the task chosen by ``with model.task(...)``, an
 observer of ``with model.observe(...)``) is a context variable too, so it is scoped to the caller's thread.
+
+``torch.compile`` cannot trace context variables. While dynamo traces a call, the call's state is kept in
+:data:`TRACED` instead: the model's ``forward`` puts the routing there and the hooks their context and layer
+call, all inside the traced frame. Dynamo resolves those reads while tracing, so the compiled graph holds the
+task's modules as constants and reads nothing shared when it runs; the only run-time effect is dynamo
+writing the holder's final, empty state back. Use :func:`current_forward` and :func:`current_layer` to read
+the state in either mode.
 """
 
 from __future__ import annotations
@@ -50,6 +57,8 @@ LAST_GATES: contextvars.ContextVar[Mapping[int, dict]] = contextvars.ContextVar(
     "unipelt_last_gates", default=_EMPTY
 )
 
+# ids of models that run uncompiled in this thread (``with model.eager():``).
+EAGER: contextvars.ContextVar[Mapping[int, bool]] = contextvars.ContextVar("unipelt_eager", default=_EMPTY)
 # An observer per model id (``with model.observe(fn):``): it sees what each added module changes.
 OBSERVE: contextvars.ContextVar[Mapping[int, Observer]] = contextvars.ContextVar(
     "unipelt_observe", default=_EMPTY
@@ -153,6 +162,39 @@ class LayerCall:
         replay.index, replay.context = self.index, self.context
         replay.groups = [RowGroup(g.task, g.rows, g.mask) for g in self.groups]
         return replay
+
+
+class _Traced:
+    """The per-call state of a call dynamo is tracing (see the module docstring); empty at run time."""
+
+    __slots__ = ("route", "context", "layer")
+
+    def __init__(self) -> None:
+        self.route: tuple[int, Any] | None = None
+        self.context: ForwardContext | None = None
+        self.layer: LayerCall | None = None
+
+
+TRACED = _Traced()
+
+
+def tracing() -> bool:
+    """True while dynamo traces the call (``torch.compile``): context variables are out of reach then."""
+    return torch.compiler.is_compiling()
+
+
+def current_forward(model_id: int) -> ForwardContext | None:
+    """The running call's context for the model with this id, if it is enabled."""
+    context = TRACED.context if tracing() else FORWARD.get()
+    if context is None or context.model_id != model_id or not context.enabled:
+        return None
+    return context
+
+
+def current_layer(index: int) -> LayerCall | None:
+    """The running call's state of layer ``index``, None when no enabled call runs it."""
+    call = TRACED.layer if tracing() else LAYER.get()
+    return call if call is not None and call.index == index else None
 
 
 def set_for_model(var: contextvars.ContextVar, model_id: int, value: Any) -> contextvars.Token:

@@ -37,11 +37,15 @@ from unipelt.inject.context import (
     LAYER,
     OBSERVE,
     ROUTE,
+    TRACED,
     ForwardContext,
     Group,
     LayerCall,
     Observer,
+    current_forward,
+    current_layer,
     set_for_model,
+    tracing,
 )
 from unipelt.inject.seams import install_seam, remove_seam
 
@@ -143,7 +147,7 @@ class Injector:
     def active_task(self) -> str | None:
         return ACTIVE.get().get(self.key) or self.default_task
 
-    def _batch_size(self, args: tuple, kwargs: dict) -> int | None:
+    def batch_size(self, args: tuple, kwargs: dict) -> int | None:
         for name in _BATCH_KEYS:
             value = kwargs.get(name)
             if isinstance(value, torch.Tensor):
@@ -190,18 +194,41 @@ class Injector:
     # ---------------------------------------------------------------------------------- call hooks
 
     def _begin(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if tracing():
+            self._begin_traced()
+            return
         route = ROUTE.get()
         request = route[1] if route is not None and route[0] == self.key else None
-        device = next((v.device for v in kwargs.values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
         enabled = self.key not in DISABLED.get()
-        groups = self.groups(request, self._batch_size(args, kwargs), device) if enabled else []
+        groups = []
+        if enabled:
+            device = next((v.device for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+            groups = self.groups(request, self.batch_size(args, kwargs), device or torch.device("cpu"))
         context = ForwardContext(model_id=self.key, groups=groups, enabled=enabled and bool(groups))
         context.tasks = self.tasks
         context.live = COLLECT.get().get(self.key)
         context.observer = OBSERVE.get().get(self.key)
         context.token = FORWARD.set(context)
 
+    def _begin_traced(self) -> None:
+        """The call's context while dynamo traces it: the task the model's forward routed, else the default.
+
+        Only one task per call is traced (a mixed-task batch runs eagerly, see ``UniPELTModel.forward``), and
+        the thread's ``with model.task()`` / ``disabled()`` / gate collection are not visible to a graph."""
+        route = TRACED.route
+        request = route[1] if route is not None and route[0] == self.key else None
+        name = request if isinstance(request, str) else self.default_task
+        if name is None:
+            name = self.groups(None, None, torch.device("cpu"))[0].task if len(self.tasks) else None
+        groups = [] if name is None else [Group(name, None)]
+        context = ForwardContext(model_id=self.key, groups=groups, enabled=bool(groups))
+        context.tasks = self.tasks
+        TRACED.context = context
+
     def _end(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if tracing():
+            TRACED.context = None
+            return
         context = FORWARD.get()
         if context is None or context.model_id != self.key:
             return
@@ -213,14 +240,18 @@ class Injector:
             set_for_model(LAST_GATES, self.key, self._assemble(context))
 
     def _read_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        context = FORWARD.get()
-        if context is None or not context.enabled:
+        context = current_forward(self.key)
+        if context is None:
             return
         mask = kwargs.get("attention_mask")
         if mask is None and args:
             mask = self._backbone_signature.bind_partial(*args, **kwargs).arguments.get("attention_mask")
-        if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or bool(mask.all()):
-            mask = None  # no padding: plain means, fewer small ops in every layer
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+            mask = None
+        elif not tracing() and bool(mask.all()):
+            # No padding: plain means, fewer small ops in every layer. A traced call keeps the mask (a
+            # branch on a tensor's value would split the graph); its masked means equal the plain ones.
+            mask = None
         context.mask = mask
 
     def _assemble(self, context: ForwardContext) -> dict[int, dict[str, torch.Tensor]]:
@@ -246,19 +277,23 @@ class Injector:
     # --------------------------------------------------------------------------------- layer hooks
 
     def _layer_begin(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        context = FORWARD.get()
-        if context is None or context.model_id != self.key or not context.enabled:
-            LAYER.set(None)
+        context = current_forward(self.key)
+        call = None if context is None else LayerCall(index, context)
+        if tracing():
+            TRACED.layer = call
             return
-        LAYER.set(LayerCall(index, context))
+        LAYER.set(call)
         checkpointing = module.__dict__.get("_gradient_checkpointing_func")
-        if checkpointing is not None and not isinstance(checkpointing, _Replaying):
+        if call is not None and checkpointing is not None and not isinstance(checkpointing, _Replaying):
             module._gradient_checkpointing_func = _Replaying(checkpointing)
 
     def _layer_end(self, index: int, module: nn.Module, args: tuple, output: Any) -> None:
-        call = LAYER.get()
+        call = current_layer(index)
+        if tracing():
+            TRACED.layer = None
+            return
         LAYER.set(None)
-        if call is None or call.index != index:
+        if call is None:
             return
         context = call.context
         context.gates[index] = {g.task: g.gates for g in call.groups if g.gates}
@@ -266,8 +301,8 @@ class Injector:
             context.live.extend(value for g in call.groups for value in g.gates.values())
 
     def _gates(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        call = LAYER.get()
-        if call is None or call.index != index:
+        call = current_layer(index)
+        if call is None:
             return
         x = args[0] if args else kwargs["hidden_states"]
         for group in call.groups:
@@ -288,8 +323,8 @@ class Injector:
         self, index: int, roles: tuple[str, ...], when: str, x: torch.Tensor, out: torch.Tensor | None
     ) -> torch.Tensor | None:
         """Each task's modules at this site on that task's rows: the new output (or input), None if unchanged."""
-        call = LAYER.get()
-        if call is None or call.index != index:
+        call = current_layer(index)
+        if call is None:
             return None
         result = out if when == "output" else x
         changed = False
@@ -306,8 +341,8 @@ class Injector:
         return result if changed else None
 
     def _head(self, path: str, module: nn.Module, args: tuple, kwargs: dict, output: Any):
-        context = FORWARD.get()
-        if context is None or context.model_id != self.key or not context.enabled:
+        context = current_forward(self.key)
+        if context is None:
             return None
         if context.single:
             head = self.tasks[context.groups[0].task].head_module(path)

@@ -91,8 +91,8 @@ class BottleneckAdapter(PeftModule):
         z = torch.cat([z, column], dim=-1)
         weight = torch.cat([self.up.weight, self.up.bias[:, None]], dim=1)
         flat, z = h.reshape(-1, h.shape[-1]), z.reshape(-1, z.shape[-1])
-        if not torch.is_grad_enabled() and flat.data_ptr() == h.data_ptr():
-            return flat.addmm_(z, weight.t()).view(h.shape)  # inference: accumulate into h, no copy
+        if not torch.is_grad_enabled() and not torch.compiler.is_compiling() and h.is_contiguous():
+            return flat.addmm_(z, weight.t()).view(h.shape)  # inference: accumulate into h (flat is a view)
         return torch.addmm(flat, z, weight.t()).view(h.shape)  # training: down(h) saved h for backward
 
     def parameter_counts(self) -> dict[str, int]:

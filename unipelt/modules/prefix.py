@@ -101,7 +101,7 @@ class PrefixEncoder(PeftModule):
         """Layer ``layer``'s prefix as (2, P, kv_dim): computed here when gradients flow, else from the cache."""
         if self.prefix is not None:
             return self.prefix[layer]
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():  # a graph computes it in place
             return self._compute_layer(layer)
         return self._cached()[layer]
 

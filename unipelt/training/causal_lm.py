@@ -138,8 +138,8 @@ def train_causal_lm(
 
     from transformers import set_seed
 
+    from unipelt.backbones import check_model
     from unipelt.data.chat import ChatCollator
-    from unipelt.pretrained import resolve_model
     from unipelt.training.guards import make_divergence_guard, stop_diverged
     from unipelt.training.resume import finished_run, prepare_resume
     from unipelt.training.run_files import read_run_config
@@ -155,7 +155,7 @@ def train_causal_lm(
         return finished_run(run_dir, config)
     if config.threads:
         torch.set_num_threads(config.threads)
-    resolve_model(config.model)  # a bad model fails here, before any data is read
+    check_model(config.model, "causal-lm")  # a bad path or model kind fails here, before any data is read
     splits = load_chat_splits(config)
     set_seed(config.seed)
     model, unipelt, tokenizer = build_causal_model(config)

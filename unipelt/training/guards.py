@@ -130,6 +130,20 @@ class DivergenceGuard:
             return self._stop(control)
         return control
 
+    def broken(self, valid_loss: float | None) -> str | None:
+        """Why a checkpoint with this validation loss is itself diverged (None when it looks sound): a loss
+        that is not a number, or more than ``factor`` times the training loss the run started at."""
+        if valid_loss is None:
+            return None
+        if not math.isfinite(valid_loss):
+            return f"its validation loss is {valid_loss}"
+        if self.start is not None and self.start > 0 and valid_loss > self.factor * self.start:
+            return (
+                f"its validation loss {valid_loss:.4g} is over {self.factor:g} times the loss at the start "
+                f"({self.start:.4g})"
+            )
+        return None
+
     @staticmethod
     def _stop(control):
         # no evaluation or checkpoint of the diverged model: it must not become the best checkpoint
@@ -138,14 +152,18 @@ class DivergenceGuard:
         control.should_save = False
         return control
 
-    def message(self, kept: Path | None, best_step: int | None) -> str:
-        """The one-line account of a stopped run for the user."""
+    def message(self, kept: Path | None, best_step: int | None, kept_loss: float | None = None) -> str:
+        """The one-line account of a stopped run for the user; ``kept_loss`` is the kept checkpoint's
+        validation loss, which may show that it was already broken."""
         assert self.event is not None
         kept_text = (
             f"the best checkpoint so far (step {best_step}) is kept in {kept}"
             if kept is not None
             else "no checkpoint had been evaluated before, so none is kept"
         )
+        broken = self.broken(kept_loss) if kept is not None else None
+        if broken:
+            kept_text += f", but it is broken too: {broken}, so do not use it"
         return (
             f"training diverged at step {self.event['step']}: {self.event['reason']}. The run stopped; {kept_text}; "
             f"details in {self.run_dir / DIVERGENCE_NAME}. Lower the learning rate (--lr), or pass "
@@ -162,11 +180,32 @@ def stop_diverged(guard: DivergenceGuard, trainer: Any, run_dir: Path, save_best
     from unipelt.training.resume import step_of
 
     best = trainer.state.best_model_checkpoint
-    kept = None
+    best_step = step_of(best)
+    kept_loss = _valid_loss(trainer.state.log_history, best_step)
+    kept = run_dir / "checkpoint" if best else None
     if trainer.is_world_process_zero():
         if best:
             save_best()
-            kept = run_dir / "checkpoint"
-        write_json(run_dir / DIVERGENCE_NAME, {**guard.event, "kept": str(kept) if kept else None})
+        # the Trainer checkpoints are removed below: name the kept copy, not trainer/checkpoint-N
+        event = {
+            **guard.event,
+            "best_checkpoint": str(kept) if kept else None,
+            "best_checkpoint_step": best_step,
+        }
+        event.update(kept=str(kept) if kept else None, kept_valid_loss=_json_number(kept_loss))
+        event["kept_broken"] = guard.broken(kept_loss) if kept else None
+        write_json(run_dir / DIVERGENCE_NAME, event)
         shutil.rmtree(run_dir / "trainer", ignore_errors=True)
-    raise TrainingDivergedError(guard.message(kept, step_of(best)))
+    raise TrainingDivergedError(guard.message(kept, best_step, kept_loss))
+
+
+def _valid_loss(history: list[dict[str, Any]], step: int | None) -> float | None:
+    """The validation loss the Trainer logged at ``step`` (None when it logged none there)."""
+    for record in history:
+        if record.get("step") == step and "eval_loss" in record:
+            return float(record["eval_loss"])
+    return None
+
+
+def _json_number(value: float | None) -> float | str | None:
+    return value if value is None or math.isfinite(value) else str(value)

@@ -14,6 +14,7 @@ The files are only hashed here, never unpickled: the Trainer's own resume path l
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -196,3 +197,16 @@ def remove_stale_temporaries(run_dir: str | Path) -> None:
             shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
         elif path.is_file() and re.match(r"^\.[^.].*\.[A-Za-z0-9_]{8}$", path.name):
             path.unlink(missing_ok=True)  # atomic_file's mkstemp sibling, e.g. .metrics.json.k3j9_x2a
+
+
+def continue_advice(run_dir: str | Path, code: int) -> str:
+    """What to do after saving failed on a full (``code`` ENOSPC/EDQUOT) or read-only (EROFS) disk: which
+    complete checkpoint is intact, and that ``--resume`` continues from it."""
+    action = "make the file system writable" if code == errno.EROFS else "free some space"
+    for _, folder in checkpoints(Path(run_dir) / "trainer"):
+        if checkpoint_problem(folder) is None:
+            return (
+                f"the last complete checkpoint, {folder}, is intact: {action} and run the same command with "
+                "--resume to continue from it"
+            )
+    return f"no checkpoint was complete yet: {action} and run the same command again"

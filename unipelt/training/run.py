@@ -31,9 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from unipelt.atomic import DISK_ERRNOS
 from unipelt.checkpoint import atomic_directory, write_json
 from unipelt.data import TaskData, glue_task, in_length_order, k_shot_split, load_glue, load_table
-from unipelt.errors import UniPELTError
+from unipelt.errors import DiskFullError, UniPELTError
 from unipelt.metrics import main_metric
 from unipelt.training.baseline import majority_class_scores
 from unipelt.training.config import TrainConfig
@@ -47,7 +48,7 @@ from unipelt.training.model_init import (
     set_backbone_dropout,
     wrap_base,
 )
-from unipelt.training.resume import finished_run, prepare_resume
+from unipelt.training.resume import continue_advice, finished_run, prepare_resume
 from unipelt.training.run_files import read_run_config
 from unipelt.training.task_setup import class_weights, collator, metrics_function, tokenize_split
 from unipelt.training.trainer import make_trainer_class, run_callbacks, training_arguments
@@ -181,8 +182,22 @@ def train(
     """Train one run into ``config.output_dir`` and return its metrics (also written to metrics.json).
 
     ``evaluate_test=False`` neither tokenises nor evaluates the test split (hyper-parameter search chooses on
-    validation data only); the gate report then uses the validation split.
+    validation data only); the gate report then uses the validation split. A full, over-quota or read-only
+    disk while saving is one :class:`DiskFullError` naming what was being written, the space left and the
+    complete checkpoint that ``--resume`` continues from.
     """
+    try:
+        return _train(config, resume, callbacks, evaluate_test)
+    except OSError as error:
+        if error.errno not in DISK_ERRNOS:
+            raise
+        advice = continue_advice(config.output_dir, error.errno)
+        raise DiskFullError.writing(error.filename, error.errno, advice) from error
+
+
+def _train(
+    config: TrainConfig, resume: bool, callbacks: Sequence[Any], evaluate_test: bool
+) -> dict[str, Any]:
     from transformers import set_seed
 
     run_dir = Path(config.output_dir)
@@ -206,9 +221,9 @@ def train(
         return train_causal_lm(config, resume, callbacks)
     if config.threads:
         torch.set_num_threads(config.threads)
-    from unipelt.pretrained import resolve_model
+    from unipelt.backbones import check_model
 
-    resolve_model(config.model)  # a bad model path fails here, before any data is read
+    check_model(config.model)  # a bad path or a model of another kind fails here, before any data is read
     splits = load_splits(config)  # bad data fails here, before the run folder exists
     set_seed(config.seed)
     model, unipelt, tokenizer = build_model(config, splits)

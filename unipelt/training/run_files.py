@@ -121,4 +121,71 @@ def read_labels(run_dir: str | Path) -> dict[str, Any]:
         raise UniPELTError(f"{path}: labels must be a list of class names, not {labels!r}")
     if not regression and data["metric_kind"] != "causal-lm" and not labels:
         raise UniPELTError(f"{path}: a classification run needs its class names in labels, not {labels!r}")
+    if labels is not None:
+        twice = sorted({name for name in labels if labels.count(name) > 1})
+        if twice:
+            raise UniPELTError(
+                f"{path}: the label names {', '.join(map(repr, twice))} appear more than once; every class "
+                "needs its own name (the file was edited)"
+            )
+    _check_metric_kind(path, data["metric_kind"])
     return data
+
+
+def _check_metric_kind(path: Path, kind: str) -> None:
+    from unipelt.metrics import metric_names
+
+    if kind == "causal-lm":
+        return
+    try:
+        metric_names(kind)
+    except UniPELTError:
+        raise UniPELTError(
+            f"{path}: unknown metric_kind {kind!r}; it is classification, regression, token-classification, "
+            "causal-lm or a GLUE task name (the file was edited)"
+        ) from None
+
+
+def checkpoint_outputs(checkpoint: Path) -> int | None:
+    """How many outputs the head of a run's checkpoint has, read from its config files only (None for a
+    causal-lm checkpoint, whose head is the vocabulary)."""
+    from unipelt.checkpoint import read_checkpoint_config, task_info
+
+    if (checkpoint / "unipelt_config.json").is_file():
+        meta = read_checkpoint_config(checkpoint)
+        info = task_info(meta, (meta.get("base") or {}).get("kind", "classification"))
+        return None if info["kind"] == "causal-lm" else info["num_labels"]
+    config = read_json(checkpoint / "config.json", "fine-tuned model's configuration")
+    if not isinstance(config, dict):
+        raise UniPELTError(
+            f"{checkpoint / 'config.json'} is not a model configuration; it was replaced or edited"
+        )
+    id2label = config.get("id2label")
+    return len(id2label) if isinstance(id2label, dict) else config.get("num_labels")
+
+
+def check_run_folder(run_dir: str | Path, labels: dict[str, Any]) -> None:
+    """Check a run folder's parts against each other when it is opened, each problem one line naming the file:
+    labels.json has as many names as the checkpoint's head has outputs (one for regression), the tokenizer
+    folder is there (a run folder is local: it is never looked up on the Hub), and metrics.json, when
+    present, is a metrics object."""
+    run_dir = Path(run_dir)
+    expected = (
+        1 if labels["regression"] else (len(labels["labels"]) if labels["labels"] is not None else None)
+    )
+    outputs = checkpoint_outputs(run_dir / "checkpoint")
+    if expected is not None and outputs is not None and outputs != expected:
+        raise UniPELTError(
+            f"{run_dir / LABELS_NAME} names {expected} label(s) but the head in {run_dir / 'checkpoint'} has "
+            f"{outputs} outputs; labels.json was edited or comes from another run"
+        )
+    tokenizer = run_dir / "tokenizer"
+    if not tokenizer.is_dir() or not any(tokenizer.iterdir()):
+        raise UniPELTError(
+            f"{tokenizer} is missing or empty: the run's tokenizer folder was deleted; copy it back from a copy "
+            "of the run (or save the base model's tokenizer there)"
+        )
+    if (run_dir / "metrics.json").exists():
+        metrics = read_json(run_dir / "metrics.json", "metrics of the finished run")
+        if not isinstance(metrics, dict) or not isinstance(metrics.get("valid", {}), dict):
+            raise UniPELTError(f"{run_dir / 'metrics.json'} is not a metrics object; the file was edited")

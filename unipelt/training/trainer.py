@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from unipelt.atomic import writing
 from unipelt.training.config import TrainConfig
 from unipelt.training.faults import kill_point
 from unipelt.training.resume import mark_complete, step_of, stopped_early
@@ -187,13 +188,15 @@ def make_trainer_class() -> type[Trainer]:
 
         def _save_checkpoint(self, model, trial):
             # The Trainer writes the checkpoint's files one after another; the mark written last says that
-            # all of them are there (see unipelt.training.resume).
-            super()._save_checkpoint(model, trial)
-            if self.args.should_save:
-                step = self.state.global_step
-                folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
-                kill_point(f"checkpoint-complete:{step}")
-                mark_complete(folder)
+            # all of them are there (see unipelt.training.resume). A full disk while writing any of them is
+            # reported naming this checkpoint.
+            step = self.state.global_step
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
+            with writing(folder):
+                super()._save_checkpoint(model, trial)
+                if self.args.should_save:
+                    kill_point(f"checkpoint-complete:{step}")
+                    mark_complete(folder)
 
         def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
             if isinstance(resume_from_checkpoint, (str, os.PathLike)) and stopped_early(
@@ -236,7 +239,7 @@ def run_callbacks(config: TrainConfig, run_dir: Path, unipelt: Any) -> list[Any]
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs:
                 record = {"step": state.global_step, "epoch": state.epoch, **logs}
-                with open(run_dir / "log.jsonl", "a") as handle:
+                with writing(run_dir / "log.jsonl"), open(run_dir / "log.jsonl", "a") as handle:
                     handle.write(json.dumps(record) + "\n")
 
     class GateWarmup(TrainerCallback):

@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -273,9 +274,12 @@ def search(base: TrainConfig, settings: SearchSettings) -> dict[str, Any]:
 
     Each loop asks the database how many trials exist before starting one, so workers that share the study
     stop together at the total; two workers that check at the same moment may each start the last one, so a
-    study can end a trial or so above the total (never below it).
+    study can end a trial or so above the total (never below it). A worker that finds every trial started but
+    some still running waits for them (saying so): a live worker's trial finishes, a killed worker's goes
+    stale and is queued again, and this worker runs it, so the study is complete when the last worker ends.
     """
     from optuna.storages import fail_stale_trials
+    from optuna.trial import TrialState
 
     from unipelt.metrics import main_metric
     from unipelt.training.run import load_splits
@@ -294,15 +298,43 @@ def search(base: TrainConfig, settings: SearchSettings) -> dict[str, Any]:
     objective = _objective(base, settings, metric, len(splits.train), worker)
     start = time.time()
     ran = 0
+    waiting_for: set[int] = set()
     while True:
         fail_stale_trials(study)  # a killed worker's trial: failed, and queued again with the same values
-        if counted_trials(study) >= settings.trials:
-            break
+        remove_dead_trial_folders(study, settings.out)
         if settings.timeout is not None and time.time() - start >= settings.timeout:
             break
-        study.optimize(objective, n_trials=1, catch=())
-        ran += 1
+        if counted_trials(study) < settings.trials:
+            study.optimize(objective, n_trials=1, catch=())
+            ran += 1
+            continue
+        running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        if not running:
+            break
+        if running != waiting_for:  # say once per change what this worker waits for, and for how long at most
+            waiting_for = running
+            print(
+                f"unipelt: the study's {settings.trials} trials are all started; waiting for "
+                f"{_trial_list(running)} still running (another worker's, or a killed worker's: that one is "
+                f"queued again here once its heartbeat is {2 * settings.heartbeat} s old)",
+                file=sys.stderr,
+                flush=True,
+            )
+        time.sleep(min(settings.heartbeat, 10))
     return {"study": study, "metric": metric, "ran": ran, "worker": worker, "seconds": time.time() - start}
+
+
+def _trial_list(numbers: set[int]) -> str:
+    return ("trial " if len(numbers) == 1 else "trials ") + ", ".join(str(n) for n in sorted(numbers))
+
+
+def remove_dead_trial_folders(study: Any, out: Path) -> None:
+    """Remove OUT/trials/trial-N of failed trials (a killed worker's, now queued again under a new number):
+    they hold a half-trained run that nothing reads."""
+    from optuna.trial import TrialState
+
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        shutil.rmtree(out / "trials" / f"trial-{trial.number:04d}", ignore_errors=True)
 
 
 def best_trial(study: Any) -> Any:

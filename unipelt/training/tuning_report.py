@@ -86,6 +86,8 @@ def trials_markdown(rows: list[dict[str, Any]], metric_name: str) -> str:
 
 def best_json(study: Any, trial: Any, storage: str) -> dict[str, Any]:
     """The best trial's TrainConfig fields (no output folder) plus where they came from."""
+    from optuna.trial import TrialState
+
     config = dict(trial.user_attrs["config"])
     config.pop("output_dir", None)
     values = trial.user_attrs.get("values", trial.params)
@@ -105,7 +107,8 @@ def best_json(study: Any, trial: Any, storage: str) -> dict[str, Any]:
             "values": list(trial.values),
             "params": values,
             "overrides": overrides,
-            "finished_trials": sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished()),
+            # complete trials only: a failed (killed) trial was queued again and is counted when that one ends
+            "complete_trials": len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))),
         },
     }
 
