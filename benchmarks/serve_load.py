@@ -269,6 +269,7 @@ def plot(records: list[dict], figure: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    records = [r for r in records if r["offered_qps"] is not None]  # the open-loop levels
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     colours = {"tokens": "tab:green", "wait": "tab:red", "none": "tab:blue"}
     for config in CONFIGS:
@@ -291,7 +292,6 @@ def plot(records: list[dict], figure: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     load = ", ".join(f"{r['loadavg'][0]:.1f}" for r in records[:1])
-    records = [r for r in records if r["offered_qps"] is not None]  # the open-loop levels
     fig.suptitle(
         f"unipelt serve, MiniLM, 3 GLUE tasks, one backbone, loopback, 1 thread (load avg at start {load})"
     )
@@ -430,8 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", action="store_true", help="only print the results in --out as a markdown table")
     p.add_argument("--skip-load", action="store_true", help="only the memory and 10 MB measurements")
     args = p.parse_args(argv)
-    if args.table:
-        print(table(loads(args.out)))
+    if args.table:  # and the figure again
+        records = loads(args.out)
+        plot([r for r in records if r.get("config") in CONFIGS], args.figure)
+        print(table(records))
         return 0
     runs = train_runs(args.runs_dir, args.data_dir)
     inputs = {t: texts(args.data_dir, t) for t in TASKS}
@@ -474,8 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.close()
     records = loads(args.out)
-    if any("offered_qps" in r for r in records):
-        plot([r for r in records if "offered_qps" in r], args.figure)
+    if any(r.get("config") in CONFIGS for r in records):
+        plot([r for r in records if r.get("config") in CONFIGS], args.figure)
     print(table(records))
     return 0
 
