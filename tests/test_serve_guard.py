@@ -249,11 +249,22 @@ def protected_routes(app) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("public_metrics", [False, True])
 def test_every_route_but_health_needs_the_key(public_metrics):
-    app, _ = app_with(api_key=KEY, public_metrics=public_metrics)
+    """The server's routes and the real OpenAI-compatible ones (their engine is never reached: the key is
+    checked first)."""
+    from types import SimpleNamespace
+
+    from unipelt.inference.openai_api import openai_router
+
+    app = create_app(Engine(), ServeOptions(api_key=KEY, public_metrics=public_metrics))
+    mount(app, openai_router(SimpleNamespace(tasks={}, models=["base"])), openai_error)
     routes = protected_routes(app)
-    assert (
-        ("POST", "/v1/predict") in routes and ("GET", "/v1/models") in routes and ("GET", "/docs") in routes
-    )
+    for route in [
+        ("POST", "/v1/predict"),
+        ("GET", "/v1/models"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/docs"),
+    ]:
+        assert route in routes
     with TestClient(app) as client:
         for method, path in routes:
             path = path.replace("{", "").replace("}", "")
@@ -265,7 +276,7 @@ def test_every_route_but_health_needs_the_key(public_metrics):
                 assert answer.status_code == 401, (method, path, headers)
                 assert answer.headers["www-authenticate"] == "Bearer"
                 error = answer.json()["error"]
-                if path in ("/v1/models", "/v1/completions"):
+                if path in ("/v1/models", "/v1/completions", "/v1/chat/completions"):
                     assert error["type"] == "authentication_error" and error["code"] == "invalid_api_key"
                 else:
                     assert error.startswith("missing or wrong API key")
