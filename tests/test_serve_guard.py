@@ -418,7 +418,7 @@ def test_tls_round_trip_and_the_openai_client_with_right_and_wrong_keys(tmp_path
     thread.start()
     base = f"https://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 30
+        deadline = time.time() + 120
         while not server.started:
             assert thread.is_alive() and time.time() < deadline
             time.sleep(0.05)
