@@ -22,7 +22,9 @@ from unipelt.pretrained import resolve_model
 if TYPE_CHECKING:
     import torch
 
-TaskKind = Literal["classification", "regression", "token-classification", "causal-lm"]
+TaskKind = Literal[
+    "classification", "regression", "token-classification", "causal-lm", "image-classification"
+]
 Init = Literal["pretrained", "random", "meta"]
 
 
@@ -44,9 +46,10 @@ def head_kwargs(
         if labels is not None or num_labels not in (None, 1):
             raise UniPELTError("a regression head has one output and no label names")
         return {"num_labels": 1, "problem_type": "regression"}
-    if task_kind not in ("classification", "token-classification"):
+    if task_kind not in ("classification", "token-classification", "image-classification"):
         raise UniPELTError(
-            f"task_kind must be 'classification', 'regression' or 'token-classification', not {task_kind!r}"
+            "task_kind must be 'classification', 'regression', 'token-classification' or "
+            f"'image-classification', not {task_kind!r}"
         )
     if labels is None:
         return {} if num_labels is None else {"num_labels": num_labels}
@@ -111,11 +114,13 @@ def _auto_class(task_kind: str) -> Any:
     """The Transformers Auto class that builds a model for ``task_kind``."""
     from transformers import (
         AutoModelForCausalLM,
+        AutoModelForImageClassification,
         AutoModelForSequenceClassification,
         AutoModelForTokenClassification,
     )
 
     return {
+        "image-classification": AutoModelForImageClassification,
         "token-classification": AutoModelForTokenClassification,
         "causal-lm": AutoModelForCausalLM,
     }.get(task_kind, AutoModelForSequenceClassification)
@@ -158,10 +163,26 @@ def check_model_kind(config: Any, auto: Any, name: str | Path, task_kind: str) -
         ("a sequence-to-sequence model", "MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES"),
     )
     kind = next((text for text, table in kinds if model_type in getattr(names, table, {})), "a model")
+    if kind == "an image model" and model_type in ARCHITECTURES:
+        raise UnsupportedModelError(
+            f"{str(name)!r} is an image model ({model_type}): train it on images with --task-type "
+            "image-classification (a folder of class folders, or a table of image paths)"
+        )
     raise UnsupportedModelError(
         f"{str(name)!r} is {kind} ({model_type}), which unipelt cannot use for {task_kind}: it trains text "
-        f"encoders and decoder-only language models of these types: {', '.join(sorted(ARCHITECTURES))}"
+        f"encoders, decoder-only language models and image encoders of these types: "
+        f"{', '.join(sorted(ARCHITECTURES))}"
     )
+
+
+def natural_kind(path_or_name: str | Path) -> TaskKind:
+    """The head a model folder is made for when nothing else says: image classification for image models
+    (ViT, DeiT), else sequence classification."""
+    from transformers import AutoConfig, AutoModelForImageClassification
+
+    config = AutoConfig.from_pretrained(resolve_model(str(path_or_name)))
+    image = type(config) in AutoModelForImageClassification._model_mapping
+    return "image-classification" if image else "classification"
 
 
 def load_tokenizer(path: str | Path, local: bool = False) -> Any:

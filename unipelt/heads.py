@@ -8,7 +8,8 @@ shows. A forward hook on each base head module runs the head of each row's task 
 
 Kinds of task, decided here and nowhere else:
 
-- ``classification`` and ``regression``: one output per sequence (``...ForSequenceClassification``);
+- ``classification`` and ``regression``: one output per sequence or image (``...ForSequenceClassification``,
+  ``...ForImageClassification``);
 - ``token-classification``: one output per token (``...ForTokenClassification``);
 - ``causal-lm``: next-token prediction with the frozen LM head (no head of its own);
 - ``features``: a bare backbone (``AutoModel``), no head and no loss.
@@ -36,7 +37,7 @@ def base_kind(model: nn.Module) -> str:
         return "causal-lm"
     if name.endswith("ForTokenClassification"):
         return "token-classification"
-    if name.endswith("ForSequenceClassification"):
+    if name.endswith(("ForSequenceClassification", "ForImageClassification")):
         config = model.config
         if config.problem_type == "regression" or int(getattr(config, "num_labels", 2)) == 1:
             return "regression"

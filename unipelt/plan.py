@@ -27,6 +27,7 @@ removing it changes the softmax normalisation, unlike LoRA and adapters, whose z
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -177,6 +178,14 @@ def apply_plan(model: UniPELTModel, name: str, plan: Plan, merge: bool | None = 
     if merged and "lora" not in model.merged:
         model.merged.append("lora")
     model.injector.sync()
+
+
+def planned_copy(model: UniPELTModel, name: str, plan: Plan) -> UniPELTModel:
+    """A deep copy of ``model`` in eval mode with ``plan`` applied to task ``name`` (LoRA folds merged when
+    the task is the copy's only one); ``model`` itself is left as it is."""
+    clone = copy.deepcopy(model)
+    apply_plan(clone, name, plan, merge=len(clone.tasks) == 1)
+    return clone.eval()
 
 
 def _fold(task: TaskModules, unit: Unit, value: float, layer: nn.Module, arch: Any, merge: bool) -> bool:

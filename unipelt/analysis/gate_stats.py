@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unipelt.checkpoint import atomic_write_text, write_json
+from unipelt.atomic import atomic_write_text, write_json
 from unipelt.errors import UniPELTError
 
 if TYPE_CHECKING:
@@ -220,6 +220,27 @@ def _per_example(value: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.
     return value.mean(dim=1), keep
 
 
+def _add_gates(running: dict[tuple[int, str], _Running], gates: dict[int, dict[str, Any]], mask: Any) -> None:
+    """Add one batch's per-example gate values (``model.gate_values()``) to the running statistics."""
+    import numpy as np
+    import torch
+
+    cells, values, keeps = [], [], []
+    for layer, sites in gates.items():
+        for site, gate in sites.items():
+            per_example, keep = _per_example(gate, None if mask is None else mask.to(gate.device))
+            cells.append((layer, site))
+            values.append(per_example)
+            keeps.append(keep)
+    if not cells:
+        return
+    # One device-to-host copy per batch rather than one per (layer, site).
+    stacked = torch.stack(values).double().cpu().numpy()
+    kept = torch.stack(keeps).cpu().numpy()
+    for cell, row, row_keep in zip(cells, stacked, kept):
+        running.setdefault(cell, _Running()).add(np.asarray(row[row_keep], dtype=np.float64))
+
+
 def collect_gate_stats(
     model: UniPELTModel, batches: Iterable[Mapping[str, Any]], progress: bool = False
 ) -> GateStats:
@@ -230,48 +251,25 @@ def collect_gate_stats(
     ``torch.inference_mode``; its previous train/eval mode is restored afterwards, so this can be called
     in the middle of training. Accumulation is streaming: memory does not grow with the data set.
     """
-    import numpy as np
-    import torch
+    import torch  # late, like the other torch imports here: reading saved statistics needs no torch
     from tqdm.auto import tqdm
+
+    from unipelt.inference.loop import forward_batches
 
     if not model.enabled:
         raise UniPELTError(
             "the UniPELT modules are switched off (called inside model.disabled()); no gate runs, "
             "so there is nothing to collect"
         )
-    try:
-        device = next(model.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
     running: dict[tuple[int, str], _Running] = {}
     # Restore each module's own mode afterwards: a trainer may keep parts of the model in eval on purpose.
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
-        with torch.inference_mode():
-            for raw in tqdm(batches, desc="gate statistics", unit="batch", disable=not progress):
-                inputs = {
-                    key: value.to(device) if isinstance(value, torch.Tensor) else value
-                    for key, value in raw.items()
-                    if key != "labels"
-                }
-                model(**inputs)  # every forward replaces this thread's gate values, also with none
-                mask = inputs.get("attention_mask")
-                mask = mask if isinstance(mask, torch.Tensor) else None
-                cells, values, keeps = [], [], []
-                for layer, sites in model.gate_values().items():
-                    for site, gate in sites.items():
-                        per_example, keep = _per_example(gate, mask)
-                        cells.append((layer, site))
-                        values.append(per_example)
-                        keeps.append(keep)
-                if not cells:
-                    continue
-                # One device-to-host copy per batch rather than one per (layer, site).
-                stacked = torch.stack(values).double().cpu().numpy()
-                kept = torch.stack(keeps).cpu().numpy()
-                for cell, row, row_keep in zip(cells, stacked, kept):
-                    running.setdefault(cell, _Running()).add(np.asarray(row[row_keep], dtype=np.float64))
+        shown = tqdm(batches, desc="gate statistics", unit="batch", disable=not progress)
+        for _, batch in forward_batches(model, shown):
+            mask = batch.get("attention_mask")
+            _add_gates(running, model.gate_values(), torch.as_tensor(mask) if mask is not None else None)
     finally:
         for module, training in modes.items():
             module.training = training

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unipelt.analysis.gate_stats import GATES_JSON, GateStats
-from unipelt.checkpoint import atomic_file
+from unipelt.atomic import atomic_file
 from unipelt.errors import UniPELTError
 
 if TYPE_CHECKING:

@@ -14,13 +14,30 @@ from typing import Any
 
 import torch
 
+from unipelt.inference.loop import model_device
+
 SHAPES = ((1, 128), (32, 128))
 
 
-def random_batch(vocab_size: int, batch: int, length: int, seed: int = 0) -> dict[str, torch.Tensor]:
+def random_batch(
+    vocab_size: int, batch: int, length: int, seed: int = 0, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Random token ids (the same for a seed on every device) and a full attention mask, on ``device``."""
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, max(6, vocab_size), (batch, length), generator=generator)
+    ids = torch.randint(5, max(6, vocab_size), (batch, length), generator=generator).to(device)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def _timed(call: Callable[[dict[str, torch.Tensor]], Any], inputs: dict[str, torch.Tensor]) -> float:
+    """Seconds of one call; on a GPU the queued kernels are waited for before and after."""
+    cuda = inputs["input_ids"].is_cuda
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    call(inputs)
+    if cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def _reps(batch: int, length: int) -> tuple[int, int]:
@@ -50,9 +67,7 @@ def median_times(
     samples: dict[str, list[float]] = {name: [] for name in models}
     for _ in range(timed):
         for name, call in models.items():
-            start = time.perf_counter()
-            call(inputs)
-            samples[name].append(time.perf_counter() - start)
+            samples[name].append(_timed(call, inputs))
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
@@ -63,16 +78,18 @@ def inference_ratios(
     shapes: tuple[tuple[int, int], ...] = SHAPES,
     reps: dict[str, tuple[int, int]] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Per shape ``"BxT"``: base milliseconds and each model's time as a ratio to the base model's.
+    """Per shape ``"BxT"``: base milliseconds and each model's time as a ratio to the base model's, with inputs
+    on the base model's device.
 
     ``reps`` may set (warm-up, timed) repetitions per shape, e.g. ``{"32x128": (1, 3)}`` on a slow machine."""
+    device = model_device(base)
     calls = {"base": lambda batch: base(**batch)}
     for name, model in models.items():
         calls[name] = lambda batch, _model=model: _model(**batch)
     result = {}
     for batch, length in shapes:
         warmup, timed = (reps or {}).get(f"{batch}x{length}", (None, None))
-        times = median_times(calls, random_batch(vocab_size, batch, length), timed, warmup)
+        times = median_times(calls, random_batch(vocab_size, batch, length, device=device), timed, warmup)
         result[f"{batch}x{length}"] = {
             "base_ms": round(1000 * times["base"], 3),
             **{name: round(times[name] / times["base"], 4) for name in models},

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from unipelt.inference.loop import forward_batches
 from unipelt.inject.context import Observer
 from unipelt.plan import Unit, gate_site, task_units
 
@@ -99,10 +100,8 @@ def measure_units(
     model.eval()
     try:
         with model.observe(_recorder(contributions)), model.task(name):
-            for batch in batches:
-                inputs = {k: v for k, v in batch.items() if k != "labels"}
-                model(**inputs)
-                values = model.gate_values()
+            for _ in forward_batches(model, batches):
+                values = model.gate_values()  # of the batch just run
                 for unit in units:
                     value = values.get(unit.layer, {}).get(gate_site(unit, gate))
                     if value is not None:

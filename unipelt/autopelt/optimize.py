@@ -14,7 +14,6 @@ whose checkpoint carries the plan, so ``eval``, ``predict`` and anything else th
 
 from __future__ import annotations
 
-import copy
 import json
 import shutil
 import time
@@ -23,13 +22,22 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import DataCollatorWithPadding
 
+from unipelt.autopelt.latency import inference_ratios
 from unipelt.autopelt.measure import UnitStats, measure_units
 from unipelt.autopelt.plan import read_plan, write_plan
+from unipelt.autopelt.report import plot_units
 from unipelt.autopelt.search import plan_from_thresholds, search
+from unipelt.backbones import load_base_model
 from unipelt.checkpoint import atomic_directory, write_json
+from unipelt.data import tokenize_examples
+from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
-from unipelt.plan import Plan, apply_plan, task_units
+from unipelt.inference import Run
+from unipelt.inference.loop import chunks, logits_and_labels
+from unipelt.metrics import compute_task_metrics, main_metric
+from unipelt.plan import Plan, planned_copy, task_units
 
 REPORT_JSON = "optimize.json"
 REPORT_PNG = "optimize.png"
@@ -38,34 +46,14 @@ _COPIED = ("config.json", "labels.json", "tokenizer", "checkpoint", "log.jsonl",
 
 def labelled_batches(data: Any, tokenizer: Any, max_length: int, batch_size: int = 64) -> list[dict]:
     """Collated batches with labels, in order of length (less padding, faster); labels keep their rows."""
-    from transformers import DataCollatorWithPadding
-
-    from unipelt.data import tokenize_examples
-
     dataset = tokenize_examples(data.examples, tokenizer, max_length)
     order = np.argsort([len(ids) for ids in dataset["input_ids"]], kind="stable")
-    collate = DataCollatorWithPadding(tokenizer)
     rows = [dataset[int(i)] for i in order]
-    return [collate(rows[start : start + batch_size]) for start in range(0, len(rows), batch_size)]
+    return list(chunks(rows, DataCollatorWithPadding(tokenizer), batch_size))
 
 
-@torch.inference_mode()
 def score_batches(model: torch.nn.Module, batches: list[dict], metric_kind: str) -> dict[str, float]:
-    from unipelt.metrics import compute_task_metrics
-
-    logits, labels = [], []
-    for batch in batches:
-        inputs = {k: v for k, v in batch.items() if k != "labels"}
-        logits.append(model(**inputs).logits.float().numpy())
-        labels.append(batch["labels"].numpy())
-    return compute_task_metrics(metric_kind, np.concatenate(logits), np.concatenate(labels))
-
-
-def planned_copy(model: Any, name: str, plan: Plan) -> Any:
-    """A deep copy of ``model`` with ``plan`` applied (LoRA folds merged: the task is the copy's only one)."""
-    clone = copy.deepcopy(model)
-    apply_plan(clone, name, plan, merge=len(clone.tasks) == 1)
-    return clone.eval()
+    return compute_task_metrics(metric_kind, *logits_and_labels(model, batches))
 
 
 def _router_filter(model: Any, name: str) -> Any:
@@ -96,14 +84,57 @@ def optimize_run(
     epsilon: float | None = None,
     timing: bool = True,
     log: Any = print,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
-    """Optimize the run at ``run_dir`` into ``out`` (default: ``RUN-optimized``) and return the report."""
-    from unipelt.inference import Run
-    from unipelt.metrics import main_metric
-    from unipelt.training.run import load_splits
+    """Optimize the run at ``run_dir`` into ``out`` (default: ``RUN-optimized``) and return the report; the
+    model is measured, scored and timed where ``placement`` puts it (default: the CPU)."""
+    from unipelt.training.run import load_splits  # late: training.run imports autopelt for --method autopelt
 
     run_dir = Path(run_dir)
-    run = Run(run_dir)
+    run = Run(run_dir, placement)
+    out = _check_request(run, run_dir, out, threshold, epsilon)
+    started = time.time()
+    model, tokenizer = run.load()
+    if len(model.tasks) != 1:
+        raise UniPELTError("optimize works on single-task runs; this checkpoint holds several tasks")
+    name = next(iter(model.tasks))
+    splits = load_splits(run.config)
+    valid = labelled_batches(splits.valid, tokenizer, run.config.max_length)
+    test = labelled_batches(splits.test, tokenizer, run.config.max_length) if splits.test is not None else []
+    log(f"measuring {name!r} on {len(splits.valid)} validation examples")
+    stats = measure_units(model, name, valid)
+    before_valid = score_batches(model, valid, splits.metric_kind)
+    plan, chosen = _choose_plan(
+        model, name, stats, valid, splits.metric_kind, before_valid, (threshold, epsilon, max_drop), log
+    )
+    optimized = planned_copy(model, name, plan)
+    report = {
+        "run": str(run_dir),
+        "task": run.config.task,
+        "method": run.config.method,
+        "metric": main_metric(splits.metric_kind),
+        "max_drop": max_drop,
+        **chosen,
+        "plan": plan.to_dict(),
+        "counts": _counts(stats, plan),
+        "units": [{**s.to_dict(), "action": plan.action(s.unit)} for s in stats],
+        "valid": {"before": before_valid, "after": score_batches(optimized, valid, splits.metric_kind)},
+        "test": {
+            "before": score_batches(model, test, splits.metric_kind) if test else {},
+            "after": score_batches(optimized, test, splits.metric_kind) if test else {},
+        },
+        "inference_ratio": _ratios(run, model, optimized) if timing else {},
+        "seconds": round(time.time() - started, 1),
+    }
+    _write(run_dir, out, plan, report, stats)
+    log(_summary(report))
+    return report
+
+
+def _check_request(
+    run: Run, run_dir: Path, out: str | Path | None, threshold: float | None, epsilon: float | None
+) -> Path:
+    """The output folder, once the run and the flags are checked to make sense together."""
     if run.config.method == "ft":
         raise UniPELTError("a fully fine-tuned run has no sub-modules to prune; optimize a UniPELT run")
     if read_plan(run_dir / "checkpoint") is not None:
@@ -117,75 +148,46 @@ def optimize_run(
         raise UniPELTError(f"{out} already holds a run; choose another --out or delete it")
     if (threshold is None) != (epsilon is None):
         raise UniPELTError("give both --threshold and --epsilon, or neither (then --max-drop chooses them)")
-    started = time.time()
-    model, tokenizer = run.load()
-    if len(model.tasks) != 1:
-        raise UniPELTError("optimize works on single-task runs; this checkpoint holds several tasks")
-    name = next(iter(model.tasks))
-    splits = load_splits(run.config)
-    valid = labelled_batches(splits.valid, tokenizer, run.config.max_length)
-    test = (
-        labelled_batches(splits.test, tokenizer, run.config.max_length) if splits.test is not None else None
-    )
-    metric = main_metric(splits.metric_kind)
-    log(f"measuring {name!r} on {len(splits.valid)} validation examples")
-    stats = measure_units(model, name, valid)
-    before_valid = score_batches(model, valid, splits.metric_kind)
-    baseline = before_valid[metric]
+    return out
+
+
+def _choose_plan(
+    model: Any,
+    name: str,
+    stats: list[UnitStats],
+    valid: list[dict],
+    metric_kind: str,
+    before: dict[str, float],
+    limits: tuple[float | None, float | None, float],
+    log: Any,
+) -> tuple[Plan, dict[str, Any]]:
+    """The plan from the flags' thresholds, or the search's under the validation budget, and how it was chosen."""
+    threshold, epsilon, max_drop = limits
+    metric = main_metric(metric_kind)
     gated = model.tasks[name].config.gate != "none"
+    router = _router_filter(model, name)
+    if threshold is not None:
+        plan = plan_from_thresholds(stats, threshold, epsilon, gated)
+        plan = router(plan) if router else plan
+        return plan, {"threshold": threshold, "epsilon": epsilon, "chosen_by": "flags", "trace": []}
 
     def evaluate(plan: Plan) -> float:
-        value = score_batches(planned_copy(model, name, plan), valid, splits.metric_kind)[metric]
+        value = score_batches(planned_copy(model, name, plan), valid, metric_kind)[metric]
         log(f"  prune {len(plan.prune):3d}  fold {len(plan.fold):3d}  -> valid {metric} {100 * value:.2f}")
         return value
 
-    if threshold is not None:
-        plan = plan_from_thresholds(stats, threshold, epsilon, gated)
-        router = _router_filter(model, name)
-        plan = router(plan) if router else plan
-        chosen = {"threshold": threshold, "epsilon": epsilon, "chosen_by": "flags", "trace": []}
-    else:
-        log(f"searching thresholds: validation {metric} {100 * baseline:.2f}, budget {max_drop} points")
-        choice = search(stats, evaluate, baseline, max_drop, gated, _router_filter(model, name))
-        plan = choice.plan
-        chosen = {
-            "threshold": choice.threshold,
-            "epsilon": choice.epsilon,
-            "chosen_by": "max_drop",
-            "trace": choice.trace,
-        }
-    optimized = planned_copy(model, name, plan)
-    after_valid = score_batches(optimized, valid, splits.metric_kind)
-    before_test = score_batches(model, test, splits.metric_kind) if test else {}
-    after_test = score_batches(optimized, test, splits.metric_kind) if test else {}
-    ratios = _ratios(run, model, optimized) if timing else {}
-    report = {
-        "run": str(run_dir),
-        "task": run.config.task,
-        "method": run.config.method,
-        "metric": metric,
-        "max_drop": max_drop,
-        **chosen,
-        "plan": plan.to_dict(),
-        "counts": _counts(stats, plan),
-        "units": [{**s.to_dict(), "action": plan.action(s.unit)} for s in stats],
-        "valid": {"before": before_valid, "after": after_valid},
-        "test": {"before": before_test, "after": after_test},
-        "inference_ratio": ratios,
-        "seconds": round(time.time() - started, 1),
-    }
-    _write(run_dir, out, plan, report, stats)
-    log(_summary(report))
-    return report
+    log(f"searching thresholds: validation {metric} {100 * before[metric]:.2f}, budget {max_drop} points")
+    choice = search(stats, evaluate, before[metric], max_drop, gated, router)
+    chosen = {"threshold": choice.threshold, "epsilon": choice.epsilon, "chosen_by": "max_drop"}
+    return choice.plan, {**chosen, "trace": choice.trace}
 
 
 def _ratios(run: Any, model: Any, optimized: Any) -> dict[str, Any]:
-    from unipelt.autopelt.latency import inference_ratios
-    from unipelt.backbones import load_base_model
-
     base = load_base_model(
         run.config.model, "regression" if run.regression else "classification", labels=run.labels
     ).eval()
+    if run.placement is not None:
+        run.placement.place(base)
     vocab = int(base.config.vocab_size)
     return inference_ratios(base, {"before": model, "after": optimized}, vocab)
 
@@ -200,8 +202,6 @@ def _counts(stats: list[UnitStats], plan: Plan) -> dict[str, dict[str, int]]:
 
 
 def _write(run_dir: Path, out: Path, plan: Plan, report: dict[str, Any], stats: list[UnitStats]) -> None:
-    from unipelt.autopelt.report import plot_units
-
     def write(folder: Path) -> None:
         _copy_run(run_dir, folder)
         write_plan(folder / "checkpoint", plan)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from unipelt.atomic import atomic_file
 from unipelt.autopelt.measure import UnitStats
-from unipelt.checkpoint import atomic_file
 from unipelt.plan import Plan
 
 COLOURS = {"keep": "#4c9a5a", "fold": "#4f7fc0", "prune": "#c9c9c9"}

@@ -28,12 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import EvalPrediction, TrainerCallback
 
 from unipelt.atomic import writing
+from unipelt.autopelt.latency import median_times, random_batch
+from unipelt.autopelt.measure import UnitStats, measure_units
 from unipelt.autopelt.plan import write_plan
-from unipelt.checkpoint import write_json
+from unipelt.autopelt.report import plot_units
+from unipelt.checkpoint import atomic_file, write_json
 from unipelt.gates import HardConcreteGate
-from unipelt.plan import Plan, Unit, apply_plan, task_units
+from unipelt.inference.loop import chunks, logits_and_labels, model_device
+from unipelt.plan import Plan, Unit, apply_plan, planned_copy, task_units
 
 LATENCY_JSON = "latency.json"
 TRACK_JSONL = "autopelt.jsonl"
@@ -67,8 +72,6 @@ def latency_table(
     timed against the base model; the extra time is split over the kind's units. ``deployed`` is what the
     loss uses: LoRA's is 0 because an open LoRA is merged into the base weights after training.
     """
-    from unipelt.autopelt.latency import median_times, random_batch
-
     task = unipelt.tasks[name]
     units = task_units(task)
     copies: dict[str, Any] = {}
@@ -92,7 +95,8 @@ def latency_table(
     unipelt.eval()
     try:
         with unipelt.task(name):
-            times = median_times(calls, random_batch(vocab_size, batch, length), reps)
+            inputs = random_batch(vocab_size, batch, length, device=model_device(unipelt))
+            times = median_times(calls, inputs, reps)
     finally:
         unipelt.train(was_training)
     per_unit = {
@@ -151,6 +155,70 @@ class Objective:
 # ------------------------------------------------------------------------------------------ callbacks
 
 
+class Schedule(TrainerCallback):
+    """The gates' schedule: held, open and noise-free during the warm-up, then sampled.
+
+    The temperature goes from soft (2/3) to sharp (0.1), geometric in the fraction of training done. When
+    the warm-up ends, the evaluations made during it stop counting for the best checkpoint: the structure
+    must come from gates that have learnt, or every latency weight deploys the same warm-up model (SST-2
+    seed 2: its validation tied at 80.5 over all epochs, so the first, pre-warm-up checkpoint won).
+    """
+
+    def __init__(self, gates: list[tuple[int, HardConcreteGate]], warmup: Callable[[int], int]) -> None:
+        self.gates, self.warmup = gates, warmup
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        held = self.warmup(state.max_steps)
+        fraction = state.global_step / max(1, state.max_steps)
+        start, end = TEMPERATURES
+        for _, gate in self.gates:
+            gate.temperature = start * (end / start) ** fraction
+            gate.sampling = state.global_step >= held
+        if held and state.global_step == held:
+            state.best_metric, state.best_model_checkpoint = None, None
+
+
+class Tracker(TrainerCallback):
+    """After each evaluation: every unit's contribution and gate, each layer's gate entropy (RUN/track.jsonl)."""
+
+    def __init__(
+        self,
+        unipelt: Any,
+        name: str,
+        objective: Objective,
+        run_dir: Path,
+        batches: list[dict],
+        gates: list[tuple[int, HardConcreteGate]],
+    ) -> None:
+        self.unipelt, self.name, self.objective, self.run_dir = unipelt, name, objective, run_dir
+        self.batches, self.gates = batches, gates
+        self.seen: set[int] = set()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero or state.global_step in self.seen:
+            return  # the final evaluations (validation, test) repeat the last step's
+        self.seen.add(state.global_step)
+        stats = measure_units(self.unipelt, self.name, self.batches)
+        open_p = {}
+        for index, gate in self.gates:
+            with torch.no_grad():
+                for site, p in zip(gate.sites, gate.probability_open().tolist()):
+                    open_p[(index, site)] = p
+        entropy: dict[int, list[float]] = {}
+        for (index, _), p in open_p.items():
+            q = min(max(p, 1e-6), 1 - 1e-6)
+            entropy.setdefault(index, []).append(-(q * math.log2(q) + (1 - q) * math.log2(1 - q)))
+        record = {
+            "step": state.global_step,
+            "temperature": self.gates[0][1].temperature if self.gates else None,
+            **self.objective.last,
+            "units": [{**s.to_dict(), "p_open": open_p.get((s.layer, s.site))} for s in stats],
+            "entropy": {str(i): sum(v) / len(v) for i, v in sorted(entropy.items())},
+        }
+        with writing(self.run_dir / TRACK_JSONL), open(self.run_dir / TRACK_JSONL, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
 def callbacks(
     unipelt: Any,
     name: str,
@@ -160,61 +228,8 @@ def callbacks(
     warmup: Callable[[int], int] = lambda max_steps: 0,
 ) -> list[Any]:
     """The schedule and the tracker; ``warmup(max_steps)`` is the number of steps the gates are held."""
-    from transformers import TrainerCallback
-
-    from unipelt.autopelt.measure import measure_units
-
     gates = _gates(unipelt, name)
-
-    class Schedule(TrainerCallback):
-        """The gates' schedule: held, open and noise-free during the warm-up, then sampled.
-
-        The temperature goes from soft (2/3) to sharp (0.1), geometric in the fraction of training done. When
-        the warm-up ends, the evaluations made during it stop counting for the best checkpoint: the structure
-        must come from gates that have learnt, or every latency weight deploys the same warm-up model (SST-2
-        seed 2: its validation tied at 80.5 over all epochs, so the first, pre-warm-up checkpoint won).
-        """
-
-        def on_step_begin(self, args, state, control, **kwargs):
-            held = warmup(state.max_steps)
-            fraction = state.global_step / max(1, state.max_steps)
-            start, end = TEMPERATURES
-            for _, gate in gates:
-                gate.temperature = start * (end / start) ** fraction
-                gate.sampling = state.global_step >= held
-            if held and state.global_step == held:
-                state.best_metric, state.best_model_checkpoint = None, None
-
-    class Tracker(TrainerCallback):
-        """After each evaluation: every unit's contribution and gate, each layer's gate entropy."""
-
-        seen: set[int] = set()
-
-        def on_evaluate(self, args, state, control, **kwargs):
-            if not state.is_world_process_zero or state.global_step in self.seen:
-                return  # the final evaluations (validation, test) repeat the last step's
-            self.seen.add(state.global_step)
-            stats = measure_units(unipelt, name, track_batches)
-            open_p = {}
-            for index, gate in gates:
-                with torch.no_grad():
-                    for site, p in zip(gate.sites, gate.probability_open().tolist()):
-                        open_p[(index, site)] = p
-            entropy: dict[int, list[float]] = {}
-            for (index, _), p in open_p.items():
-                q = min(max(p, 1e-6), 1 - 1e-6)
-                entropy.setdefault(index, []).append(-(q * math.log2(q) + (1 - q) * math.log2(1 - q)))
-            record = {
-                "step": state.global_step,
-                "temperature": gates[0][1].temperature if gates else None,
-                **objective.last,
-                "units": [{**s.to_dict(), "p_open": open_p.get((s.layer, s.site))} for s in stats],
-                "entropy": {str(i): sum(v) / len(v) for i, v in sorted(entropy.items())},
-            }
-            with writing(run_dir / TRACK_JSONL), open(run_dir / TRACK_JSONL, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-
-    return [Schedule(), Tracker()]
+    return [Schedule(gates, warmup), Tracker(unipelt, name, objective, run_dir, track_batches, gates)]
 
 
 # ------------------------------------------------------------------------------------------ the end
@@ -240,9 +255,6 @@ def finish(unipelt: Any, name: str, run_dir: Path, scores: Any) -> dict[str, Any
 
     ``scores(model)`` returns ``{"valid": {...}, "test": {...}}`` for a model; the result holds the deployed
     structure's scores, the plan's counts and the latency table."""
-    from unipelt.autopelt.optimize import planned_copy
-    from unipelt.autopelt.report import plot_units
-
     plan = hard_plan(unipelt, name)
     write_plan(run_dir / "checkpoint", plan)
     deployed = scores(planned_copy(unipelt, name, plan))
@@ -252,8 +264,6 @@ def finish(unipelt: Any, name: str, run_dir: Path, scores: Any) -> dict[str, Any
         row[plan.action(unit)] += 1
     track = _read_track(run_dir)
     if track:
-        from unipelt.autopelt.measure import UnitStats
-
         last = [UnitStats(**{k: v for k, v in u.items() if k != "p_open"}) for u in track[-1]["units"]]
         plot_units(last, plan, run_dir / STRUCTURE_PNG, title="autopelt: kept (folded) / pruned")
         plot_curves(track, run_dir / CURVES_PNG)
@@ -270,10 +280,8 @@ def _read_track(run_dir: Path) -> list[dict[str, Any]]:
 
 def plot_curves(track: list[dict[str, Any]], path: Path) -> Path:
     """Two panels over training steps: each unit's contribution (by kind), and each layer's gate entropy."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # late: matplotlib loads only when a figure is drawn
     from matplotlib.figure import Figure
-
-    from unipelt.checkpoint import atomic_file
 
     steps = [r["step"] for r in track]
     figure = Figure(figsize=(11, 4))
@@ -331,26 +339,14 @@ class Session:
         self.callbacks = callbacks(unipelt, self.name, self.objective, run_dir, track, config.gate_warmup)
 
     def _batches(self, dataset: Any, size: int) -> list[dict]:
-        rows = [dataset[i] for i in range(len(dataset))]
-        return [self.collate(rows[i : i + size]) for i in range(0, len(rows), size)]
+        return list(chunks([dataset[i] for i in range(len(dataset))], self.collate, size))
 
     def _scores(self, model: Any) -> dict[str, dict[str, float]]:
-        from transformers import EvalPrediction
-
         out = {}
         for split in ("valid", "test"):
-            if split not in self.datasets:
-                continue
-            logits, labels = [], []
-            with torch.inference_mode():
-                for batch in self._batches(self.datasets[split], 64):
-                    inputs = {k: v for k, v in batch.items() if k != "labels"}
-                    logits.append(model(**inputs).logits.float())
-                    labels.append(batch["labels"])
-            prediction = EvalPrediction(
-                predictions=torch.cat(logits).numpy(), label_ids=torch.cat(labels).numpy()
-            )
-            out[split] = self.compute_metrics(prediction)
+            if split in self.datasets:
+                logits, labels = logits_and_labels(model, self._batches(self.datasets[split], 64))
+                out[split] = self.compute_metrics(EvalPrediction(predictions=logits, label_ids=labels))
         return out
 
     def finish(self, result: dict[str, Any]) -> dict[str, Any]:

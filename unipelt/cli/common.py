@@ -39,6 +39,31 @@ def override(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
+def add_device_flags(parser: argparse.ArgumentParser, dtype: bool = True) -> None:
+    """``--device``, ``--threads`` and (where a model may be cast) ``--dtype`` of a verb that loads a model."""
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="where the model runs: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda, cuda:N or mps",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    if dtype:
+        parser.add_argument(
+            "--dtype",
+            choices=["fp32", "bf16", "fp16"],
+            default=None,
+            help="cast the model to this dtype (default: as saved, float32)",
+        )
+
+
+def placement_of(args: argparse.Namespace) -> Any:
+    """The :class:`~unipelt.devices.Placement` of a verb's device flags; sets the CPU threads. A device this
+    machine does not have is a one-line error before any model loads."""
+    from unipelt.devices import placement  # late: torch loads only once a verb runs, not for --help
+
+    return placement(args.device, getattr(args, "dtype", None), args.threads)
+
+
 def add_compile_flag(parser: argparse.ArgumentParser) -> None:
     """``--compile [BACKEND]``: run the model's single-task forwards through ``torch.compile`` (see
     unipelt.compiling); the value is the backend name, ``inductor`` when the flag is given alone."""

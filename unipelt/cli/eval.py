@@ -9,7 +9,7 @@ import argparse
 import json
 from typing import Any
 
-from unipelt.cli.common import GLUE_HELP, add_compile_flag
+from unipelt.cli.common import GLUE_HELP, add_compile_flag, add_device_flags, placement_of
 
 
 def run(args: argparse.Namespace) -> int:
@@ -17,11 +17,12 @@ def run(args: argparse.Namespace) -> int:
     from unipelt.inference import Run
     from unipelt.inference.generation import is_chat_run
 
+    where = placement_of(args)
     if is_chat_run(args.run):
         if args.compile:
             raise UniPELTError("--compile applies to classification, regression and tagging runs")
-        return _evaluate_chat_run(args)
-    trained = Run(args.run, compile=args.compile)
+        return _evaluate_chat_run(args, where)
+    trained = Run(args.run, where, compile=args.compile)
     data = trained.data(task=args.task, data_dir=args.data_dir, path=args.data, encoding=args.encoding)
     metrics = trained.evaluate(data)
     if args.json:
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_chat_run(args: argparse.Namespace) -> int:
+def _evaluate_chat_run(args: argparse.Namespace, where: Any) -> int:
     """A causal-LM run on its test chats or --data: loss and perplexity, and accuracy when it has answer choices."""
     from unipelt.errors import UniPELTError
     from unipelt.inference.generation import ChatRun
@@ -45,7 +46,7 @@ def _evaluate_chat_run(args: argparse.Namespace) -> int:
         raise UniPELTError(
             f"{args.run} is a causal-lm run: evaluate it on chats with --data FILE.jsonl (GLUE tasks do not apply)"
         )
-    trained = ChatRun(args.run)
+    trained = ChatRun(args.run, where)
     conversations = trained.data(args.data)
     metrics = trained.evaluate(conversations, task=args.task if args.data else None)
     source = args.data or trained.config.test_file
@@ -71,6 +72,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--encoding", help="text encoding of --data (default: the run's --encoding, else utf-8)")
     p.add_argument("--json", action="store_true")
+    add_device_flags(p)
     add_compile_flag(p)
     p.set_defaults(func=run)
     return p

@@ -11,6 +11,7 @@ import argparse
 import json
 from typing import Any
 
+from unipelt.cli.common import add_device_flags, placement_of
 from unipelt.errors import UniPELTError
 
 
@@ -24,12 +25,9 @@ def run(args: argparse.Namespace) -> int:
         raise UniPELTError(
             f"`unipelt export` needs the onnx extra: pip install 'unipelt[onnx]' ({error})"
         ) from error
-    import torch
-
     from unipelt.inference.export import export_run
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    where = placement_of(args)
     report = export_run(
         args.run,
         args.out,
@@ -38,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         max_examples=args.max_examples,
         threads=args.threads,
+        placement=where,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -89,7 +88,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--tolerance", type=float, default=1e-4, help="largest allowed |logit difference|")
     p.add_argument("--max-examples", type=int, default=None, help="check parity on the first N test inputs")
-    p.add_argument("--threads", type=int, default=None)
+    add_device_flags(p, dtype=False)  # the graph is float32; --threads also sizes ONNX Runtime's sessions
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=run)
     return p

@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from unipelt.cli.common import add_device_flags, placement_of
 
-def _model_and_tokenizer(source: str, task: str | None) -> tuple[Any, Any, str | None]:
+
+def _model_and_tokenizer(source: str, task: str | None, where: Any) -> tuple[Any, Any, str | None]:
     """(model, tokenizer, task) from a run folder, or from a model name (minilm/smollm2/folder/GGUF) untrained."""
     from transformers.utils import logging as hf_logging
 
@@ -26,7 +28,7 @@ def _model_and_tokenizer(source: str, task: str | None) -> tuple[Any, Any, str |
 
     folder = Path(source)
     if (folder / "labels.json").is_file() or (folder / "checkpoint").is_dir():
-        run = ChatRun(folder)
+        run = ChatRun(folder, where)
         model, tokenizer = run.load()
         return model, tokenizer, run.check_task(task)
     from unipelt.backbones import load_base_model, load_tokenizer
@@ -35,8 +37,8 @@ def _model_and_tokenizer(source: str, task: str | None) -> tuple[Any, Any, str |
     if task is not None:
         raise UniPELTError(f"--task needs a run folder; {source} is a plain model")
     tokenizer = load_tokenizer(resolve_model(source))
-    model = load_base_model(source, "causal-lm", pad_token_id=tokenizer.pad_token_id).eval()
-    return model, tokenizer, None
+    model = load_base_model(source, "causal-lm", pad_token_id=tokenizer.pad_token_id)
+    return where.place(model).eval(), tokenizer, None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,15 +47,14 @@ def run(args: argparse.Namespace) -> int:
     from unipelt.data.chat import check_chat_template, parse_conversation, read_chat_file
     from unipelt.inference.generation import Sampling, context_limit, generate_ids, generate_texts, prompt_ids
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    where = placement_of(args)
     torch.manual_seed(args.seed)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p)
     sampling.generate_kwargs()  # bad settings fail before the model loads
     conversations = (
         read_chat_file(args.input, need_response=False, encoding=args.encoding) if args.input else None
     )
-    model, tokenizer, task = _model_and_tokenizer(args.run, args.task)
+    model, tokenizer, task = _model_and_tokenizer(args.run, args.task, where)
     check_chat_template(tokenizer)
     if conversations is None:
         from transformers import TextStreamer
@@ -101,6 +102,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (with --temperature)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    add_device_flags(p)
     p.set_defaults(func=run)
     return p

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from unipelt.cli.common import add_device_flags, placement_of
+
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    where = placement_of(args)
     if args.restore:
         from unipelt.autopelt.optimize import restore_run
 
@@ -25,6 +24,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         epsilon=args.epsilon,
         timing=not args.no_timing,
+        placement=where,
     )
     return 0
 
@@ -55,6 +55,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--restore", action="store_true", help="write a copy of an optimized run with every module back"
     )
     p.add_argument("--no-timing", action="store_true", help="skip the inference-ratio timing")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
+    add_device_flags(p, dtype=False)
     p.set_defaults(func=run)
     return p

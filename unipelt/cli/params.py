@@ -42,13 +42,13 @@ def format_counts(counts: dict[str, int], base: int, modules: list[str] | None =
 
 
 def run(args: argparse.Namespace) -> int:
-    from unipelt.backbones import load_base_model
+    from unipelt.backbones import load_base_model, natural_kind
     from unipelt.config import UniPELTConfig
     from unipelt.model import UniPELTModel
 
     config = UniPELTConfig.from_preset(args.method, **dict(args.set or []))
     # counting needs shapes only: no memory, no init time, works for any size
-    unipelt = UniPELTModel(load_base_model(args.model, init="meta"), config)
+    unipelt = UniPELTModel(load_base_model(args.model, natural_kind(args.model), init="meta"), config)
     counts = unipelt.parameter_counts()
     if args.json:
         print(json.dumps(counts, indent=2))

@@ -10,7 +10,7 @@ import argparse
 import json
 from typing import Any
 
-from unipelt.cli.common import add_compile_flag
+from unipelt.cli.common import add_compile_flag, add_device_flags, placement_of
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,6 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from unipelt.inference import Run, read_inputs
     from unipelt.inference.onnx_runtime import is_export
 
+    where = placement_of(args)
     if args.runtime == "onnx":
         if args.compile:
             raise UniPELTError("--compile applies to the torch runtime, not to --runtime onnx")
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     elif is_export(args.run):
         raise UniPELTError(f"{args.run} is an ONNX export; predict from it with --runtime onnx")
     else:
-        trained = Run(args.run, compile=args.compile)
+        trained = Run(args.run, where, compile=args.compile)
         if trained.is_tagger:  # token classification: sentences in, tags and entity spans out
             from unipelt.inference.tagging import print_tagged
 
@@ -80,6 +81,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         choices=["torch", "onnx"],
         help="onnx: onnxruntime on an export folder (a run folder is exported first)",
     )
+    add_device_flags(p)
     add_compile_flag(p)
     p.set_defaults(func=run)
     return p

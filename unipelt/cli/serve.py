@@ -19,14 +19,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from unipelt.cli.common import add_compile_flag
+from unipelt.cli.common import add_compile_flag, add_device_flags, placement_of
 from unipelt.errors import UniPELTError
 
 KEY_ENV = "UNIPELT_API_KEY"
 
 
 def build_engine(
-    specs: list[str], runtime: str, threads: int | None = None, int8: bool = False, compile: str | None = None
+    specs: list[str],
+    runtime: str,
+    threads: int | None = None,
+    int8: bool = False,
+    placement: Any = None,
+    compile: str | None = None,
 ) -> Any:
     if runtime == "onnx":
         if compile:
@@ -36,7 +41,7 @@ def build_engine(
         return OnnxEngine(specs, quantized=int8, threads=threads)
     from unipelt.inference.engine import TorchEngine
 
-    return TorchEngine(specs, compile=compile)
+    return TorchEngine(specs, placement, compile=compile)
 
 
 class NoEncoderTasks:
@@ -49,7 +54,7 @@ class NoEncoderTasks:
         raise UniPELTError("this server has no classification tasks")
 
 
-def build_generation(specs: list[str], args: argparse.Namespace) -> Any:
+def build_generation(specs: list[str], args: argparse.Namespace, placement: Any = None) -> Any:
     """The causal-LM runs among ``specs`` on one backbone, or None when there are none."""
     if not specs:
         return None
@@ -59,7 +64,10 @@ def build_generation(specs: list[str], args: argparse.Namespace) -> Any:
         )
     from unipelt.inference.generation_engine import GenerationEngine
 
-    return GenerationEngine(specs, max_rows=args.max_running_rows, max_step_tokens=args.max_step_tokens)
+    device = None if placement is None else placement.device
+    return GenerationEngine(
+        specs, max_rows=args.max_running_rows, max_step_tokens=args.max_step_tokens, device=device
+    )
 
 
 def _base_of(spec: str) -> str:
@@ -71,8 +79,10 @@ def _base_of(spec: str) -> str:
     return str(Path(resolve_model(model)).resolve())
 
 
-def build_app(args: argparse.Namespace, key: str | None) -> tuple[Any, list[Any]]:
-    """(the app, every served task): encoder runs on /v1/predict, causal-LM runs on the OpenAI routes."""
+def build_app(args: argparse.Namespace, key: str | None, where: Any = None) -> tuple[Any, list[Any]]:
+    """(the app, every served task): encoder runs on /v1/predict, causal-LM runs on the OpenAI routes; the
+    models go where ``where`` (a Placement; default: the verb's device flags) says."""
+    where = placement_of(args) if where is None else where
     from unipelt.inference.generation import is_chat_run
     from unipelt.inference.served_tasks import split_name
 
@@ -82,9 +92,9 @@ def build_app(args: argparse.Namespace, key: str | None) -> tuple[Any, list[Any]
         raise UniPELTError(
             f"{chat[0]} and {encoders[0]} were trained on different base models; one server shares one backbone"
         )
-    generation = build_generation(chat, args)
+    generation = build_generation(chat, args, where)
     engine = (
-        build_engine(encoders, args.runtime, args.threads, args.int8, args.compile)
+        build_engine(encoders, args.runtime, args.threads, args.int8, where, args.compile)
         if encoders
         else NoEncoderTasks()
     )
@@ -194,15 +204,14 @@ def run(args: argparse.Namespace) -> int:
         raise UniPELTError(
             f"`unipelt serve` needs the serve extra: pip install 'unipelt[serve]' ({error})"
         ) from error
-    import torch
-
     key = api_key(args)
     check_exposure(args, key)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    where = placement_of(args)
     if args.int8 and args.runtime != "onnx":
         raise UniPELTError("--int8 serves quantised ONNX models: add --runtime onnx")
-    app, served = build_app(args, key)
+    if args.runtime == "onnx" and ((args.device != "auto" and where.device.type != "cpu") or args.dtype):
+        raise UniPELTError("--runtime onnx runs on the CPU in float32: leave out --device and --dtype")
+    app, served = build_app(args, key, where)
     request_log(args.log_level)
     scheme = "https" if args.ssl_certfile else "http"
     names = ", ".join(f"{task.name} ({task.source})" for task in served)
@@ -276,7 +285,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     access.add_argument("--log-inputs", action="store_true", help="put request texts in the request log")
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
     p.add_argument("--int8", action="store_true", help="with --runtime onnx: serve the int8 models")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads of torch (or of each ONNX session)")
+    add_device_flags(p)  # --threads also sizes each ONNX Runtime session
     p.add_argument(
         "--log-level",
         default="info",

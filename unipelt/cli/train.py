@@ -134,6 +134,7 @@ def _flag_fields(args: argparse.Namespace) -> dict[str, Any]:
         "regression_bias": args.regression_bias,
         "max_steps": args.max_steps,
         "threads": args.threads,
+        "device": args.device,
         "encoding": args.encoding,
         "on_divergence": args.on_divergence,
     }
@@ -353,6 +354,11 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
         "label-mean for prefix and autopelt)",
     )
     p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="where the run trains: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or mps",
+    )
     p.add_argument(
         "--encoding",
         default="utf-8",

@@ -19,6 +19,8 @@ import torch
 
 from unipelt.data.chat import IGNORE, ChatCollator, Conversation, tokenize_conversations
 from unipelt.inference.generation import Sampling, answer_metrics, generate_texts
+from unipelt.inference.loop import chunks, forward_batches
+from unipelt.model import UniPELTModel
 
 
 def answer_loss(
@@ -30,26 +32,27 @@ def answer_loss(
     task: str | None = None,
 ) -> float:
     """Mean next-token cross-entropy over the answer tokens of all conversations."""
-    from unipelt.model import UniPELTModel
-
     rows = list(tokenize_conversations(list(conversations), tokenizer, max_length))
     collate = ChatCollator(tokenizer.pad_token_id)
     total, count = 0.0, 0
     extra = {"task": task} if isinstance(model, UniPELTModel) and task is not None else {}
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            batch = collate(rows[start : start + batch_size])
-            labels = batch.pop("labels")
-            logits = model(**batch, use_cache=False, **extra).logits.float()
-            targets = labels[:, 1:]  # token t predicts token t + 1
-            total += torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]),
-                targets.reshape(-1),
-                ignore_index=IGNORE,
-                reduction="sum",
-            ).item()
-            count += int((targets != IGNORE).sum())
+    for loss, batch in forward_batches(
+        model, chunks(rows, collate, batch_size), select=_summed_loss, use_cache=False, **extra
+    ):
+        total += float(loss)
+        count += int((batch["labels"][:, 1:] != IGNORE).sum())
     return total / max(count, 1)
+
+
+def _summed_loss(output: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed next-token cross-entropy of a batch's answer tokens, on the model's device (token t predicts t + 1)."""
+    logits = output.logits.float()
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]),
+        batch["labels"][:, 1:].reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
+    )
 
 
 def score_chats(

@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
+from unipelt.inference.loop import forward_batches
 from unipelt.inference.served_tasks import (
     Row,
     ServedTask,
@@ -59,7 +61,10 @@ class TorchEngine:
 
     runtime = "torch"
 
-    def __init__(self, specs: Sequence[str | Path], compile: str | None = None) -> None:
+    def __init__(
+        self, specs: Sequence[str | Path], placement: Placement | None = None, compile: str | None = None
+    ) -> None:
+        self.placement = placement  # where the models go (default: the CPU)
         from unipelt.backbones import load_tokenizer
         from unipelt.inference.onnx_runtime import is_export
         from unipelt.inference.runs import Run
@@ -140,6 +145,8 @@ class TorchEngine:
             model.load_task(name, run.folder / "checkpoint")
             model.eject_prefix_mlp(name)  # inference keeps only the prefix vectors it produces
         for model in models.values():
+            if self.placement is not None:
+                self.placement.place(model)  # shared backbone tensors move once, in place
             model.eval()
         return models
 
@@ -164,8 +171,9 @@ class TorchEngine:
         padded = pad_rows(rows, self.pad_id, self.padding_side)
         batch = {k: torch.from_numpy(v) for k, v in padded.items()}
         names = [r.task for r in rows]
-        with torch.inference_mode(), model.eager() if gates else contextlib.nullcontext():
-            logits = model(**batch, task=names).logits.float().numpy()
+        with model.eager() if gates else contextlib.nullcontext():
+            for output, _ in forward_batches(model, [batch], task=names):
+                logits = output.numpy()
             values = row_gates(model.gate_values(), batch["attention_mask"]) if gates else None
         return row_outputs(logits, rows, self.tasks, self.padding_side), values
 
@@ -203,7 +211,7 @@ def row_gates(values: dict[int, dict[str, torch.Tensor]], mask: torch.Tensor) ->
     weights = mask.float()
     for layer, sites in sorted(values.items()):
         for site, tensor in sites.items():
-            tensor = tensor.detach().float()
+            tensor = tensor.detach().float().cpu()
             if tensor.dim() == 2:
                 per_row = (tensor * weights).sum(1) / weights.sum(1).clamp(min=1)
             else:

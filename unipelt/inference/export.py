@@ -29,7 +29,9 @@ import torch
 
 from unipelt.checkpoint import atomic_directory, write_json
 from unipelt.data import Example
+from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
+from unipelt.inference.loop import forward_batches, model_device
 from unipelt.inference.onnx_runtime import EXPORT_INFO, encode_batches, run_session, session
 from unipelt.inference.served_tasks import default_name, pair_task, run_score
 
@@ -85,6 +87,7 @@ def _trace(run: Any, path: Path) -> tuple[str, ...]:
     if hasattr(model, "eject_prefix_mlp"):
         model.eject_prefix_mlp()
     sample = _sample(tokenizer, pair_task(run.config), run.config.max_length)
+    sample = {k: v.to(model_device(model)) for k, v in sample.items()}
     names = tuple(sample)
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch", 1: "sequence"} if run.is_tagger else {0: "batch"}
@@ -136,11 +139,7 @@ def batches(run: Any, examples: list[Any], batch_size: int = 32) -> list[dict[st
 def torch_logits(run: Any, examples: list[Any], batch_size: int = 32) -> list[np.ndarray]:
     """The run's logits per batch of :func:`batches` (per token for a tagging run)."""
     model, _ = run.load()
-    outputs = []
-    with torch.inference_mode():
-        for batch in batches(run, examples, batch_size):
-            outputs.append(model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy())
-    return outputs
+    return [output.numpy() for output, _ in forward_batches(model, batches(run, examples, batch_size))]
 
 
 def onnx_logits(sess: Any, run: Any, examples: list[Any], batch_size: int = 32) -> list[np.ndarray]:
@@ -177,14 +176,20 @@ def export_run(
     tolerance: float = 1e-4,
     max_examples: int | None = None,
     threads: int | None = None,
+    placement: Placement | None = None,
 ) -> dict[str, Any]:
-    """Write ``out`` (model.onnx, tokenizer/, labels.json, export.json) after checking parity; return the report."""
+    """Write ``out`` (model.onnx, tokenizer/, labels.json, export.json) after checking parity; return the report.
+
+    The run's model is traced and checked where ``placement`` puts it (default: the CPU); the graph itself is
+    float32 and device-free, and ONNX Runtime runs it on the CPU."""
     from unipelt.inference.runs import Run
     from unipelt.metrics import compute_task_metrics
 
     if quantize not in (None, "int8"):
         raise UniPELTError(f"--quantize takes int8, not {quantize!r}")
-    run = Run(folder)
+    if placement is not None and placement.dtype not in (None, torch.float32):
+        raise UniPELTError("an ONNX export is float32: leave out --dtype (or give fp32)")
+    run = Run(folder, placement)
     exportable(run)
     test = run.data(path=data)
     examples = test.examples[:max_examples] if max_examples else test.examples

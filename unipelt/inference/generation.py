@@ -10,15 +10,30 @@ token); prompts of a batch are padded on the left so that every row continues ri
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM
+from transformers.utils import logging as hf_logging
 
-from unipelt.data.chat import Conversation, check_chat_template, choice_of, encode_prompt, normalise_answer
+from unipelt.backbones import load_base_model, load_tokenizer
+from unipelt.data.chat import (
+    Conversation,
+    check_chat_template,
+    choice_of,
+    encode_prompt,
+    normalise_answer,
+    read_chat_file,
+)
+from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
+from unipelt.inference.loop import model_device
+from unipelt.model import UniPELTModel
+from unipelt.training.run_files import read_labels, read_run_config
 
 
 @dataclass
@@ -64,8 +79,6 @@ def prompt_ids(
 
 
 def _generate_call(model: Any, task: str | None, **kwargs: Any) -> torch.Tensor:
-    from unipelt.model import UniPELTModel
-
     if isinstance(model, UniPELTModel):
         return model.generate(task=task, **kwargs)
     return model.generate(**kwargs)
@@ -88,8 +101,9 @@ def generate_ids(
     for start in range(0, len(prompts), batch_size):
         rows = prompts[start : start + batch_size]
         width = max(len(r) for r in rows)
-        input_ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+        device = model_device(model)
+        input_ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
         with torch.inference_mode():
             out = _generate_call(
                 model,
@@ -148,8 +162,6 @@ def answer_metrics(
 
 def is_chat_run(folder: str | Path) -> bool:
     """Whether a run folder holds a causal-LM run (its labels.json says ``metric_kind`` ``causal-lm``)."""
-    import json
-
     try:
         info = json.loads((Path(folder) / "labels.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -160,10 +172,9 @@ def is_chat_run(folder: str | Path) -> bool:
 class ChatRun:
     """A finished causal-LM run folder: its config, tokenizer (with chat template) and model."""
 
-    def __init__(self, folder: str | Path) -> None:
-        from unipelt.training.run_files import read_labels, read_run_config
-
+    def __init__(self, folder: str | Path, placement: Placement | None = None) -> None:
         self.folder = Path(folder)
+        self.placement = placement  # where the model goes when loaded (default: the CPU, as saved)
         for name in ("config.json", "labels.json", "checkpoint", "tokenizer"):
             if not (self.folder / name).exists():
                 raise UniPELTError(
@@ -183,12 +194,6 @@ class ChatRun:
     def load(self) -> tuple[Any, Any]:
         """(model in eval mode, tokenizer), loaded on first use."""
         if self._model is None:
-            from transformers import AutoModelForCausalLM
-            from transformers.utils import logging as hf_logging
-
-            from unipelt.backbones import load_base_model, load_tokenizer
-            from unipelt.model import UniPELTModel
-
             hf_logging.set_verbosity_error()
             self._tokenizer = load_tokenizer(self.folder / "tokenizer", local=True)
             checkpoint = self.folder / "checkpoint"
@@ -200,6 +205,8 @@ class ChatRun:
                 )
                 self._model = UniPELTModel.from_pretrained(base, checkpoint)
             self._model.config.use_cache = True
+            if self.placement is not None:
+                self.placement.place(self._model)
             self._model.eval()
         return self._model, self._tokenizer
 
@@ -217,8 +224,6 @@ class ChatRun:
 
     def data(self, path: str | None = None) -> list[Conversation]:
         """Chats to evaluate on: a JSON-lines file with answers, else the run's own test file."""
-        from unipelt.data.chat import read_chat_file
-
         path = path or self.config.test_file
         if path is None:
             raise UniPELTError(f"{self.folder} was trained without a test file: pass --data CHATS.jsonl")
@@ -227,7 +232,7 @@ class ChatRun:
     def evaluate(self, conversations: Sequence[Conversation], task: str | None = None) -> dict[str, float]:
         """Answer loss and perplexity, and with the run's answer choices the accuracy of greedy answers: the
         scoring the run's metrics.json holds (:func:`unipelt.inference.chat_scoring.score_chats`)."""
-        from unipelt.inference.chat_scoring import score_chats
+        from unipelt.inference.chat_scoring import score_chats  # late: chat_scoring imports this module
 
         model, tokenizer = self.load()
         return score_chats(

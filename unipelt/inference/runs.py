@@ -14,22 +14,42 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from tqdm.auto import tqdm
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+    DataCollatorWithPadding,
+)
+from transformers.utils import logging as hf_logging
 
+from unipelt.backbones import load_base_model, load_tokenizer
 from unipelt.data import Example, TaskData, load_glue, load_table, tokenize_examples
+from unipelt.data.conll import load_hub_tokens, load_tokens
 from unipelt.data.files import input_lines
 from unipelt.data.glue import glue_task, is_glue_task
 from unipelt.data.tokenize import token_counts
+from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
+from unipelt.inference.loop import chunks, logits_and_labels
+from unipelt.inference.tagging import evaluate_tagged, tag_sentences
 from unipelt.metrics import compute_task_metrics
+from unipelt.model import UniPELTModel
 from unipelt.training.run_files import check_run_folder, read_labels, read_run_config
 
 
 class Run:
-    """A trained run folder: its config, label map, tokenizer and model (UniPELT or fully fine-tuned)."""
+    """A trained run folder: its config, label map, tokenizer and model (UniPELT or fully fine-tuned).
 
-    def __init__(self, folder: str | Path, compile: str | None = None) -> None:
+    ``placement`` says where the model goes when it is loaded (default: the CPU, in the dtype it was saved in);
+    ``compile`` names a torch.compile backend for it, or is None."""
+
+    def __init__(
+        self, folder: str | Path, placement: Placement | None = None, compile: str | None = None
+    ) -> None:
         self.folder = Path(folder)
-        self.compile = compile  # a torch.compile backend for the model when it is loaded, or None
+        self.placement = placement
+        self.compile = compile
         for name in ("config.json", "labels.json", "checkpoint"):
             if not (self.folder / name).exists():
                 raise UniPELTError(
@@ -47,12 +67,6 @@ class Run:
 
     def load(self) -> tuple[torch.nn.Module, Any]:
         """(model in eval mode, tokenizer), loaded on first use."""
-        from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
-        from transformers.utils import logging as hf_logging
-
-        from unipelt.backbones import load_base_model, load_tokenizer
-        from unipelt.model import UniPELTModel
-
         if self._model is None:
             hf_logging.set_verbosity_error()
             self._tokenizer = load_tokenizer(self.folder / "tokenizer", local=True)
@@ -70,6 +84,8 @@ class Run:
                     pad_token_id=self._tokenizer.pad_token_id,
                 )
                 self._model = UniPELTModel.from_pretrained(base, checkpoint)
+            if self.placement is not None:
+                self.placement.place(self._model)
             self._model.eval()
             if self.compile:
                 self._model.compile(backend=self.compile)
@@ -101,8 +117,6 @@ class Run:
         """The run's test split by default; another GLUE task split or a file with the run's columns otherwise
         (for a tagging run: a CoNLL / JSON-lines file, or the test split of a tagged Hub dataset)."""
         if self.is_tagger and (path is not None or task is not None or self.config.task is not None):
-            from unipelt.data.conll import load_hub_tokens, load_tokens
-
             if path is not None:
                 return load_tokens(
                     path, self.config.tag_column, self.labels, encoding=encoding or self.config.encoding
@@ -127,25 +141,18 @@ class Run:
         return load_glue(task, data_dir or self.config.data_dir, "dev")
 
     def logits(self, examples: list[Example], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        from tqdm.auto import tqdm
-        from transformers import DataCollatorWithPadding
-
         model, tokenizer = self.load()
         dataset = tokenize_examples(examples, tokenizer, self.config.max_length)
         dataset = dataset.remove_columns([c for c in ("labels",) if c in dataset.column_names])
-        collate = DataCollatorWithPadding(tokenizer)
-        outputs = []
-        starts = range(0, len(dataset), batch_size)
-        with torch.inference_mode():
-            for start in tqdm(starts, disable=not progress, desc="predict", unit="batch"):
-                rows = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-                outputs.append(model(**collate(rows)).logits.float().numpy())
-        return np.concatenate(outputs)
+        batches = chunks(
+            [dataset[i] for i in range(len(dataset))], DataCollatorWithPadding(tokenizer), batch_size
+        )
+        total = -(-len(dataset) // batch_size)
+        batches = tqdm(batches, total=total, disable=not progress, desc="predict", unit="batch")
+        return logits_and_labels(model, batches)[0]
 
     def evaluate(self, data: TaskData, progress: bool = True) -> dict[str, float]:
         if self.is_tagger:
-            from unipelt.inference.tagging import evaluate_tagged
-
             model, tokenizer = self.load()
             return evaluate_tagged(model, tokenizer, data.examples, self.labels, self.config.max_length)
         if any(e.label is None for e in data.examples):
@@ -156,8 +163,6 @@ class Run:
 
     def tag(self, sentences: list[Any]) -> Iterator[dict[str, Any]]:
         """Tags, word scores and entity spans of a tagging run for each sentence (a TokenExample)."""
-        from unipelt.inference.tagging import tag_sentences
-
         if not self.is_tagger:
             raise UniPELTError(f"{self.folder} is not a token-classification run")
         model, tokenizer = self.load()
@@ -191,8 +196,6 @@ class Run:
 
 def _load_full_model(auto: Any, checkpoint: Path) -> torch.nn.Module:
     """A fully fine-tuned run's model, with one clear error when its files are damaged."""
-    from safetensors import SafetensorError
-
     try:
         return auto.from_pretrained(checkpoint, local_files_only=True)
     except (OSError, ValueError, SafetensorError, RuntimeError) as error:

@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import DataCollatorWithPadding
 
 from unipelt.data.conll import JSONL_SUFFIXES, TokenExample, load_tokens
 from unipelt.data.files import input_lines
 from unipelt.data.token_align import encode_words
 from unipelt.errors import UniPELTError
+from unipelt.inference.loop import chunks, forward_batches
 from unipelt.metrics import entity_metrics
 
 
@@ -60,28 +62,23 @@ def word_probabilities(
     batch_size: int = 32,
 ) -> list[np.ndarray]:
     """For each sentence, a (words, tags) array of probabilities; rows of NaN for words past the max length."""
-    from transformers import DataCollatorWithPadding
-
     encoding, positions, _ = encode_words(sentences, tokenizer, max_length)
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in encoding]
     rows = [{n: encoding[n][i] for n in names} for i in range(len(sentences))]
-    collate = DataCollatorWithPadding(tokenizer)
     left = getattr(tokenizer, "padding_side", "right") == "left"
     result: list[np.ndarray] = []
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            logits = model(**collate(batch)).logits.float()
-            probabilities = torch.softmax(logits, dim=-1).numpy()
-            for offset, row in enumerate(batch):
-                length = len(row["input_ids"])
-                shift = probabilities.shape[1] - length if left else 0
-                first = positions[start + offset]
-                words = np.full((len(first), probabilities.shape[-1]), np.nan, dtype=np.float32)
-                for w, p in enumerate(first):
-                    if p >= 0:
-                        words[w] = probabilities[offset, shift + p]
-                result.append(words)
+    batches = chunks(rows, DataCollatorWithPadding(tokenizer), batch_size)
+    for logits, _ in forward_batches(model, batches):
+        probabilities = torch.softmax(logits, dim=-1).numpy()
+        for offset in range(probabilities.shape[0]):
+            index = len(result)  # the sentence of this row
+            shift = probabilities.shape[1] - len(rows[index]["input_ids"]) if left else 0
+            first = positions[index]
+            words = np.full((len(first), probabilities.shape[-1]), np.nan, dtype=np.float32)
+            for w, p in enumerate(first):
+                if p >= 0:
+                    words[w] = probabilities[offset, shift + p]
+            result.append(words)
     return result
 
 

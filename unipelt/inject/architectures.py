@@ -69,6 +69,21 @@ _LLAMA_LIKE = Architecture(
     pre_norm=True,
 )
 
+# Vision Transformers: a patch embedding in front of a plain pre-norm encoder, attention through the interface.
+_VIT_LIKE = Architecture(
+    layers="layers",
+    attention="attention",
+    projections={
+        "query": "attention.q_proj",
+        "key": "attention.k_proj",
+        "value": "attention.v_proj",
+        "output": "attention.o_proj",
+    },
+    ffn_output="mlp.fc2",
+    ffn_input="mlp.fc1",
+    pre_norm=True,
+)
+
 ARCHITECTURES: dict[str, Architecture] = {
     "bert": _BERT_LIKE,
     "roberta": _BERT_LIKE,
@@ -128,6 +143,21 @@ ARCHITECTURES: dict[str, Architecture] = {
     "llama": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
+    "vit": _VIT_LIKE,
+    "deit": _VIT_LIKE,
+    "clip_vision_model": Architecture(  # CLIP's image tower (CLIPVisionModel): features, no head of its own
+        layers="encoder.layers",
+        attention="self_attn",
+        projections={
+            "query": "self_attn.q_proj",
+            "key": "self_attn.k_proj",
+            "value": "self_attn.v_proj",
+            "output": "self_attn.out_proj",
+        },
+        ffn_output="mlp.fc2",
+        ffn_input="mlp.fc1",
+        pre_norm=True,
+    ),
 }
 
 _FUSED = re.compile(r"^(?P<path>.+)\[(?P<index>\d+)/(?P<parts>\d+)\]$")

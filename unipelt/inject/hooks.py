@@ -49,7 +49,7 @@ from unipelt.inject.context import (
 )
 from unipelt.inject.seams import install_seam, remove_seam
 
-_BATCH_KEYS = ("input_ids", "inputs_embeds", "attention_mask")
+_BATCH_KEYS = ("input_ids", "inputs_embeds", "attention_mask", "pixel_values")
 
 
 class _Replaying:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from unipelt.inference.chat_scoring import score_chats
 from unipelt.training.config import TrainConfig
 from unipelt.training.model_card import write_card
 from unipelt.training.model_init import wrap_base
+from unipelt.training.trainer import training_device
 
 
 @dataclass
@@ -153,8 +153,7 @@ def train_causal_lm(
         if not resume:
             raise UniPELTError(f"{run_dir} already holds a finished run; choose another --out or delete it")
         return finished_run(run_dir, config)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    training_device(config)
     check_model(config.model, "causal-lm")  # a bad path or model kind fails here, before any data is read
     splits = load_chat_splits(config)
     set_seed(config.seed)
@@ -197,9 +196,8 @@ def train_causal_lm(
         run_config=config,
         divergence_guard=guard,
     )
-    start = time.time()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    train_seconds = time.time() - start
+    train_seconds = trainer.train_seconds  # over every session of a resumed run
     if guard.event is not None and guard.action == "stop":
         stop_diverged(guard, trainer, run_dir, lambda: _save_final(model, unipelt, tokenizer, run_dir, info))
 

@@ -143,6 +143,7 @@ class TrainConfig:
     max_steps: int = -1
     logging_steps: int = 10
     threads: int | None = None
+    device: str = "auto"  # auto (a CUDA GPU when there is one) | cpu | cuda | mps: where the run trains
     keep_trainer_checkpoints: bool = False
     # text encoding of the user's own files (train/valid/test, predict inputs); GLUE files are always UTF-8
     encoding: str = "utf-8"

@@ -44,15 +44,30 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.name != COMPLETE_NAME)
 
 
-def mark_complete(folder: str | Path) -> None:
-    """Flush every file of a finished checkpoint to disk, then record them (size, digest) in its mark."""
+def mark_complete(folder: str | Path, progress: dict[str, float] | None = None) -> None:
+    """Flush every file of a finished checkpoint to disk, then record them (size, digest) in its mark, with
+    the run's ``progress`` up to this checkpoint (training seconds, summed step losses) for a resume."""
     folder = Path(folder)
     files = {}
     for path in _files(folder):
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())
         files[str(path.relative_to(folder))] = {"bytes": path.stat().st_size, "sha256": _digest(path)}
-    write_json(folder / COMPLETE_NAME, {"files": files})
+    write_json(folder / COMPLETE_NAME, {"files": files, **({"progress": progress} if progress else {})})
+
+
+def read_progress(checkpoint: str | Path) -> dict[str, float]:
+    """The run's progress recorded in a checkpoint's completion mark (empty for a mark without one)."""
+    try:
+        mark = json.loads((Path(checkpoint) / COMPLETE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    progress = mark.get("progress") if isinstance(mark, dict) else None
+    if not isinstance(progress, dict):
+        return {}
+    return {
+        k: float(v) for k, v in progress.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def checkpoint_problem(folder: str | Path) -> str | None:
@@ -169,8 +184,14 @@ def step_of(checkpoint: str | Path | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _end_of_run(record: dict[str, Any]) -> bool:
+    """The records a run writes once, when training ends: the Trainer's summary and the final evaluations."""
+    return "train_runtime" in record or any(key.startswith(("valid_", "test_")) for key in record)
+
+
 def trim_log(log_file: str | Path, last_step: int) -> None:
-    """Drop the log records written after ``last_step``: the resumed run logs those steps again."""
+    """Drop the log records written after ``last_step`` and the end-of-run records: the resumed run logs
+    those again, so a run's log holds each step and one summary."""
     log_file = Path(log_file)
     if not log_file.is_file():
         return
@@ -180,7 +201,12 @@ def trim_log(log_file: str | Path, last_step: int) -> None:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by the kill
-        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= last_step:
+        if (
+            isinstance(record, dict)
+            and isinstance(record.get("step"), int)
+            and record["step"] <= last_step
+            and not _end_of_run(record)
+        ):
             kept.append(line)
     from unipelt.checkpoint import atomic_write_text
 

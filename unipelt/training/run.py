@@ -22,7 +22,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,7 +50,7 @@ from unipelt.training.model_init import (
 from unipelt.training.resume import continue_advice, finished_run, prepare_resume
 from unipelt.training.run_files import read_run_config
 from unipelt.training.task_setup import class_weights, collator, metrics_function, tokenize_split
-from unipelt.training.trainer import make_trainer_class, run_callbacks, training_arguments
+from unipelt.training.trainer import make_trainer_class, run_callbacks, training_arguments, training_device
 
 log = logging.getLogger("unipelt")
 
@@ -219,8 +218,7 @@ def _train(
         from unipelt.training.causal_lm import train_causal_lm
 
         return train_causal_lm(config, resume, callbacks)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    training_device(config)  # a device this machine lacks fails here, before anything is read
     from unipelt.backbones import check_model
 
     check_model(config.model)  # a bad path or a model of another kind fails here, before any data is read
@@ -296,7 +294,6 @@ def _train(
         divergence_guard=guard,
     )
     trainer.class_weights = weights  # for ft, whose loss is the base model's own (UniPELT tasks hold theirs)
-    start = time.time()
     try:
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     except ValueError as error:
@@ -306,7 +303,7 @@ def _train(
             f"{resume_from} was saved with other optimizer groups than this run's configuration makes (was "
             f"{run_dir / 'config.json'} edited?); start the run again without --resume"
         ) from error
-    train_seconds = time.time() - start
+    train_seconds = trainer.train_seconds  # over every session of a resumed run
     if guard.event is not None and guard.action == "stop":
         stop_diverged(
             guard, trainer, run_dir, lambda: _save_final(model, unipelt, tokenizer, run_dir, splits)

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from unipelt.atomic import writing
+from unipelt.devices import placement
+from unipelt.errors import UniPELTError
 from unipelt.training.config import TrainConfig
 from unipelt.training.faults import kill_point
-from unipelt.training.resume import mark_complete, step_of, stopped_early
+from unipelt.training.resume import mark_complete, read_progress, step_of, stopped_early
 
 if TYPE_CHECKING:
     from transformers import Trainer, TrainingArguments
@@ -30,6 +33,20 @@ def _precision_flags(precision: str) -> dict[str, bool]:
             return {}
         return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def training_device(config: TrainConfig) -> torch.device:
+    """The device a run trains on (``config.device``), checked to exist here; sets the CPU threads too.
+
+    The Trainer puts a run on the first visible GPU (or on the GPU of its rank under torchrun), so ``cuda:N``
+    other than ``cuda:0`` is refused with how to choose another GPU."""
+    device = placement(config.device, None, config.threads).device
+    if device.type == "cuda" and device.index not in (None, 0):
+        raise UniPELTError(
+            f"--device {config.device}: training uses the first visible GPU; pick GPU {device.index} with "
+            f"CUDA_VISIBLE_DEVICES={device.index} and --device cuda"
+        )
+    return device
 
 
 def training_arguments(config: TrainConfig, trainer_dir: Path, metric: str) -> TrainingArguments:
@@ -65,8 +82,8 @@ def training_arguments(config: TrainConfig, trainer_dir: Path, metric: str) -> T
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=0,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        use_cpu=not torch.cuda.is_available(),  # also what lets torchrun on CPU run DDP over gloo
+        dataloader_pin_memory=training_device(config).type == "cuda",
+        use_cpu=training_device(config).type == "cpu",  # also what lets torchrun on CPU run DDP over gloo
         disable_tqdm=False,
         save_only_model=False,
         ddp_find_unused_parameters=False,
@@ -196,14 +213,43 @@ def make_trainer_class() -> type[Trainer]:
                 super()._save_checkpoint(model, trial)
                 if self.args.should_save:
                     kill_point(f"checkpoint-complete:{step}")
-                    mark_complete(folder)
+                    mark_complete(folder, self.progress())
 
         def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
-            if isinstance(resume_from_checkpoint, (str, os.PathLike)) and stopped_early(
-                resume_from_checkpoint
-            ):
+            resuming = isinstance(resume_from_checkpoint, (str, os.PathLike))
+            if resuming and stopped_early(resume_from_checkpoint):
                 self.args.max_steps = step_of(resume_from_checkpoint)  # finished there: no step more
+            # what the sessions before this one did: their training time and summed step losses
+            self.carried = read_progress(resume_from_checkpoint) if resuming else {}
+            self.session_start = time.time()
             return super().train(resume_from_checkpoint, *args, **kwargs)
+
+        def progress(self) -> dict[str, float]:
+            """The whole run's training seconds and summed step losses so far, over every resumed session:
+            kept in each checkpoint's completion mark, so a resumed run reports the totals."""
+            pending = getattr(self, "_tr_loss", None)  # the steps' losses not yet logged
+            session_loss = self._total_loss_scalar + (float(pending) if pending is not None else 0.0)
+            return {
+                "train_seconds": self.carried.get("train_seconds", 0.0) + time.time() - self.session_start,
+                "loss_sum": self.carried.get("loss_sum", 0.0) + session_loss,
+            }
+
+        @property
+        def train_seconds(self) -> float:
+            """Training wall time of the whole run, over every resumed session."""
+            return self.progress()["train_seconds"]
+
+        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            if "train_loss" in logs and "train_runtime" in logs and self.carried:
+                # the end-of-training summary: the Trainer counts this session only (a resume from the last
+                # checkpoint trained no step: loss 0); report the run's mean step loss and its whole time
+                total = self.carried.get("loss_sum", 0.0) + self._total_loss_scalar
+                logs = {
+                    **logs,
+                    "train_loss": total / max(self.state.global_step, 1),
+                    "train_runtime": round(self.carried.get("train_seconds", 0.0) + logs["train_runtime"], 4),
+                }
+            super().log(logs, *args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
             loss = super().training_step(model, inputs, num_items_in_batch)
