@@ -23,8 +23,9 @@ from benchmarks.cost_protocol import Method
 from unipelt.config import PRESETS  # noqa: E402
 
 
-def make_builders(model_dir: str, random_init: bool, seed: int) -> list[Method]:
-    """The references (frozen base, full fine-tuning), every preset, and the merged ungated LoRA."""
+def make_builders(model_dir: str, random_init: bool, seed: int, compile: str | None = None) -> list[Method]:
+    """The references (frozen base, full fine-tuning), every preset, and the merged ungated LoRA; with
+    ``compile`` (a torch.compile backend) also ``base+compile`` and ``<preset>+compile`` for inference."""
     from unipelt.model import add_unipelt
 
     _, load = cost_protocol.model_loader(model_dir, random_init, seed)
@@ -44,7 +45,29 @@ def make_builders(model_dir: str, random_init: bool, seed: int) -> list[Method]:
     methods = cost_protocol.reference_methods(load)
     methods += [Method(preset, ours(preset), note=f"preset {preset}") for preset in PRESETS]
     methods.append(Method("lora_merged", ours("lora", merge=True), train=False, note="ungated LoRA merged"))
+    if compile:
+        methods += compiled_methods(methods, compile)
     return methods
+
+
+def compiled_methods(methods: list[Method], backend: str) -> list[Method]:
+    """Inference-only twins of the base model and of every preset, compiled with ``backend``: the base through
+    ``torch.compile(model)``, ours through ``UniPELTModel.compile`` (the single-task graph)."""
+
+    def compiled(build):
+        def build_compiled(mode: str) -> torch.nn.Module:
+            model = build(mode)
+            if hasattr(model, "injector"):
+                return model.compile(backend=backend)
+            return torch.compile(model, backend=backend)
+
+        return build_compiled
+
+    return [
+        Method(f"{m.name}+compile", compiled(m.build), train=False, note=f"{m.note}, torch.compile {backend}")
+        for m in methods
+        if m.infer and m.name != "lora_merged"
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,9 +77,17 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cost_protocol.add_cli_args(parser)
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="inductor",
+        default=None,
+        metavar="BACKEND",
+        help="also time compiled twins (METHOD+compile) of the base and of each preset for inference",
+    )
     args = parser.parse_args(argv)
     cost_protocol.run_for_model(
-        lambda model_dir: make_builders(model_dir, args.random_init, args.seed),
+        lambda model_dir: make_builders(model_dir, args.random_init, args.seed, args.compile),
         args,
         library="unipelt",
         library_version=unipelt.__version__,

@@ -4,7 +4,8 @@
 # (SmolLM2), serve one request, and run the cost table, all with --device "$DEVICE".
 #
 #   bash benchmarks/gpu_check.sh                 # DEVICE=cuda
-#   DEVICE=cpu nice -n 10 bash benchmarks/gpu_check.sh   # a dry check of the script on a machine without a GPU
+#   DEVICE=cpu STEPS=2 K=16 N_VALID=16 MAX_LENGTH=64 COST_ARGS="--repeats 1 --no-train" \
+#     nice -n 10 bash benchmarks/gpu_check.sh   # a dry check of the script on a machine without a GPU
 #
 # Needs `make setup` (MiniLM, SmolLM2) and GLUE TSVs in $DATA_DIR (default ../shared/data/glue). Writes into
 # $OUT (default a fresh temporary folder) and prints one "ok" line per step with its seconds; stops at the
@@ -14,7 +15,11 @@ DEVICE=${DEVICE:-cuda}
 DATA_DIR=${DATA_DIR:-$(cd "$(dirname "$0")/.." && pwd)/../shared/data/glue}
 OUT=${OUT:-$(mktemp -d)}
 PORT=${PORT:-8765}
-STEPS=${STEPS:-30}
+STEPS=${STEPS:-30}        # training steps of each run
+K=${K:-64}                # training examples (--k) and validation examples (--n-valid) of each run
+N_VALID=${N_VALID:-32}
+MAX_LENGTH=${MAX_LENGTH:-128}
+COST_ARGS=${COST_ARGS:---repeats 5 --train-repeats 2}
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 UNIPELT=${UNIPELT:-unipelt}
 COMMON=(--device "$DEVICE")
@@ -33,8 +38,8 @@ step() {  # step NAME COMMAND...: run it, print its seconds, stop the script whe
 
 python -c "import torch; print('torch', torch.__version__, 'cuda' if torch.cuda.is_available() else 'no cuda', torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')"
 echo "device $DEVICE, data $DATA_DIR, output $OUT"
-TRAIN=(train --model minilm --task rte --data-dir "$DATA_DIR" --k 64 --n-valid 32 --max-steps "$STEPS"
-  --batch-size 16 --max-length 128 "${COMMON[@]}")
+TRAIN=(train --model minilm --task rte --data-dir "$DATA_DIR" --k "$K" --n-valid "$N_VALID" --max-steps "$STEPS"
+  --batch-size 16 --max-length "$MAX_LENGTH" "${COMMON[@]}")
 step train-unipelt "$UNIPELT" "${TRAIN[@]}" --method unipelt --out "$OUT/unipelt"
 step train-autopelt "$UNIPELT" "${TRAIN[@]}" --method autopelt --out "$OUT/autopelt"
 grep -h '"device"' "$OUT/unipelt/config.json" "$OUT/autopelt/config.json"
@@ -69,8 +74,9 @@ PY
 step serve serve_request
 kill "$SERVER" 2>/dev/null || true
 
+# shellcheck disable=SC2086  # COST_ARGS holds several flags
 step cost python -m benchmarks.cost --model minilm --methods base,full_ft,unipelt,lora_merged --no-memory \
-  --repeats 5 --train-repeats 2 "${COMMON[@]}" --out "$OUT/cost.jsonl"
+  $COST_ARGS "${COMMON[@]}" --out "$OUT/cost.jsonl"
 cat "$OUT/eval.log" "$OUT/eval-bf16.log" "$OUT/eval-optimized.log" "$OUT/predict.log" "$OUT/generate.log"
 tail -n 12 "$OUT/cost.log"
 echo "gpu_check: every step passed on $DEVICE in $SECONDS s"

@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
+from unipelt.kinds.baseline import majority_class_scores
 from unipelt.training import TrainConfig
-from unipelt.training.baseline import majority_class_scores
 from unipelt.training.run import load_splits
 
 

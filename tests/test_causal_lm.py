@@ -14,8 +14,7 @@ from unipelt.cli import main
 from unipelt.data.chat import ChatCollator, parse_conversation, tokenize_conversations
 from unipelt.inference.generation import ChatRun, Sampling, generate_ids, generate_texts
 from unipelt.model import UniPELTModel
-from unipelt.training import TrainConfig
-from unipelt.training.causal_lm import train_causal_lm
+from unipelt.training import TrainConfig, train
 
 
 def _conversations(count: int):
@@ -146,7 +145,7 @@ def test_saved_run_generates_what_the_trained_model_generated(tmp_path):
             captured["model"] = model
 
     config = _train_tiny(tmp_path)
-    result = train_causal_lm(config, callbacks=[Keep()])
+    result = train(config, callbacks=[Keep()])
     assert result["metric"] == "accuracy" and result["answer_choices"] == ["negative", "positive"]
     assert {"loss", "perplexity", "accuracy", "exact_match", "no_choice"} <= set(result["test"])
     assert result["test"]["perplexity"] == pytest.approx(torch.tensor(result["test"]["loss"]).exp().item())
@@ -166,7 +165,7 @@ def test_saved_run_generates_what_the_trained_model_generated(tmp_path):
 
 def test_full_fine_tuning_with_packing_and_checkpointing(tmp_path):
     config = _train_tiny(tmp_path, "ft", packing=True, gradient_checkpointing=True)
-    result = train_causal_lm(config)
+    result = train(config)
     assert result["steps"] >= 1 and result["valid"]["loss"] > 0
     assert result["parameters"]["total_with_prefix_mlp"] == sum(
         p.numel() for p in tiny_chat_llm()[0].parameters()

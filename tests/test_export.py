@@ -50,7 +50,7 @@ def exported(rte_run, tmp_path_factory) -> Path:
 
 def test_export_folder_and_report(exported, rte_run):
     names = {p.name for p in exported.iterdir()}
-    assert {"model.onnx", "model.int8.onnx", "tokenizer", "labels.json", "export.json"} <= names
+    assert {"model.onnx", "model.int8.onnx", "tokenizer", "labels.json", "export.json", "README.md"} <= names
     info = json.loads((exported / "export.json").read_text())
     assert info["labels"] == ["entailment", "not_entailment"] and info["pair"] is True
     assert info["examples"] == 277 and info["parity_max_abs_diff"] <= 1e-4  # the whole RTE dev set

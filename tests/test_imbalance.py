@@ -9,9 +9,15 @@ import pytest
 from unipelt.data import Example, TaskData
 from unipelt.data.conll import TokenData, TokenExample, load_hub_tokens
 from unipelt.errors import UniPELTError
+from unipelt.kinds import resolve_kind
+from unipelt.kinds.imbalance import (
+    apply_oversampling,
+    class_weights,
+    oversample,
+    parse_class_weights,
+    rarest_tag_group,
+)
 from unipelt.training import TrainConfig
-from unipelt.training.imbalance import oversample, parse_class_weights, rarest_tag_group
-from unipelt.training.task_setup import apply_oversampling, class_weights, resolve_task_type
 
 
 def test_balanced_weights_are_inverse_frequency():
@@ -72,11 +78,11 @@ def test_run_options_on_sentence_and_token_data():
 def test_task_type_resolution(tmp_path):
     conll = tmp_path / "a.conll"
     conll.write_text("John B-PER\n")
-    assert resolve_task_type(TrainConfig(task=None, train_file=str(conll))) == "token-classification"
-    assert resolve_task_type(TrainConfig(task="rte")) == "classification"
-    assert resolve_task_type(TrainConfig(task="stsb", regression=True)) == "regression"
+    assert resolve_kind(TrainConfig(task=None, train_file=str(conll))).name == "token-classification"
+    assert resolve_kind(TrainConfig(task="rte")).name == "classification"
+    assert resolve_kind(TrainConfig(task="stsb", regression=True)).name == "regression"
     with pytest.raises(UniPELTError, match="contradicts"):
-        resolve_task_type(TrainConfig(task="rte", regression=True, task_type="token-classification"))
+        resolve_kind(TrainConfig(task="rte", regression=True, task_type="token-classification"))
     with pytest.raises(UniPELTError, match="task_type must be one of"):
         TrainConfig(task="rte", task_type="ner").validate()
     TrainConfig(task="conll2003", task_type="token-classification").validate()  # a Hub dataset name
@@ -134,6 +140,6 @@ def test_hub_dataset_gives_the_three_splits_of_a_run(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
     splits = load_splits(TrainConfig(task="conll2003", task_type="token-classification"))
-    assert splits.metric_kind == "token-classification" and splits.task_kind == "token-classification"
+    assert splits.kind.name == "token-classification" and splits.glue_task is None
     assert (len(splits.train), len(splits.valid), len(splits.test)) == (6, 3, 2)
     assert splits.label_list == ["O", "B-PER", "I-PER"]

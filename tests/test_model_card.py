@@ -12,7 +12,6 @@ from tiny_runs import tiny_run_config
 from unipelt.cli import main
 from unipelt.training import train
 
-peft = pytest.importorskip("peft")
 hub = pytest.importorskip("huggingface_hub")
 
 
@@ -42,6 +41,8 @@ def test_export_run_to_peft_with_card_and_same_logits(lora_run, tmp_path, capsys
     from transformers import AutoModelForSequenceClassification
 
     from unipelt.inference.runs import Run
+
+    peft = pytest.importorskip("peft")
 
     out = tmp_path / "peft"
     assert main(["export", str(lora_run), "--format", "peft", "--out", str(out), "--json"]) == 0

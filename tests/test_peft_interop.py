@@ -283,3 +283,14 @@ def test_train_init_from_a_peft_adapter_keeps_training_it(tiny_model_dir, glue_d
     config = json.loads((run / "checkpoint" / "unipelt_config.json").read_text())["unipelt"]
     assert config["lora_rank"] == 3 and config["gate"] == ("sigmoid" if method == "unipelt" else "none")
     assert json.loads((run / "config.json").read_text())["init_from"] == str(tmp_path / "peft")
+
+
+def test_peft_folders_saved_before_safetensors_read_too(tmp_path) -> None:
+    made = peft_made("bert", IMPORTS["lora"]("bert"))
+    made.save_pretrained(str(tmp_path / "peft"), safe_serialization=False)
+    assert (tmp_path / "peft" / "adapter_model.bin").is_file()
+    sample = inputs("bert")
+    model = UniPELTModel(base("bert"))
+    model.load_task("old", tmp_path / "peft")
+    with torch.no_grad():
+        assert (model(**sample, task="old").logits - made(**sample).logits).abs().max() < TOLERANCE

@@ -99,7 +99,9 @@ def _write(rows, fmt: str, bom: bool, crlf: bool) -> str:
         body = "".join(json.dumps({"text": t, "label": y}, ensure_ascii=False) + end for t, y in rows)
     else:
         out = io.StringIO()
-        writer = csv.writer(out, lineterminator=end) if fmt == "csv" else None
+        # a lone CR is a line break to every CSV reader unless quoted, and QUOTE_MINIMAL quotes only fields
+        # holding the line terminator: quote every field, so the file written is unambiguous
+        writer = csv.writer(out, lineterminator=end, quoting=csv.QUOTE_ALL) if fmt == "csv" else None
         if writer is not None:
             writer.writerows([("text", "label"), *[(t, y) for t, y in rows]])
             body = out.getvalue()

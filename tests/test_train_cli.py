@@ -17,8 +17,10 @@ from tiny_runs import tiny_run_config
 
 from unipelt.cli import main
 from unipelt.errors import UniPELTError
+from unipelt.methods import get_method
+from unipelt.methods.autopelt import GATE_LR as AUTOPELT_GATE_LR
+from unipelt.methods.base import CAUSAL_LM_PREFIX_LR_CAP
 from unipelt.training import TrainConfig, train
-from unipelt.training.config import AUTOPELT_GATE_LR, PREFIX_LR_CAP
 from unipelt.training.model_init import regression_output_layer
 from unipelt.training.run import build_model, load_splits
 
@@ -144,7 +146,12 @@ def test_custom_csv_with_label_mapping(tiny_model_dir, tmp_path):
         == 0
     )
     labels = json.loads((out / "labels.json").read_text())
-    assert labels == {"labels": ["neg", "pos"], "regression": False, "metric_kind": "classification"}
+    assert labels == {
+        "labels": ["neg", "pos"],
+        "regression": False,
+        "metric_kind": "classification",
+        "task_type": "classification",
+    }
     assert json.loads((out / "metrics.json").read_text())["valid"]["accuracy"] >= 0.0
 
 
@@ -363,6 +370,7 @@ def test_prefix_encoder_trains_at_its_own_rate_and_the_groups_partition_the_trai
     assert read_run_config(tmp_path / "run").learning_rates()["prefix"] == 3e-3
     with pytest.raises(UniPELTError, match="lr_prefix must be > 0"):
         TrainConfig(method="unipelt", task="rte", lr_prefix=-1e-3).validate()
+    PREFIX_LR_CAP = get_method("unipelt").prefix_lr_cap
     # default: the modules' rate, at most PREFIX_LR_CAP where the prefix shares the model; prefix-only keeps lr
     assert TrainConfig(method="unipelt", lr=5e-4).learning_rates()["prefix"] == 5e-4
     assert TrainConfig(method="unipelt", lr=3e-3).learning_rates()["prefix"] == PREFIX_LR_CAP == 1e-3
@@ -371,6 +379,14 @@ def test_prefix_encoder_trains_at_its_own_rate_and_the_groups_partition_the_trai
     only_prefix = TrainConfig(method="unipelt", lr=3e-3, unipelt={"modules": ["prefix"]})
     assert only_prefix.learning_rates()["prefix"] == 3e-3
     assert TrainConfig(method="unipelt", lr=3e-3, lr_prefix=2e-3).learning_rates()["prefix"] == 2e-3
+    # instruction-tuning a causal LM: at most CAUSAL_LM_PREFIX_LR_CAP in a mix; prefix-only still keeps lr
+    causal = {"task": None, "task_type": "causal-lm"}
+    assert (
+        TrainConfig(method="unipelt", **causal).learning_rates()["prefix"] == CAUSAL_LM_PREFIX_LR_CAP == 1e-4
+    )
+    assert TrainConfig(method="unipelt-ap", lr=5e-5, **causal).learning_rates()["prefix"] == 5e-5
+    assert TrainConfig(method="prefix", **causal).learning_rates()["prefix"] == 1e-3
+    assert TrainConfig(method="unipelt", lr_prefix=5e-4, **causal).learning_rates()["prefix"] == 5e-4
 
 
 def test_sparsity_penalty_pushes_gates_down(tiny_model_dir, glue_dir, tmp_path):

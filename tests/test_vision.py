@@ -11,6 +11,15 @@ from tiny_models import perturb
 from unipelt import UniPELTModel, add_unipelt, load_unipelt
 
 VISION = ["vit", "deit"]
+# 16 x 16 images in 4 x 4 patches: 17 tokens with the [CLS] token, 2 layers of width 32
+SIZES = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 37,
+    "image_size": 16,
+    "patch_size": 4,
+}
 METHODS = ["unipelt", "unipelt-ap", "unipelt-router", "lora", "adapter", "prefix", "ia3", "bitfit"]
 
 
@@ -21,16 +30,7 @@ def tiny_vision(arch: str, num_labels: int = 3, seed: int = 0) -> torch.nn.Modul
         "vit": (tf.ViTConfig, tf.ViTForImageClassification),
         "deit": (tf.DeiTConfig, tf.DeiTForImageClassification),
     }[arch]
-    config = config_class(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        image_size=16,
-        patch_size=4,
-        num_labels=num_labels,
-    )
-    return model_class(config).eval()
+    return model_class(config_class(**SIZES, num_labels=num_labels)).eval()
 
 
 def images(batch_size: int = 3, seed: int = 1) -> torch.Tensor:
@@ -142,14 +142,7 @@ def test_vit_base_lora_count_by_hand(tmp_path, capsys):
 
 
 def test_clip_image_tower_takes_every_module_as_a_feature_extractor(tmp_path):
-    config = tf.CLIPVisionConfig(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        image_size=16,
-        patch_size=4,
-    )
+    config = tf.CLIPVisionConfig(**SIZES)
     pixels = images()
     torch.manual_seed(0)
     base = tf.CLIPVisionModel(config).eval()

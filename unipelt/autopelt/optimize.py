@@ -36,7 +36,7 @@ from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
 from unipelt.inference import Run
 from unipelt.inference.loop import chunks, logits_and_labels
-from unipelt.metrics import compute_task_metrics, main_metric
+from unipelt.kinds import Splits, load_splits
 from unipelt.plan import Plan, planned_copy, task_units
 
 REPORT_JSON = "optimize.json"
@@ -52,8 +52,9 @@ def labelled_batches(data: Any, tokenizer: Any, max_length: int, batch_size: int
     return list(chunks(rows, DataCollatorWithPadding(tokenizer), batch_size))
 
 
-def score_batches(model: torch.nn.Module, batches: list[dict], metric_kind: str) -> dict[str, float]:
-    return compute_task_metrics(metric_kind, *logits_and_labels(model, batches))
+def score_batches(model: torch.nn.Module, batches: list[dict], splits: Splits) -> dict[str, float]:
+    """Every metric of the run's kind for ``model`` on collated, labelled batches."""
+    return splits.kind.scores(splits, *logits_and_labels(model, batches))
 
 
 def _router_filter(model: Any, name: str) -> Any:
@@ -88,8 +89,6 @@ def optimize_run(
 ) -> dict[str, Any]:
     """Optimize the run at ``run_dir`` into ``out`` (default: ``RUN-optimized``) and return the report; the
     model is measured, scored and timed where ``placement`` puts it (default: the CPU)."""
-    from unipelt.training.run import load_splits  # late: training.run imports autopelt for --method autopelt
-
     run_dir = Path(run_dir)
     run = Run(run_dir, placement)
     out = _check_request(run, run_dir, out, threshold, epsilon)
@@ -103,25 +102,25 @@ def optimize_run(
     test = labelled_batches(splits.test, tokenizer, run.config.max_length) if splits.test is not None else []
     log(f"measuring {name!r} on {len(splits.valid)} validation examples")
     stats = measure_units(model, name, valid)
-    before_valid = score_batches(model, valid, splits.metric_kind)
+    before_valid = score_batches(model, valid, splits)
     plan, chosen = _choose_plan(
-        model, name, stats, valid, splits.metric_kind, before_valid, (threshold, epsilon, max_drop), log
+        model, name, stats, valid, splits, before_valid, (threshold, epsilon, max_drop), log
     )
     optimized = planned_copy(model, name, plan)
     report = {
         "run": str(run_dir),
         "task": run.config.task,
         "method": run.config.method,
-        "metric": main_metric(splits.metric_kind),
+        "metric": splits.kind.main_metric(splits),
         "max_drop": max_drop,
         **chosen,
         "plan": plan.to_dict(),
         "counts": _counts(stats, plan),
         "units": [{**s.to_dict(), "action": plan.action(s.unit)} for s in stats],
-        "valid": {"before": before_valid, "after": score_batches(optimized, valid, splits.metric_kind)},
+        "valid": {"before": before_valid, "after": score_batches(optimized, valid, splits)},
         "test": {
-            "before": score_batches(model, test, splits.metric_kind) if test else {},
-            "after": score_batches(optimized, test, splits.metric_kind) if test else {},
+            "before": score_batches(model, test, splits) if test else {},
+            "after": score_batches(optimized, test, splits) if test else {},
         },
         "inference_ratio": _ratios(run, model, optimized) if timing else {},
         "seconds": round(time.time() - started, 1),
@@ -135,7 +134,7 @@ def _check_request(
     run: Run, run_dir: Path, out: str | Path | None, threshold: float | None, epsilon: float | None
 ) -> Path:
     """The output folder, once the run and the flags are checked to make sense together."""
-    if run.config.method == "ft":
+    if not run.method.adds_modules:
         raise UniPELTError("a fully fine-tuned run has no sub-modules to prune; optimize a UniPELT run")
     if read_plan(run_dir / "checkpoint") is not None:
         raise UniPELTError(
@@ -156,14 +155,14 @@ def _choose_plan(
     name: str,
     stats: list[UnitStats],
     valid: list[dict],
-    metric_kind: str,
+    splits: Splits,
     before: dict[str, float],
     limits: tuple[float | None, float | None, float],
     log: Any,
 ) -> tuple[Plan, dict[str, Any]]:
     """The plan from the flags' thresholds, or the search's under the validation budget, and how it was chosen."""
     threshold, epsilon, max_drop = limits
-    metric = main_metric(metric_kind)
+    metric = splits.kind.main_metric(splits)
     gated = model.tasks[name].config.gate != "none"
     router = _router_filter(model, name)
     if threshold is not None:
@@ -172,7 +171,7 @@ def _choose_plan(
         return plan, {"threshold": threshold, "epsilon": epsilon, "chosen_by": "flags", "trace": []}
 
     def evaluate(plan: Plan) -> float:
-        value = score_batches(planned_copy(model, name, plan), valid, metric_kind)[metric]
+        value = score_batches(planned_copy(model, name, plan), valid, splits)[metric]
         log(f"  prune {len(plan.prune):3d}  fold {len(plan.fold):3d}  -> valid {metric} {100 * value:.2f}")
         return value
 
@@ -183,9 +182,7 @@ def _choose_plan(
 
 
 def _ratios(run: Any, model: Any, optimized: Any) -> dict[str, Any]:
-    base = load_base_model(
-        run.config.model, "regression" if run.regression else "classification", labels=run.labels
-    ).eval()
+    base = load_base_model(run.config.model, run.kind.head, labels=run.labels).eval()
     if run.placement is not None:
         run.placement.place(base)
     vocab = int(base.config.vocab_size)

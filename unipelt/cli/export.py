@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
             f"`unipelt export` needs the onnx extra: pip install 'unipelt[onnx]' ({error})"
         ) from error
     from unipelt.inference.export import export_run
+    from unipelt.training.model_card import write_card
 
     where = placement_of(args)
     report = export_run(
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         placement=where,
     )
+    write_card(args.run, args.out)  # README.md: the run's Hub model card beside the export
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -48,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
         encoding, task = args.encoding or trained.config.encoding, trained.config.task
         task = task.upper() if task else None
     max_length = trained.max_length if args.runtime == "onnx" else trained.config.max_length
-    examples = read_inputs(args.input, text_columns, encoding, task)
+    if args.runtime == "onnx":
+        examples = read_inputs(args.input, text_columns, encoding, task)
+    else:
+        examples = trained.kind.prediction_inputs(args.input, text_columns, encoding, task)
     for record in trained.predict(examples, progress=args.input != "-" and len(examples) > 256):
         if args.format == "jsonl":
             print(json.dumps(record))
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
                 if "truncated" in record
                 else ""
             )
-            print(f"{value}\t{record['text'][:80]}{cut}")
+            print(f"{value}\t{record.get('text', record.get('image', ''))[:80]}{cut}")
     return 0
 
 

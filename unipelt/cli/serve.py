@@ -54,8 +54,10 @@ class NoEncoderTasks:
         raise UniPELTError("this server has no classification tasks")
 
 
-def build_generation(specs: list[str], args: argparse.Namespace, placement: Any = None) -> Any:
-    """The causal-LM runs among ``specs`` on one backbone, or None when there are none."""
+def build_generation(
+    specs: list[str], args: argparse.Namespace, placement: Any = None, backbone: Any = None
+) -> Any:
+    """The causal-LM runs among ``specs`` on one backbone (``backbone``'s weights when given), or None."""
     if not specs:
         return None
     if args.runtime == "onnx":
@@ -66,7 +68,11 @@ def build_generation(specs: list[str], args: argparse.Namespace, placement: Any 
 
     device = None if placement is None else placement.device
     return GenerationEngine(
-        specs, max_rows=args.max_running_rows, max_step_tokens=args.max_step_tokens, device=device
+        specs,
+        max_rows=args.max_running_rows,
+        max_step_tokens=args.max_step_tokens,
+        device=device,
+        backbone=backbone,
     )
 
 
@@ -92,12 +98,13 @@ def build_app(args: argparse.Namespace, key: str | None, where: Any = None) -> t
         raise UniPELTError(
             f"{chat[0]} and {encoders[0]} were trained on different base models; one server shares one backbone"
         )
-    generation = build_generation(chat, args, where)
     engine = (
         build_engine(encoders, args.runtime, args.threads, args.int8, where, args.compile)
         if encoders
         else NoEncoderTasks()
     )
+    models = list(getattr(engine, "models", {}).values())  # the encoder tasks' models, when on torch
+    generation = build_generation(chat, args, where, models[0].base_model if models else None)
     served = [*engine.tasks.values(), *(generation.tasks.values() if generation else [])]
     return assemble(engine, generation, options_from(args, key)), served
 

@@ -42,7 +42,8 @@ class TaskData:
         return sum(
             1
             for e in self.examples
-            if not e.text_a.strip() or (e.text_b is not None and not e.text_b.strip())
+            if isinstance(e, Example)
+            and (not e.text_a.strip() or (e.text_b is not None and not e.text_b.strip()))
         )
 
     @property

@@ -128,16 +128,16 @@ def _table(file: Path, path_column: str, label_column: str) -> list[tuple[Path, 
     return rows
 
 
-def load_image_processor(model_path: str | Path, config: Any) -> Any:
+def load_image_processor(model_path: str | Path) -> Any:
     """The model folder's image processor, or a plain resize + [-1, 1] normalisation with a warning."""
-    from transformers import AutoImageProcessor, ViTImageProcessor
+    from transformers import AutoConfig, AutoImageProcessor, ViTImageProcessor
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "requires torchvision ... falling back to the PIL backend"
         try:
             return AutoImageProcessor.from_pretrained(model_path)
         except (OSError, ValueError):
-            size = int(getattr(config, "image_size", 224))
+            size = int(getattr(AutoConfig.from_pretrained(model_path), "image_size", 224))
             log.warning(
                 "%s has no image processor (preprocessor_config.json): resizing images to %d x %d and "
                 "normalising them to [-1, 1]",

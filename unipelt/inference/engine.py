@@ -19,9 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from unipelt.backbones import load_base_model, load_tokenizer
 from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
 from unipelt.inference.loop import forward_batches
+from unipelt.inference.onnx_runtime import is_export
+from unipelt.inference.runs import Run
 from unipelt.inference.served_tasks import (
     Row,
     ServedTask,
@@ -32,6 +35,8 @@ from unipelt.inference.served_tasks import (
     split_name,
     unique_names,
 )
+from unipelt.model import UniPELTModel
+from unipelt.pretrained import resolve_model
 
 
 def pad_rows(rows: Sequence[Row], pad_id: int, side: str = "right") -> dict[str, np.ndarray]:
@@ -65,11 +70,6 @@ class TorchEngine:
         self, specs: Sequence[str | Path], placement: Placement | None = None, compile: str | None = None
     ) -> None:
         self.placement = placement  # where the models go (default: the CPU)
-        from unipelt.backbones import load_tokenizer
-        from unipelt.inference.onnx_runtime import is_export
-        from unipelt.inference.runs import Run
-        from unipelt.pretrained import resolve_model
-
         if not specs:
             raise UniPELTError("give at least one run folder to serve")
         named = [split_name(str(s)) for s in specs]
@@ -79,7 +79,7 @@ class TorchEngine:
         runs = [Run(folder) for _, folder in named]
         first = runs[0]
         for run in runs:
-            if run.config.method == "ft":
+            if not run.method.adds_modules:
                 raise UniPELTError(
                     f"{run.folder} is a full fine-tuning run: it has its own backbone and cannot share one; "
                     "serve runs trained with a UniPELT method"
@@ -122,9 +122,6 @@ class TorchEngine:
 
     def _load_models(self, runs: Sequence[Any], names: Sequence[str]) -> dict[str, Any]:
         """One UniPELT model per group of tasks, all groups on the same backbone tensors."""
-        from unipelt.backbones import load_base_model
-        from unipelt.model import UniPELTModel
-
         models: dict[str, Any] = {}
         shared = None
         for group in dict.fromkeys(self.tasks[n].group for n in names):

@@ -33,7 +33,9 @@ from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
 from unipelt.inference.loop import forward_batches, model_device
 from unipelt.inference.onnx_runtime import EXPORT_INFO, encode_batches, run_session, session
+from unipelt.inference.runs import Run
 from unipelt.inference.served_tasks import default_name, pair_task, run_score
+from unipelt.metrics import compute_task_metrics, main_metric
 
 OPSET = 17
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -53,6 +55,12 @@ class _Logits(torch.nn.Module):
 
 def exportable(run: Any) -> None:
     """Refuse, with the reason, what this exporter cannot turn into one graph."""
+    if not run.kind.onnx_export:
+        raise UniPELTError(
+            f"{run.folder} is a {run.kind.name} run; ONNX export supports classification, regression and token "
+            "classification runs of text (generation is served with PyTorch only: its decoding loop is not one "
+            "graph; image runs are not exported yet)"
+        )
     model, _ = run.load()
     # Modules merged into the base weights (an optimized run loaded alone) need nothing special: the graph
     # is traced from the merged model, which is exactly the deployed form, and parity is checked as always.
@@ -182,9 +190,6 @@ def export_run(
 
     The run's model is traced and checked where ``placement`` puts it (default: the CPU); the graph itself is
     float32 and device-free, and ONNX Runtime runs it on the CPU."""
-    from unipelt.inference.runs import Run
-    from unipelt.metrics import compute_task_metrics
-
     if quantize not in (None, "int8"):
         raise UniPELTError(f"--quantize takes int8, not {quantize!r}")
     if placement is not None and placement.dtype not in (None, torch.float32):
@@ -200,51 +205,56 @@ def export_run(
         start = time.perf_counter()
         names = _trace(run, tmp / "model.onnx")
         report["export_seconds"] = round(time.perf_counter() - start, 2)
-        fp32 = session(tmp / "model.onnx", threads)
-        reference = torch_logits(run, examples)
-        got = onnx_logits(fp32, run, examples)
-        diff = max_difference(got, reference)
         report["inputs"] = list(names)
-        report["parity_max_abs_diff"] = diff
-        if not diff <= tolerance:
-            raise UniPELTError(
-                f"ONNX Runtime's logits differ from PyTorch's by up to {diff:.2e} on {len(examples)} test inputs "
-                f"(allowed {tolerance:.0e}); nothing was written"
-            )
-        if labelled:
-            labels = _labels(examples)
-            report["metrics_torch"] = compute_task_metrics(run.metric_kind, np.concatenate(reference), labels)
-            report["metrics_onnx"] = compute_task_metrics(run.metric_kind, np.concatenate(got), labels)
+        fp32 = session(tmp / "model.onnx", threads)
+        report.update(_parity(run, fp32, examples, labelled, tolerance))
         if quantize == "int8":
             report["int8"] = _quantize(tmp, run, examples, labelled, fp32, threads)
-        _, tokenizer = run.load()
+        model, tokenizer = run.load()
         tokenizer.save_pretrained(tmp / "tokenizer")
         shutil.copy(run.folder / "labels.json", tmp / "labels.json")
-        metric, score = run_score(run.folder)
-        model, _ = run.load()
-        counts = model.parameter_counts() if hasattr(model, "parameter_counts") else {}
-        write_json(
-            tmp / EXPORT_INFO,
-            {
-                "task": default_name(run.config, run.folder),
-                "kind": run.task_kind,
-                "tag_column": run.config.tag_column,
-                "labels": run.labels,
-                "regression": run.regression,
-                "pair": pair_task(run.config),
-                "max_length": run.config.max_length,
-                "text_columns": run.input_columns,
-                "metric": metric,
-                "score": score,
-                "parameters": counts,
-                "method": run.config.method,
-                "model": run.config.model,
-                **report,
-            },
-        )
+        write_json(tmp / EXPORT_INFO, {**_export_info(run, model), **report})
 
     atomic_directory(out, write)
     return report
+
+
+def _parity(run: Run, fp32: Any, examples: list[Any], labelled: bool, tolerance: float) -> dict[str, Any]:
+    """ONNX Runtime's logits against PyTorch's on ``examples``: refused beyond ``tolerance``, else the figures."""
+    reference = torch_logits(run, examples)
+    got = onnx_logits(fp32, run, examples)
+    diff = max_difference(got, reference)
+    if not diff <= tolerance:
+        raise UniPELTError(
+            f"ONNX Runtime's logits differ from PyTorch's by up to {diff:.2e} on {len(examples)} test inputs "
+            f"(allowed {tolerance:.0e}); nothing was written"
+        )
+    result: dict[str, Any] = {"parity_max_abs_diff": diff}
+    if labelled:
+        labels = _labels(examples)
+        result["metrics_torch"] = compute_task_metrics(run.metric_kind, np.concatenate(reference), labels)
+        result["metrics_onnx"] = compute_task_metrics(run.metric_kind, np.concatenate(got), labels)
+    return result
+
+
+def _export_info(run: Run, model: Any) -> dict[str, Any]:
+    """What predict and serve read from an export folder about its task."""
+    metric, score = run_score(run.folder)
+    return {
+        "task": default_name(run.config, run.folder),
+        "kind": run.task_kind,
+        "tag_column": run.config.tag_column,
+        "labels": run.labels,
+        "regression": run.regression,
+        "pair": pair_task(run.config),
+        "max_length": run.config.max_length,
+        "text_columns": run.input_columns,
+        "metric": metric,
+        "score": score,
+        "parameters": model.parameter_counts() if hasattr(model, "parameter_counts") else {},
+        "method": run.config.method,
+        "model": run.config.model,
+    }
 
 
 def _labels(examples: list[Example]) -> np.ndarray:
@@ -255,8 +265,6 @@ def _quantize(tmp: Path, run: Any, examples: list[Example], labelled: bool, fp32
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from unipelt.metrics import compute_task_metrics, main_metric
 
     root = logging.getLogger()
     level = root.level

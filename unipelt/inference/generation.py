@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 from unipelt.backbones import load_base_model, load_tokenizer
@@ -32,6 +31,8 @@ from unipelt.data.chat import (
 from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
 from unipelt.inference.loop import model_device
+from unipelt.kinds import get_kind
+from unipelt.methods import get_method
 from unipelt.model import UniPELTModel
 from unipelt.training.run_files import read_labels, read_run_config
 
@@ -195,15 +196,14 @@ class ChatRun:
         """(model in eval mode, tokenizer), loaded on first use."""
         if self._model is None:
             hf_logging.set_verbosity_error()
-            self._tokenizer = load_tokenizer(self.folder / "tokenizer", local=True)
-            checkpoint = self.folder / "checkpoint"
-            if self.config.method == "ft":
-                self._model = AutoModelForCausalLM.from_pretrained(checkpoint, local_files_only=True)
-            else:
-                base = load_base_model(
-                    self.config.model, "causal-lm", pad_token_id=self._tokenizer.pad_token_id
-                )
-                self._model = UniPELTModel.from_pretrained(base, checkpoint)
+            tokenizer = load_tokenizer(self.folder / "tokenizer", local=True)
+            kind = get_kind("causal-lm")
+
+            def base() -> Any:
+                return load_base_model(self.config.model, kind.head, pad_token_id=tokenizer.pad_token_id)
+
+            self._tokenizer = tokenizer
+            self._model = get_method(self.config.method).load(self.folder / "checkpoint", kind, base)
             self._model.config.use_cache = True
             if self.placement is not None:
                 self.placement.place(self._model)

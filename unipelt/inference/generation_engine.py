@@ -14,6 +14,7 @@ from typing import Any
 
 from unipelt.data.chat import Conversation, check_chat_template, encode_prompt, parse_conversation
 from unipelt.errors import UniPELTError
+from unipelt.inference.engine import share_backbone
 from unipelt.inference.scheduler import Params, Scheduler
 from unipelt.inference.served_tasks import InputError, default_name, run_score, split_name, unique_names
 
@@ -39,10 +40,18 @@ class GenerationEngine:
     """Loads causal-LM runs of one base model as tasks of one model and starts their scheduler."""
 
     def __init__(
-        self, specs: Sequence[str | Path], max_rows: int = 16, max_step_tokens: int = 512, device: Any = None
+        self,
+        specs: Sequence[str | Path],
+        max_rows: int = 16,
+        max_step_tokens: int = 512,
+        device: Any = None,
+        backbone: Any = None,
     ) -> None:
+        """``backbone``: a Transformers model of the same base (the server's classification or tagging tasks)
+        whose backbone weights the causal LM then uses, the very same tensors, so the base is in memory once."""
         from unipelt.backbones import load_base_model, load_tokenizer
         from unipelt.inference.generation import ChatRun
+        from unipelt.methods import get_method
         from unipelt.model import UniPELTModel
         from unipelt.pretrained import resolve_model
 
@@ -51,7 +60,7 @@ class GenerationEngine:
         named = [split_name(str(s)) for s in specs]
         runs = [ChatRun(folder) for _, folder in named]
         for run in runs:
-            if run.config.method == "ft":
+            if not get_method(run.config.method).adds_modules:
                 raise UniPELTError(
                     f"{run.folder} is a full fine-tuning run: it has its own backbone and cannot share one; "
                     "serve runs trained with a UniPELT method"
@@ -67,6 +76,8 @@ class GenerationEngine:
                 )
         self.tokenizer = load_tokenizer(first.folder / "tokenizer", local=True)
         base = load_base_model(first.config.model, "causal-lm", pad_token_id=self.tokenizer.pad_token_id)
+        if backbone is not None:
+            share_backbone(backbone, base)
         if device is not None:
             base = base.to(device)
         self.model = UniPELTModel(base)
@@ -122,6 +133,7 @@ class GenerationEngine:
         top_p: float,
         seed: int | None,
         default_max: int | None = None,
+        ignore_eos: bool = False,
     ) -> Params:
         """A request's generation settings; a prompt that leaves no room in the context is a 400."""
         room = None if self.context is None else self.context - len(prompt)
@@ -134,7 +146,7 @@ class GenerationEngine:
         limit = max_tokens if max_tokens is not None else default_max
         if limit is None or (room is not None and limit > room):
             limit = room if room is not None else 256
-        return Params(limit, self.stop_ids, temperature, top_p, seed)
+        return Params(limit, frozenset() if ignore_eos else self.stop_ids, temperature, top_p, seed)
 
     def close(self) -> None:
         self.scheduler.close()

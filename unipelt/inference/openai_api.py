@@ -49,7 +49,9 @@ class Generation:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.text = TextStream(engine.tokenizer, body.stops())
-        params = engine.params(prompt, body.limit(), body.temperature, body.top_p, body.seed)
+        params = engine.params(
+            prompt, body.limit(), body.temperature, body.top_p, body.seed, ignore_eos=body.ignore_eos
+        )
         self.sequence = Sequence(prompt, task, params, self._emit)
         self.finish: str | None = None
 
@@ -64,13 +66,16 @@ class Generation:
         """Text pieces as they become final; ``self.finish`` is set at the end. Leaving early (a client gone,
         a cancelled task) cancels the request in the scheduler."""
         self.engine.scheduler.submit(self.sequence)
+        checked = time.monotonic()
         try:
             while self.finish is None:
+                if gone is not None and time.monotonic() - checked >= DISCONNECT_POLL_S:
+                    if await gone():
+                        return
+                    checked = time.monotonic()
                 try:
                     kind, value = await asyncio.wait_for(self.queue.get(), DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:  # noqa: UP041 - Python 3.10 raises its own class
-                    if gone is not None and await gone():
-                        return
                     continue
                 if kind == "token":
                     piece, stopped = self.text.push(value)
@@ -157,15 +162,18 @@ def openai_router(engine: GenerationEngine, observe: Callable[[str, int, float],
                 task = engine.task_of(body.model)
             except InputError as error:
                 raise ApiError(error.status, str(error), "model", "model_not_found") from None
+            param = "messages" if chat else "prompt"
             try:
                 if chat:
                     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
                     prompt = await asyncio.to_thread(engine.chat_prompt, messages)
                 else:
                     prompt = await asyncio.to_thread(engine.text_prompt, body.text())
+            except InputError as error:
+                raise ApiError(error.status, str(error), param) from None
+            try:
                 run = Generation(engine, prompt, task, body)
             except InputError as error:
-                param = "messages" if chat else "prompt"
                 raise ApiError(error.status, str(error), param, "context_length_exceeded") from None
             if body.stream:
                 return StreamingResponse(

@@ -60,6 +60,10 @@ class Sampling(BaseModel):
     n: int = Field(1, ge=1, le=1, description="only 1 is supported")
     stream: bool = False
     stream_options: StreamOptions | None = None
+    ignore_eos: bool = Field(
+        False,
+        description="an extension (as in vLLM): generate max_tokens tokens, past end-of-sequence tokens",
+    )
 
     def stops(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -26,16 +26,19 @@ def export_peft_run(run_folder: str | Path, out: str | Path) -> dict[str, Any]:
     from unipelt.model import UniPELTModel
 
     run = Run(run_folder)
-    if run.config.method == "ft":
+    if not run.method.adds_modules:
         raise UniPELTError(f"{run_folder} is a full fine-tuning run: it has no adapter to export to PEFT")
     folders = task_folders(run.folder / "checkpoint")
     if len(folders) != 1:
         raise UniPELTError(f"{run_folder} holds {len(folders)} tasks; a PEFT folder holds one")
     ((name, checkpoint),) = folders.items()
     tokenizer = load_tokenizer(run.folder / "tokenizer", local=True)
-    base = load_base_model(
-        run.config.model, run.task_kind, labels=run.labels, pad_token_id=tokenizer.pad_token_id
-    )
+    if run.metric_kind == "causal-lm":
+        base = load_base_model(run.config.model, "causal-lm", pad_token_id=tokenizer.pad_token_id)
+    else:
+        base = load_base_model(
+            run.config.model, run.task_kind, labels=run.labels, pad_token_id=tokenizer.pad_token_id
+        )
     model = UniPELTModel(base)
     model.load_task(name, checkpoint, merge_plan=False)
     folder = save_peft(model, name, out, run=str(run_folder))

@@ -14,27 +14,21 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
 from tqdm.auto import tqdm
-from transformers import (
-    AutoModelForSequenceClassification,
-    AutoModelForTokenClassification,
-    DataCollatorWithPadding,
-)
 from transformers.utils import logging as hf_logging
 
-from unipelt.backbones import load_base_model, load_tokenizer
-from unipelt.data import Example, TaskData, load_glue, load_table, tokenize_examples
+from unipelt.backbones import load_base_model
+from unipelt.data import Example, TaskData, load_glue, load_table
 from unipelt.data.conll import load_hub_tokens, load_tokens
 from unipelt.data.files import input_lines
 from unipelt.data.glue import glue_task, is_glue_task
-from unipelt.data.tokenize import token_counts
 from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
 from unipelt.inference.loop import chunks, logits_and_labels
 from unipelt.inference.tagging import evaluate_tagged, tag_sentences
+from unipelt.kinds import kind_of_run
+from unipelt.methods import get_method
 from unipelt.metrics import compute_task_metrics
-from unipelt.model import UniPELTModel
 from unipelt.training.run_files import check_run_folder, read_labels, read_run_config
 
 
@@ -60,8 +54,10 @@ class Run:
         check_run_folder(self.folder, labels)
         self.labels: list[str] | None = labels["labels"]
         self.regression: bool = labels["regression"]
-        self.metric_kind: str = labels["metric_kind"]
-        self.is_tagger = self.metric_kind == "token-classification"  # a token-classification run
+        self.metric_kind: str = labels["metric_kind"]  # the GLUE task or the kind whose metrics score it
+        self.kind = kind_of_run(labels)
+        self.method = get_method(self.config.method)
+        self.is_tagger = self.kind.name == "token-classification"
         self._model = None
         self._tokenizer = None
 
@@ -69,21 +65,18 @@ class Run:
         """(model in eval mode, tokenizer), loaded on first use."""
         if self._model is None:
             hf_logging.set_verbosity_error()
-            self._tokenizer = load_tokenizer(self.folder / "tokenizer", local=True)
-            checkpoint = self.folder / "checkpoint"
-            if self.config.method == "ft":  # the whole fine-tuned model was saved: nothing to rebuild
-                auto = (
-                    AutoModelForTokenClassification if self.is_tagger else AutoModelForSequenceClassification
-                )
-                self._model = _load_full_model(auto, checkpoint)
-            else:
-                base = load_base_model(
+            tokenizer = self.kind.load_preprocessor(self.folder / "tokenizer", local=True)
+
+            def base() -> torch.nn.Module:
+                return load_base_model(
                     self.config.model,
-                    self.task_kind,
+                    self.kind.head,
                     labels=self.labels,
-                    pad_token_id=self._tokenizer.pad_token_id,
+                    pad_token_id=getattr(tokenizer, "pad_token_id", None),
                 )
-                self._model = UniPELTModel.from_pretrained(base, checkpoint)
+
+            self._tokenizer = tokenizer
+            self._model = self.method.load(self.folder / "checkpoint", self.kind, base)
             if self.placement is not None:
                 self.placement.place(self._model)
             self._model.eval()
@@ -103,9 +96,7 @@ class Run:
 
     @property
     def task_kind(self) -> str:
-        if self.is_tagger:
-            return "token-classification"
-        return "regression" if self.regression else "classification"
+        return self.kind.name
 
     def data(
         self,
@@ -123,14 +114,7 @@ class Run:
                 )
             return load_hub_tokens(task or self.config.task, "test", self.labels)
         if path is not None:
-            return load_table(
-                path,
-                self.config.text_columns,
-                self.config.label_column,
-                self.labels,
-                regression=self.regression,
-                encoding=encoding or self.config.encoding,
-            )
+            return self.kind.read_file(path, self.config, self.labels, encoding)
         task = task or self.config.task
         if task is None:
             if self.config.test_file is None:
@@ -142,12 +126,9 @@ class Run:
 
     def logits(self, examples: list[Example], batch_size: int = 64, progress: bool = False) -> np.ndarray:
         model, tokenizer = self.load()
-        dataset = tokenize_examples(examples, tokenizer, self.config.max_length)
-        dataset = dataset.remove_columns([c for c in ("labels",) if c in dataset.column_names])
-        batches = chunks(
-            [dataset[i] for i in range(len(dataset))], DataCollatorWithPadding(tokenizer), batch_size
-        )
-        total = -(-len(dataset) // batch_size)
+        items, collate = self.kind.prediction_batches(examples, tokenizer, self.config.max_length)
+        batches = chunks(items, collate, batch_size)
+        total = -(-len(items) // batch_size)
         batches = tqdm(batches, total=total, disable=not progress, desc="predict", unit="batch")
         return logits_and_labels(model, batches)[0]
 
@@ -172,7 +153,7 @@ class Run:
         """One record per example: its label and class probabilities (or score), plus ``truncated`` and its
         full ``tokens`` count when it was longer than the run's ``max_length`` and only its start was read."""
         logits = self.logits(examples, progress=progress)
-        counts = token_counts(examples, self.load()[1])
+        tokenizer = self.load()[1]
         if self.regression:
             records = ({"score": float(value)} for value in logits[:, 0])
         else:
@@ -184,25 +165,10 @@ class Run:
                 }
                 for row in probabilities
             )
-        for example, answer, count in zip(examples, records, counts):
-            record: dict[str, Any] = {"text": example.text_a}
-            if example.text_b is not None:
-                record["text_b"] = example.text_b
-            record.update(answer)
-            if count > self.config.max_length:
-                record.update(truncated=True, tokens=count)
-            yield record
-
-
-def _load_full_model(auto: Any, checkpoint: Path) -> torch.nn.Module:
-    """A fully fine-tuned run's model, with one clear error when its files are damaged."""
-    try:
-        return auto.from_pretrained(checkpoint, local_files_only=True)
-    except (OSError, ValueError, SafetensorError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UniPELTError(
-            f"{checkpoint} cannot be loaded ({first}); the run's model files are truncated or damaged"
-        ) from None
+        for example, answer in zip(examples, records):
+            record = self.kind.input_record(example, tokenizer, self.config.max_length)
+            cut = {key: record.pop(key) for key in ("truncated", "tokens") if key in record}
+            yield {**record, **answer, **cut}
 
 
 def read_inputs(

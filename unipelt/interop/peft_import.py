@@ -29,6 +29,7 @@ from unipelt.interop.peft_export import CONFIG_FILE, WEIGHTS_FILE
 from unipelt.interop.rope import rotary, rotate_prefix_keys
 
 PEFT_TYPES = ("LORA", "IA3", "PREFIX_TUNING")
+LEGACY_FILE = "adapter_model.bin"  # what PEFT wrote before safetensors
 UNSUPPORTED_LORA = {
     "use_dora": "DoRA",
     "use_rslora": "rank-stabilised scaling (rsLoRA)",
@@ -50,7 +51,9 @@ class Imported:
 
 
 def is_peft_folder(path: Path) -> bool:
-    if not (path / CONFIG_FILE).is_file() or not (path / WEIGHTS_FILE).is_file():
+    if not (path / CONFIG_FILE).is_file() or not any(
+        (path / f).is_file() for f in (WEIGHTS_FILE, LEGACY_FILE)
+    ):
         return False
     try:
         return "peft_type" in json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
@@ -105,8 +108,11 @@ def read_peft(model: Any, path: str | Path) -> Imported:
     path = Path(path)
     try:
         config = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-        tensors = load_file(str(path / WEIGHTS_FILE))
-    except (OSError, ValueError, json.JSONDecodeError) as error:
+        if (path / WEIGHTS_FILE).is_file():
+            tensors = load_file(str(path / WEIGHTS_FILE))
+        else:
+            tensors = torch.load(path / LEGACY_FILE, map_location="cpu", weights_only=True)
+    except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as error:
         raise UniPELTError(f"{path} is not a readable PEFT adapter folder ({error})") from error
     kind = config.get("peft_type")
     if kind not in PEFT_TYPES:

@@ -101,9 +101,9 @@ class LoRALayer(PeftModule):
         if self.gate == "none":
             mid = mid * lora.scaling
         else:
-            mid = mid * broadcastable(
-                group.gates.get("lora" if self.gate == "softmax" else f"lora_{role}"), mid
-            )
+            gate = group.gates.get("lora" if self.gate == "softmax" else f"lora_{role}")
+            if gate is not None:  # None: the gate was folded into B by a plan, nothing to scale
+                mid = mid * broadcastable(gate, mid)
         mid = mid.reshape(-1, mid.shape[-1])
         if parts == 1:
             flat = out.view(-1, out.shape[-1])

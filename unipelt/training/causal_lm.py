@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,10 @@ from unipelt.data.chat import (
 )
 from unipelt.errors import UniPELTError
 from unipelt.inference.chat_scoring import score_chats
+from unipelt.inference.retention import facts_path, measure_retention, read_facts
 from unipelt.training.config import TrainConfig
 from unipelt.training.model_card import write_card
 from unipelt.training.model_init import wrap_base
-from unipelt.training.trainer import training_device
 
 
 @dataclass
@@ -153,9 +154,12 @@ def train_causal_lm(
         if not resume:
             raise UniPELTError(f"{run_dir} already holds a finished run; choose another --out or delete it")
         return finished_run(run_dir, config)
-    training_device(config)
+    if config.threads:
+        torch.set_num_threads(config.threads)
     check_model(config.model, "causal-lm")  # a bad path or model kind fails here, before any data is read
     splits = load_chat_splits(config)
+    if config.retention:  # a bad facts file fails before training, not after it
+        read_facts(facts_path(config.retention))
     set_seed(config.seed)
     model, unipelt, tokenizer = build_causal_model(config)
     datasets = {  # what the Trainer needs; the final scores tokenise their split themselves (score_chats)
@@ -196,8 +200,9 @@ def train_causal_lm(
         run_config=config,
         divergence_guard=guard,
     )
+    start = time.time()
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    train_seconds = trainer.train_seconds  # over every session of a resumed run
+    train_seconds = time.time() - start
     if guard.event is not None and guard.action == "stop":
         stop_diverged(guard, trainer, run_dir, lambda: _save_final(model, unipelt, tokenizer, run_dir, info))
 
@@ -232,6 +237,8 @@ def train_causal_lm(
         "train_seconds": round(train_seconds, 2),
         "parameters": unipelt.parameter_counts() if unipelt is not None else _ft_counts(model),
     }
+    if config.retention:
+        result["retention"] = _retention(config, model, unipelt, tokenizer)
     if trainer.is_world_process_zero():
         _save_final(model, unipelt, tokenizer, run_dir, info)
         _write_learning_curves(run_dir)
@@ -240,6 +247,17 @@ def train_causal_lm(
         if not config.keep_trainer_checkpoints:
             shutil.rmtree(trainer_dir, ignore_errors=True)
     return result
+
+
+def _retention(config: TrainConfig, model: Any, unipelt: Any, tokenizer: Any) -> dict[str, Any]:
+    """The finished run's retention of the facts file against its base model (the modules switched off)."""
+    from unipelt.backbones import load_base_model
+
+    facts = read_facts(facts_path(config.retention))
+    base = None
+    if unipelt is None:  # full fine-tuning changed the base weights: compare with a fresh copy
+        base = load_base_model(config.model, "causal-lm", pad_token_id=tokenizer.pad_token_id).eval()
+    return measure_retention(model, tokenizer, facts, base=base, batch_size=config.eval_batch_size)
 
 
 def _save_final(model: Any, unipelt: Any, tokenizer: Any, run_dir: Path, info: dict[str, Any]) -> None:

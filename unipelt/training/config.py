@@ -1,160 +1,191 @@
-"""What defines a training run: the method names, their default learning rates and :class:`TrainConfig`.
+"""What defines a training run: :class:`TrainConfig`, saved as RUN/config.json.
 
-This is the one list of methods (full fine-tuning ``ft`` plus every UniPELT preset of :mod:`unipelt.config`)
-and of their default learning rates: the command line's choices, the trainer and the benchmark scripts all
-import them from here, so a new preset appears everywhere at once.
+Each field's ``metadata`` holds its command-line help (and choices): the ``train`` and ``tune`` flags are made
+from it (:mod:`unipelt.cli.flags`). Method-specific defaults (learning rates, gate warm-up, regression start)
+belong to the method objects of :mod:`unipelt.methods`; task kinds are those of :mod:`unipelt.kinds`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from unipelt.config import PRESETS, UniPELTConfig
-from unipelt.data import is_glue_task
+from unipelt.data import DATA_DIR_ENV, GLUE_TASKS, is_glue_task
 from unipelt.data.files import check_encoding
 from unipelt.errors import UniPELTError
+from unipelt.kinds import get_kind, kind_names
+from unipelt.methods import get_method, method_names
 
-TASK_TYPES: tuple[str, ...] = ("auto", "classification", "regression", "token-classification", "causal-lm")
-"""What ``--task-type`` accepts; ``auto`` infers it from the data (and ``--regression``)."""
-
-METHODS: tuple[str, ...] = ("ft", *PRESETS)
-"""Every method a run can use: full fine-tuning, then the UniPELT presets in their table order."""
-
-# Learning rates that worked on MiniLM/BERT-sized models in low-resource GLUE (chosen on validation data).
-# A method without an entry needs an explicit --lr (TrainConfig.validate says so).
+METHODS: tuple[str, ...] = method_names()  # the built-in methods (benchmark scripts); runs ask the registry
 DEFAULT_LR: dict[str, float] = {
-    "ft": 5e-5,
-    "adapter": 1e-3,
-    "lora": 1e-3,
-    "prefix": 1e-3,
-    "unipelt-ap": 5e-4,
-    "unipelt": 5e-4,
-    "unipelt-router": 5e-4,
-    "ap-nogate": 5e-4,
-    "autopelt": 5e-4,
-    # Not tuned here: the usual rates of the IA3 (Liu et al. 2022) and BitFit (Ben Zaken et al. 2022) papers.
-    "ia3": 3e-3,
-    "bitfit": 1e-3,
+    name: get_method(name).lr for name in METHODS if get_method(name).lr is not None
 }
+TASK_TYPES: tuple[str, ...] = ("auto", *kind_names())  # what --task-type accepts; auto: from the data
 
 
-# The prefix encoder's rate when the prefix shares the model with other modules (unipelt, AP, autopelt, ...) and
-# --lr-prefix is not given: the modules' rate, at most this. Its reparameterisation MLP grows the prefix keys
-# fast: on STS-B (K = 1000, seed 2) at the validation-chosen rate 3e-3 they grew from norm 5 to 53-90 (token keys
-# about 20), layers 2 and 4 put 83 % of their attention on the prefix, every input got the same representation,
-# and the run stayed at the labels' mean (validation Spearman 0.19, test 4.02). With the prefix at 1e-3 and the
-# rest at 3e-3 the same run reached validation 0.797 (benchmarks/RESULTS.md, "The prefix that captures
-# attention"). 1e-3 is the prefix-only method's validation-tuned rate. The prefix-only method keeps --lr: there
-# the one rate is the prefix's, and its search sees the collapse.
-PREFIX_LR_CAP = 1e-3
+def option(
+    default: Any = None,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None,
+    metavar: str | None = None,
+    factory: Callable[[], Any] | None = None,
+    cli: bool = True,
+) -> Any:
+    """A :class:`TrainConfig` field with what its command-line flag needs: the flag (default ``--field-name``),
+    its help, its choices (a tuple, or a function that asks a registry) and metavar; ``cli=False``: no flag."""
+    metadata = {"help": help, "flag": flag, "choices": choices, "metavar": metavar, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
-AUTOPELT_GATE_LR = 0.05
-# autopelt holds its gates for this share of the training steps (when --gate-warmup-steps is not given). Its
-# gates learn at AUTOPELT_GATE_LR from the first step, while the head and the modules are still at their random
-# start; on STS-B (K = 1000, 3 epochs, latency weight 3, seed 1) that cost 12 test points against holding them
-# for the first third (62.65 -> 75.23 Spearman; benchmarks/RESULTS.md, AutoPELT; with a zero head start seeds 2 and 3
-# stay at the mean either way). The gates then choose among modules that have learnt something.
-AUTOPELT_GATE_WARMUP = 1 / 3
-# Methods whose regression heads start at the training labels' mean when --regression-bias is not given (all
-# others start at zero, which measured better for the adapter and APL on STS-B at K = 100).
-# - autopelt: STS-B, K = 1000, 3 epochs, 3 seeds x 3 latency weights: with a zero start 6 of 9 runs stayed at the
-#   labels' mean (test Spearman 3.7-21.1), with the mean 3 of 9 (19.4-30.7, all on seed 1), the others at
-#   75.7-79.6; starting the gates half open instead did not help. At 3 epochs the gates are held for one epoch
-#   only: whether the modules leave the mean before the sampled gates start is down to the seed; over 10 epochs
-#   all 3 seeds left it (81.2-83.2 test Spearman; RESULTS.md, AutoPELT, session 6).
-# - prefix: the prefix is its only trainable path, so the quickest way to close a zero-started head's offset is a
-#   constant output, which the prefix gets by taking the attention (59-95 % of it per layer, output std 0.000).
-#   With a zero start every STS-B run of the K = 1000 grid stayed at the mean at every rate tried (validation
-#   Spearman 17.7-24.5, test 3.9-6.8); with the mean start the same configs reached validation 78-81 (RESULTS.md,
-#   "Prefix-tuning's STS-B", session 11).
-LABEL_MEAN_START = frozenset({"autopelt", "prefix"})
+
+def choices_of(item: dataclasses.Field) -> tuple[str, ...] | None:
+    """A field's allowed values (asking the registry where they come from one), or None when any value goes."""
+    choices = item.metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def _task_types() -> tuple[str, ...]:
+    return ("auto", *kind_names())
 
 
 @dataclass
 class TrainConfig:
     """Everything that defines a run; saved as RUN/config.json and reloaded by ``--resume`` and ``eval``."""
 
-    output_dir: str = "runs/rte-unipelt"
-    model: str = "minilm"
-    method: str = "unipelt"
-    unipelt: dict[str, Any] = field(default_factory=dict)  # overrides of UniPELTConfig fields
-    # a PEFT or AdapterHub adapter folder the method's modules start from (unipelt.interop.loading.start_from)
-    init_from: str | None = None
+    output_dir: str = option("runs/rte-unipelt", cli=False)  # ``--out`` of train and tune
+    model: str = option("minilm", "minilm (packaged, default), mpnet, a folder or a Hub name")
+    method: str = option(
+        "unipelt", "training method (ft, a UniPELT preset, autopelt, ...)", choices=method_names
+    )
+    unipelt: dict[str, Any] = option(
+        help="override a UniPELT config field", flag="--set", metavar="FIELD=VALUE", factory=dict
+    )
+    init_from: str | None = option(
+        help="start the method's modules from a PEFT or AdapterHub adapter folder (LoRA, IA3, prefix...)",
+        metavar="ADAPTER_DIR",
+    )
     # data: a GLUE task, or the user's files
-    task: str | None = "rte"
-    data_dir: str | None = None
-    train_file: str | None = None
-    valid_file: str | None = None
-    test_file: str | None = None
-    text_columns: list[str] = field(default_factory=lambda: ["text"])
-    label_column: str = "label"
-    regression: bool = False
-    # auto: regression with --regression, token-classification for CoNLL / {"tokens","tags"} files, else
-    # classification (unipelt.training.task_setup.resolve_task_type)
-    task_type: str = "auto"
-    tag_column: int = -1  # CoNLL files: which whitespace-separated column holds the tag (default the last)
-    # class imbalance: "none", "balanced" (inverse class frequency) or comma-separated weights in label order
-    class_weights: str = "none"
-    oversample: bool = False  # resample minority classes (sentences, for tokens) to the majority count
-    # causal-lm (JSON-lines chats, unipelt.data.chat): short answers scored by greedy generation (comma-separated;
-    # "auto" detects them from the training answers, "none" scores loss and perplexity only); packing puts
-    # several conversations in one row
-    answer_choices: str = "auto"
-    packing: bool = False
-    max_new_tokens: int = 16
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, more time
+    task: str | None = option("rte", f"GLUE task: {', '.join(GLUE_TASKS)}")
+    data_dir: str | None = option(help=f"folder in the GLUE layout (default: ${DATA_DIR_ENV}, else the Hub)")
+    train_file: str | None = option(
+        help="your own training file (.csv, .tsv, .jsonl); replaces --task", flag="--train"
+    )
+    valid_file: str | None = option(
+        help="your own validation file (default: 10%% of --train)", flag="--valid"
+    )
+    test_file: str | None = option(help="your own test file", flag="--test")
+    text_columns: list[str] = option(
+        help="comma-separated text column(s) of your files (default text)", factory=lambda: ["text"]
+    )
+    label_column: str = option("label", "label column of your files")
+    regression: bool = option(False, "numeric labels: a regression head")
+    task_type: str = option(
+        "auto",
+        "kind of task (default auto: token-classification for CoNLL or {tokens, tags} JSONL files, causal-lm "
+        "for chats, regression with --regression, else classification); token-classification with --task "
+        "NAME reads a tagged Hub dataset such as conll2003",
+        choices=_task_types,
+    )
+    tag_column: int = option(-1, "CoNLL files: column of the tag (default -1, the last)")
+    class_weights: str = option(
+        "none",
+        "weighted cross-entropy: balanced = inverse class frequency on the training data, or one weight per "
+        "class in label order",
+        metavar="none|balanced|W1,W2,...",
+    )
+    oversample: bool = option(
+        False,
+        "repeat minority-class examples (seeded) up to the majority count; a tagged sentence counts for its "
+        "rarest tag",
+    )
+    answer_choices: str = option(
+        "auto",
+        "causal-lm: short answers scored by greedy generation (accuracy, exact match); auto detects them when "
+        "the training answers are a few short labels",
+        metavar="auto|none|A,B,...",
+    )
+    packing: bool = option(False, "causal-lm: pack several chats into one row")
+    max_new_tokens: int = option(16, "causal-lm: tokens generated when scoring answers")
+    retention: str | None = option(
+        None,
+        "causal-lm: after training, how many facts (JSON lines of prompt/answer) the base model answers "
+        "correctly the run still answers correctly, in metrics.json; 'facts' names the packaged file",
+        metavar="FACTS.jsonl",
+    )
+    gradient_checkpointing: bool = option(
+        False, "recompute activations in the backward pass: less memory, slower steps"
+    )
     # the paper's low-resource protocol
-    k: int | None = None
-    n_valid: int = 1000
-    seed: int = 1
-    max_length: int = 128
+    k: int | None = option(help="low-resource protocol: K training examples (+ --n-valid for validation)")
+    n_valid: int = option(1000, "validation examples (held out of training data)")
+    seed: int = option(1, "random seed (data sample, initialisation, order)")
+    max_length: int = option(128, "tokens per input (longer ones are cut)")
     # optimisation
-    epochs: float = 20.0
-    batch_size: int = 16
-    eval_batch_size: int = 64
-    lr: float | None = None
-    lr_gates: float | None = None
-    lr_head: float | None = None
-    lr_prefix: float | None = None  # the prefix encoder's rate; None: lr, at most PREFIX_LR_CAP in a mix
-    lr_backbone: float | None = None
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.06
-    scheduler: str = "linear"
-    max_grad_norm: float = 1.0
-    patience: int = 5
-    gate_warmup_steps: int | None = None  # None: the method's default (0, autopelt a third of the steps)
-    gate_penalty: str = "none"  # none | sparsity | entropy
-    gate_penalty_weight: float = 0.0
-    # std of a normal initialisation of the gate weights (biases zero); None keeps PyTorch's default init
-    gate_init_std: float | None = None
-    # --method autopelt: loss = task + latency_weight * expected latency + sparsity_weight * mean open gate
-    latency_weight: float = 1.0
-    sparsity_weight: float = 0.01
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    # dropout of the base model (hidden, attention, its classifier); None keeps the model's own. The added
-    # modules keep theirs. See unipelt.training.model_init.
-    backbone_dropout: float | None = None
-    # where a regression head's output bias starts: zero (the layer's default) or the training labels' mean;
-    # None: the method's default (regression_start()). zero measured better on STS-B at K = 100 with the tuned
-    # rates for the gated and single methods (benchmarks/RESULTS.md, issue 15); autopelt needs the mean.
-    regression_bias: str | None = None  # zero | label-mean | None
-    max_steps: int = -1
-    logging_steps: int = 10
-    threads: int | None = None
-    device: str = "auto"  # auto (a CUDA GPU when there is one) | cpu | cuda | mps: where the run trains
-    keep_trainer_checkpoints: bool = False
-    # text encoding of the user's own files (train/valid/test, predict inputs); GLUE files are always UTF-8
-    encoding: str = "utf-8"
-    # what a non-finite or exploding training loss does: stop the run, or continue (see training/guards.py)
-    on_divergence: str = "stop"  # stop | continue
+    epochs: float = option(20.0, "training epochs")
+    batch_size: int = option(16, "training batch size")
+    eval_batch_size: int = option(64, cli=False)
+    lr: float | None = option(help="learning rate of the added modules (default per method)")
+    lr_gates: float | None = option(
+        help="learning rate of the gates (default: --lr; autopelt: 0.05). 10x --lr helped 100-example runs but "
+        "saturated the gates at 1000 examples"
+    )
+    lr_head: float | None = option(help="learning rate of the task head (default: --lr)")
+    lr_prefix: float | None = option(
+        help="learning rate of the prefix encoder (default: --lr, at most 1e-3 next to other modules)"
+    )
+    lr_backbone: float | None = option(help="backbone learning rate for --method ft")
+    weight_decay: float = option(0.0, "AdamW weight decay")
+    warmup_ratio: float = option(0.06, "share of the steps the learning rate warms up")
+    scheduler: str = option("linear", "learning-rate schedule (a Transformers scheduler name)")
+    max_grad_norm: float = option(1.0, "gradient clipping norm")
+    patience: int = option(5, "early stopping: evaluations without improvement")
+    gate_warmup_steps: int | None = option(
+        help="hold gates at their initial value this long (default 0; autopelt: a third of the steps)"
+    )
+    gate_penalty: str = option(
+        "none", "penalty on the gates' values", choices=("none", "sparsity", "entropy")
+    )
+    gate_penalty_weight: float = option(0.0, "weight of --gate-penalty in the loss")
+    gate_init_std: float | None = option(help="gate weights from N(0, STD), biases zero")
+    latency_weight: float = option(
+        1.0, "--method autopelt: weight of the expected latency (fraction of the base forward) in the loss"
+    )
+    sparsity_weight: float = option(
+        0.01, "--method autopelt: weight of the mean open probability of the gates (L1/L0) in the loss"
+    )
+    precision: str = option("auto", "training precision", choices=("auto", "fp32", "bf16", "fp16"))
+    backbone_dropout: float | None = option(
+        help="dropout of the frozen base model (default: the model's own); added modules keep theirs",
+        metavar="P",
+    )
+    regression_bias: str | None = option(
+        help="start a regression head's output bias at zero or at the training labels' mean (default: the "
+        "method's: label-mean for prefix and autopelt, else zero)",
+        choices=("zero", "label-mean"),
+    )
+    max_steps: int = option(-1, "stop after this many optimizer steps (-1: the epochs decide)")
+    logging_steps: int = option(10, cli=False)
+    threads: int | None = option(help="torch CPU threads")
+    device: str = option(
+        "auto", "where the run trains: auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or mps"
+    )
+    keep_trainer_checkpoints: bool = option(False, cli=False)
+    encoding: str = option(
+        "utf-8", "text encoding of your --train/--valid/--test files, e.g. cp1252 for an Excel CSV"
+    )
+    on_divergence: str = option(
+        "stop",
+        "a non-finite or exploding training loss stops the run (default), or is only recorded",
+        choices=("stop", "continue"),
+    )
 
     def validate(self) -> None:
-        if self.method not in METHODS:
-            raise UniPELTError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
-        if self.lr is None and self.method not in DEFAULT_LR:
-            raise UniPELTError(f"method {self.method!r} has no default learning rate yet; give one with --lr")
+        method = get_method(self.method)  # one clear error for an unknown method
         for name in ("lr", "lr_gates", "lr_head", "lr_prefix", "lr_backbone"):
             value = getattr(self, name)
             if value is not None and not value > 0:  # AdamW would only fail later, with a traceback
@@ -163,58 +194,39 @@ class TrainConfig:
             raise UniPELTError("give a GLUE task (--task rte) or your own data (--train FILE)")
         if self.task is not None and not is_glue_task(self.task) and self.task_type != "token-classification":
             raise UniPELTError(f"unknown GLUE task {self.task!r}; for your own data use --train FILE")
-        if self.gate_penalty not in ("none", "sparsity", "entropy"):
-            raise UniPELTError(f"gate_penalty must be none, sparsity or entropy, not {self.gate_penalty!r}")
-        if self.task_type not in TASK_TYPES:
-            raise UniPELTError(f"task_type must be one of {', '.join(TASK_TYPES)}, not {self.task_type!r}")
+        if self.task_type != "auto":
+            get_kind(self.task_type)
+        if self.retention and self.task_type != "causal-lm":
+            raise UniPELTError("--retention measures chat models: it needs --task-type causal-lm")
+        for item in dataclasses.fields(self):
+            choices, value = choices_of(item), getattr(self, item.name)
+            if (
+                choices
+                and value is not None
+                and value not in choices
+                and item.name not in ("method", "task_type")
+            ):
+                raise UniPELTError(f"{item.name} must be one of {', '.join(choices)}, not {value!r}")
         if self.gate_warmup_steps is not None and self.gate_warmup_steps < 0:
             raise UniPELTError(f"gate_warmup_steps must be 0 or more, got {self.gate_warmup_steps}")
         if self.backbone_dropout is not None and not 0.0 <= self.backbone_dropout < 1.0:
             raise UniPELTError(f"backbone_dropout must be in [0, 1), got {self.backbone_dropout}")
-        if self.regression_bias not in (None, "label-mean", "zero"):
-            raise UniPELTError(f"regression_bias must be label-mean or zero, not {self.regression_bias!r}")
         if self.gate_init_std is not None and self.gate_init_std < 0:
             raise UniPELTError(f"gate_init_std must be >= 0, got {self.gate_init_std}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise UniPELTError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
-        if self.on_divergence not in ("stop", "continue"):
-            raise UniPELTError(f"on_divergence must be stop or continue, not {self.on_divergence!r}")
         check_encoding(self.encoding)
-        if self.method != "ft":
-            UniPELTConfig.from_preset(self.method, **self.unipelt)  # raises on unknown fields
+        method.validate(self)
 
     def gate_warmup(self, max_steps: int) -> int:
         """Optimizer steps during which the gates are held at their initial value."""
-        if self.gate_warmup_steps is not None:
-            return self.gate_warmup_steps
-        return int(round(AUTOPELT_GATE_WARMUP * max_steps)) if self.method == "autopelt" else 0
+        return get_method(self.method).gate_warmup(self, max_steps)
 
     def regression_start(self) -> str:
         """Where a regression head's output bias starts: the flag, else the method's default."""
-        if self.regression_bias is not None:
-            return self.regression_bias
-        return "label-mean" if self.method in LABEL_MEAN_START else "zero"
-
-    def _default_gate_lr(self, base: float) -> float:
-        # A hard-concrete gate's log_alpha must travel several units to close within a run: a rate of 5e-4
-        # moves it by ~0.3 over 600 steps, so autopelt's gates learn at a fixed, much higher rate.
-        return AUTOPELT_GATE_LR if self.method == "autopelt" else base
-
-    def _default_prefix_lr(self, base: float) -> float:
-        if self.method == "ft":
-            return base
-        modules = UniPELTConfig.from_preset(self.method, **self.unipelt).modules
-        return min(base, PREFIX_LR_CAP) if "prefix" in modules and len(modules) > 1 else base
+        return get_method(self.method).regression_start(self)
 
     def learning_rates(self) -> dict[str, float]:
-        base = self.lr if self.lr is not None else DEFAULT_LR[self.method]
-        return {
-            "added": base,
-            "gates": self.lr_gates if self.lr_gates is not None else self._default_gate_lr(base),
-            "head": self.lr_head if self.lr_head is not None else base,
-            "prefix": self.lr_prefix if self.lr_prefix is not None else self._default_prefix_lr(base),
-            "backbone": self.lr_backbone if self.lr_backbone is not None else base,
-        }
+        """The rate of each optimizer group (added, gates, head, prefix, backbone): flags, else the method's."""
+        return get_method(self.method).learning_rates(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

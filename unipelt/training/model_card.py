@@ -57,7 +57,7 @@ def card_text(run: str | Path, peft_folder: str | Path | None = None) -> str:
     model = str(config.get("model") or "unknown")
     base = HUB_NAMES.get(model.lower(), model)
     kind = str(metrics.get("task_type") or (checkpoint.get("task") or {}).get("kind") or "classification")
-    task = str(config.get("task") or "own data")
+    task = str(config.get("task") or Path(str(config.get("train_file") or "own data")).name)
     glue = config.get("task") is not None and not config.get("train")
     test = _numbers(metrics.get("test"))
     results = [
@@ -83,14 +83,14 @@ def card_text(run: str | Path, peft_folder: str | Path | None = None) -> str:
         ),
         datasets=["nyu-mll/glue"] if glue else None,
         metrics=sorted(test) or None,
-        model_name=f"{model}-{task}-{config.get('method', 'unipelt')}",
+        model_name=f"{Path(model).name}-{task}-{config.get('method', 'unipelt')}",
         eval_results=results or None,
     )
-    body = _body(run, config, metrics, checkpoint, task, peft_folder)
+    body = _body(run, config, metrics, checkpoint, task, kind, peft_folder)
     return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 
 
-def _body(run: Path, config: dict, metrics: dict, checkpoint: dict, task: str, peft: Any) -> str:
+def _body(run: Path, config: dict, metrics: dict, checkpoint: dict, task: str, kind: str, peft: Any) -> str:
     unipelt = checkpoint.get("unipelt") or config.get("resolved_unipelt") or {}
     modules = ", ".join(unipelt.get("modules") or []) or "none"
     params = metrics.get("parameters") or {}
@@ -150,23 +150,31 @@ def _body(run: Path, config: dict, metrics: dict, checkpoint: dict, task: str, p
         "```",
     ]
     if peft is not None:
-        lines += _peft_usage(Path(peft), config)
+        lines += _peft_usage(Path(peft), config, kind, (checkpoint.get("task") or {}).get("num_labels"))
     return "\n".join(lines) + "\n"
 
 
-def _peft_usage(folder: Path, config: dict) -> list[str]:
+AUTO_CLASSES = {
+    "causal-lm": ("AutoModelForCausalLM", ""),
+    "token-classification": ("AutoModelForTokenClassification", ", num_labels=NUM_LABELS"),
+}
+
+
+def _peft_usage(folder: Path, config: dict, kind: str, num_labels: Any) -> list[str]:
     model = str(config.get("model") or "BASE")
     base = HUB_NAMES.get(model.lower(), model)
     two = (folder / "ia3").is_dir()
+    auto, labels = AUTO_CLASSES.get(kind, ("AutoModelForSequenceClassification", ", num_labels=NUM_LABELS"))
+    labels = labels.replace("NUM_LABELS", str(num_labels or "NUM_LABELS"))
     lines = [
         "",
         "## Load it with peft",
         "",
         "```python",
         "from peft import PeftModel",
-        "from transformers import AutoModelForSequenceClassification",
+        f"from transformers import {auto}",
         "",
-        f'base = AutoModelForSequenceClassification.from_pretrained("{base}", num_labels=NUM_LABELS)',
+        f'base = {auto}.from_pretrained("{base}"{labels})',
         'model = PeftModel.from_pretrained(base, "PATH_TO_THIS_FOLDER")',
     ]
     if two:

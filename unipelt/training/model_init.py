@@ -9,7 +9,8 @@ Two things, both decided by the run's :class:`~unipelt.training.TrainConfig`:
   whose gradient is scaled by the head's tiny initial weights, while the zero start's large error grows the head
   first. So it is opt-in; the default is ``zero`` (at K = 1000 it changed nothing beyond seed noise either),
   except for ``--method autopelt``, whose runs leave the mean more often with it, and ``--method prefix``, whose
-  only path to the zero start's constant offset is a prefix that takes the attention (config.LABEL_MEAN_START).
+  only path to the zero start's constant offset is a prefix that takes the attention (their method objects'
+  ``label_mean_start``, :mod:`unipelt.methods`).
 - ``backbone_dropout``: the dropout probability of the frozen base model (hidden, attention and its own
   classifier dropout). The base model's dropout RNG is a quarter of a CPU training step; the added modules
   (LoRA dropout, the prefix MLP) keep their own settings, since they are built by UniPELT after this runs.
@@ -90,18 +91,20 @@ def set_backbone_dropout(model: nn.Module, probability: float) -> int:
     return changed
 
 
-def wrap_base(model: nn.Module, method: str, overrides: dict, init_from: str | None = None) -> nn.Module:
-    """The run's UniPELT model: ``method`` with ``overrides`` on ``model``; with ``init_from`` (a PEFT or
-    AdapterHub folder) the method's modules start from that adapter's weights (:func:`unipelt.interop.loading.
-    start_from`: the method decides the gates, the adapter the sizes of the modules it has)."""
-    from unipelt.config import UniPELTConfig
-    from unipelt.interop.loading import start_from
-    from unipelt.model import DEFAULT_TASK, UniPELTModel
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Non-reentrant checkpointing of a base model or a UniPELT model (gates and prefix see the recomputed
+    forward exactly as the first one: the per-call state lives in context variables)."""
+    from unipelt.model import UniPELTModel
 
-    config = UniPELTConfig.from_preset(method, **overrides)
-    if not init_from:
-        return UniPELTModel(model, config)
-    unipelt = UniPELTModel(model)
-    start_from(unipelt, DEFAULT_TASK, config, init_from)
-    unipelt.set_task(DEFAULT_TASK)
-    return unipelt
+    if isinstance(model, UniPELTModel):
+        model.gradient_checkpointing_enable({"use_reentrant": False})
+    elif getattr(model, "supports_gradient_checkpointing", False):
+        enable = getattr(
+            model, "activation_checkpointing_enable", None
+        )  # the newer name in transformers 5.2x
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        raise UniPELTError(f"{type(model).__name__} does not support gradient checkpointing")

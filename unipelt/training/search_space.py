@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from unipelt.config import PRESETS, UniPELTConfig
+from unipelt.config import UniPELTConfig
 from unipelt.errors import UniPELTError
-from unipelt.training.config import DEFAULT_LR, TrainConfig
+from unipelt.methods import get_method
+from unipelt.training.config import TrainConfig
 
 # TrainConfig fields that make sense to search (data, paths and bookkeeping fields do not).
 TRAIN_PARAMETERS = (
@@ -182,35 +183,15 @@ def load_space(path: str | Path) -> list[Parameter]:
     return parse_space(data, str(path))
 
 
-def default_space(method: str) -> list[Parameter]:
-    """A space per method: the learning rate around its default, then what the method has.
+def default_space(method: str, overrides: dict[str, Any] | None = None) -> list[Parameter]:
+    """A space per method (:meth:`unipelt.methods.Method.search_space`; ``overrides``: the run's ``--set``).
 
-    Gated methods add the gate penalty (kind and weight 1e-6..1e-2), the gate initialisation std
-    (1e-3..0.1), the gate warm-up (0..30 % of the steps) and, for the softmax router, its temperature
-    (0.5..5); each sub-module adds its size (LoRA rank, adapter reduction, prefix length).
+    The learning rate around its default; gated methods add the gate penalty (kind and weight 1e-6..1e-2),
+    the gate initialisation std (1e-3..0.1), the gate warm-up (0..30 % of the steps) and, for the softmax
+    router, its temperature (0.5..5); each sub-module adds its size (LoRA rank, adapter reduction, prefix
+    length).
     """
-    base_lr = DEFAULT_LR.get(method, 1e-3)
-    if method == "ft":
-        return parse_space(
-            {"lr": {"low": 1e-5, "high": 2e-4, "log": True}, "weight_decay": {"low": 0.0, "high": 0.1}}
-        )
-    preset = PRESETS[method]
-    space: dict[str, Any] = {"lr": {"low": base_lr / 4, "high": base_lr * 4, "log": True}}
-    if preset.get("gate", "sigmoid") != "none":
-        space["gate_penalty"] = {"choices": ["sparsity", "entropy"]}
-        space["gate_penalty_weight"] = {"low": 1e-6, "high": 1e-2, "log": True}
-        space["gate_init_std"] = {"low": 1e-3, "high": 0.1, "log": True}
-        space[WARMUP_FRACTION] = {"low": 0.0, "high": 0.3}
-        if preset.get("gate") == "softmax":
-            space["router_temperature"] = {"low": 0.5, "high": 5.0, "log": True}
-    modules = preset.get("modules", [])
-    if "lora" in modules:
-        space["lora_rank"] = {"choices": [4, 8, 16]}
-    if "adapter" in modules:
-        space["adapter_reduction"] = {"choices": [8, 16, 32]}
-    if "prefix" in modules:
-        space["prefix_length"] = {"low": 5, "high": 30, "step": 5}
-    return parse_space(space)
+    return parse_space(get_method(method).search_space(overrides))
 
 
 def apply_values(config: TrainConfig, values: dict[str, Any], train_examples: int) -> TrainConfig:

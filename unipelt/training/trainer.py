@@ -19,6 +19,7 @@ import torch
 from unipelt.atomic import writing
 from unipelt.devices import placement
 from unipelt.errors import UniPELTError
+from unipelt.methods import get_method
 from unipelt.training.config import TrainConfig
 from unipelt.training.faults import kill_point
 from unipelt.training.resume import mark_complete, read_progress, step_of, stopped_early
@@ -121,46 +122,20 @@ def make_trainer_class() -> type[Trainer]:
             if self.optimizer is not None:
                 return self.optimizer
             rates = self.run_config.learning_rates()
-            decay = self.args.weight_decay
-            if self.unipelt is not None:
-                groups = self.unipelt.parameter_groups()
-                if rates["prefix"] == rates["added"]:  # one group, as before the prefix had its own rate, so
-                    groups["added"] += groups.pop("prefix")  # checkpoints of older versions still resume
-                param_groups = [
-                    {"params": groups["added"], "lr": rates["added"], "weight_decay": decay},
-                    {"params": groups.get("prefix", []), "lr": rates["prefix"], "weight_decay": decay},
-                    {"params": groups["gates"], "lr": rates["gates"], "weight_decay": 0.0, "name": "gates"},
-                    {"params": groups["head"], "lr": rates["head"], "weight_decay": decay},
-                ]
-            else:
-                from unipelt.inject.architectures import architecture_for
-
-                # the same head modules UniPELT keeps trainable
-                head_names = architecture_for(self.model).head
-                head, backbone = [], []
-                for name, parameter in self.model.named_parameters():
-                    (head if any(part in head_names for part in name.split(".")) else backbone).append(
-                        parameter
-                    )
-                param_groups = [
-                    {"params": backbone, "lr": rates["backbone"], "weight_decay": decay},
-                    {"params": head, "lr": rates["head"], "weight_decay": decay},
-                ]
+            method = get_method(self.run_config.method)
+            param_groups = method.optimizer_groups(self.model, rates, self.args.weight_decay)
             param_groups = [g for g in param_groups if g["params"]]
             self.optimizer = torch.optim.AdamW(param_groups, lr=rates["added"])
             return self.optimizer
 
         def create_scheduler(self, num_training_steps: int, optimizer=None):
-            """The usual schedule, except that autopelt's on/off gates keep a constant rate.
-
-            Its gates are held for the first third of training and must then travel several units of log alpha
-            to close; under the linear decay to zero they moved about 2.4 units in the last two thirds of a
-            3-epoch run, too little to close any unit at any latency weight (SST-2, weights 0.3 to 300).
-            """
+            """The usual schedule, except for the method's groups that keep a constant rate (autopelt's
+            on/off gates: under a decay to zero they move too little to close; RESULTS.md, "AutoPELT")."""
             scheduler = super().create_scheduler(num_training_steps, optimizer)
-            if self.run_config.method == "autopelt" and hasattr(scheduler, "lr_lambdas"):
+            constant = get_method(self.run_config.method).constant_rate_groups
+            if constant and hasattr(scheduler, "lr_lambdas"):
                 for index, group in enumerate(scheduler.optimizer.param_groups):
-                    if group.get("name") == "gates":
+                    if group.get("name") in constant:
                         scheduler.lr_lambdas[index] = _constant_rate
             return scheduler
 

@@ -176,13 +176,9 @@ def check_search_config(config: TrainConfig, settings: SearchSettings) -> None:
             "test split; tune with --k (K-shot: validation examples come from the training set)"
         )
     if "modules" in settings.objectives:
-        from unipelt.config import UniPELTConfig
+        from unipelt.methods import get_method
 
-        gated = (
-            config.method != "ft"
-            and UniPELTConfig.from_preset(config.method, **config.unipelt).gate != "none"
-        )
-        if not gated:
+        if not get_method(config.method).gated(config):
             raise UniPELTError(f"--objective modules needs a gated method; {config.method} has no gates")
 
 
@@ -281,15 +277,14 @@ def search(base: TrainConfig, settings: SearchSettings) -> dict[str, Any]:
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    from unipelt.metrics import main_metric
-    from unipelt.training.run import load_splits
+    from unipelt.kinds import load_splits
     from unipelt.training.search_space import default_space
 
     check_search_config(base, settings)
     if not settings.space:
-        settings = dataclasses.replace(settings, space=default_space(base.method))
+        settings = dataclasses.replace(settings, space=default_space(base.method, base.unipelt))
     splits = load_splits(base)  # bad data fails here, before a study is made
-    metric = main_metric(splits.metric_kind)
+    metric = splits.kind.main_metric(splits)
     settings.out.mkdir(parents=True, exist_ok=True)
     storage = open_storage(settings.storage, settings.heartbeat)
     study = open_study(settings, storage)

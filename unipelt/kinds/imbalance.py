@@ -13,13 +13,18 @@ Both work for sentence classification (one label per example) and token classifi
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
+from unipelt.data.conll import TokenData
 from unipelt.errors import UniPELTError
+
+log = logging.getLogger("unipelt")
 
 T = TypeVar("T")
 
@@ -88,3 +93,36 @@ def rarest_tag_group(tag_lists: Sequence[Sequence[int]]) -> Callable[[Sequence[i
         return min(present, key=lambda t: (counts[t], t))
 
     return group
+
+
+def _label_ids(data: Any) -> list[list[int]]:
+    """Each example's class ids: its tags for a tagged sentence, its one label otherwise."""
+    return [list(e.tags or ()) if hasattr(e, "tags") else [int(e.label)] for e in data.examples]
+
+
+def apply_oversampling(config: Any, train: Any) -> Any:
+    """The training data with minority classes repeated up to the majority count (``--oversample``); a tagged
+    sentence counts for its rarest tag."""
+    if not config.oversample:
+        return train
+    if train.regression:
+        raise UniPELTError("--oversample needs classes; a regression task has none")
+    ids = _label_ids(train)
+    if isinstance(train, TokenData):
+        rarest = rarest_tag_group(ids)
+        groups = [rarest(tags) for tags in ids]
+    else:
+        groups = [tags[0] for tags in ids]
+    order = oversample(list(range(len(ids))), lambda i: groups[i], config.seed)
+    log.info("oversampling: %d training examples become %d", len(ids), len(order))
+    return dataclasses.replace(train, examples=[train.examples[i] for i in order])
+
+
+def class_weights(config: Any, train: Any) -> list[float] | None:
+    """The weight of each class for the cross-entropy (``--class-weights``), counted on the training data."""
+    if (config.class_weights or "none").strip().lower() == "none":
+        return None
+    if train.regression:
+        raise UniPELTError("--class-weights needs classes; a regression task has none")
+    counts = Counter(i for ids in _label_ids(train) for i in ids)
+    return parse_class_weights(config.class_weights, train.label_list or [], counts)

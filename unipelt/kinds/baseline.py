@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from unipelt.data import TokenData
-from unipelt.metrics import compute_task_metrics, entity_metrics
+from unipelt.metrics import entity_metrics
 
 
 def majority_class_scores(splits: Any) -> dict[str, dict[str, float]] | None:
@@ -28,7 +28,7 @@ def majority_class_scores(splits: Any) -> dict[str, dict[str, float]] | None:
         if data is None or not data.examples or any(e.label is None for e in data.examples):
             continue
         gold = [example.label for example in data.examples]
-        scores[name] = compute_task_metrics(splits.metric_kind, [majority] * len(gold), gold)
+        scores[name] = splits.kind.scores(splits, [majority] * len(gold), gold)
     return scores or None
 
 

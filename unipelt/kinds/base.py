@@ -1,0 +1,213 @@
+"""A kind of task as an object: what a run and the verbs that use it need to know about its data.
+
+Each kind says how its data is read and split, tokenised, batched and scored (the metrics of metrics.json and
+the one that selects the best checkpoint), what a run folder records about it (labels.json), how outputs become
+predictions, and what ``serve`` and ``export`` need (encode a request, decode an output, whether ONNX export
+is possible). The run life cycle and the verbs call these; none of them asks for a kind by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from unipelt.errors import UniPELTError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from unipelt.training.config import TrainConfig
+
+
+@dataclass
+class Splits:
+    """A run's data, read and checked before anything is written."""
+
+    train: Any
+    valid: Any
+    test: Any | None
+    kind: TaskKind
+    labels: list[str] | None = None  # class or tag names; None for regression and causal-lm
+    glue_task: str | None = None  # the GLUE task whose metrics score the run, when the data is GLUE's
+    answer_choices: list[str] | None = None  # causal-lm: short answers scored by generation
+
+    @property
+    def label_list(self) -> list[str] | None:
+        return self.labels
+
+    @property
+    def regression(self) -> bool:
+        return self.kind.regression
+
+
+class TaskKind:
+    """The base of every kind; subclasses override what differs. ``name`` is the ``--task-type`` value."""
+
+    name: str = ""
+    metrics_as: str = ""  # what unipelt.metrics scores the kind's outputs as (default: its name)
+    head: str = "classification"  # the head unipelt.backbones.load_base_model builds for it
+    regression: bool = False
+    onnx_export: bool = False  # whether `unipelt export` can write an ONNX model of its runs
+    greater_is_better: bool = True  # of the metric that selects the best checkpoint
+
+    def __repr__(self) -> str:
+        return f"<task kind {self.name}>"
+
+    # ------------------------------------------------------------------ training: data
+
+    def detect(self, config: TrainConfig) -> bool:
+        """Whether ``--task-type auto`` makes this kind of the run's data (tried in registration order)."""
+        return False
+
+    def read_splits(self, config: TrainConfig) -> Splits:
+        """Read and check train, validation and test data (bad data fails here, before the run folder)."""
+        raise NotImplementedError
+
+    def check_tokenizer(self, tokenizer: Any) -> None:
+        """Refuse a tokenizer the kind cannot use (e.g. no chat template)."""
+
+    def base_model(self, config: TrainConfig, splits: Splits, tokenizer: Any) -> nn.Module:
+        """The base model with a fresh head sized from the data."""
+        from unipelt.backbones import load_base_model  # transformers: loaded by a run, not by the CLI
+
+        return load_base_model(
+            config.model, self.head, labels=splits.labels, pad_token_id=tokenizer.pad_token_id
+        )
+
+    def datasets(
+        self, splits: Splits, tokenizer: Any, config: TrainConfig, evaluate_test: bool
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the tokenised splits in file order, what tokenising cut, per split; empty when nothing)."""
+        raise NotImplementedError
+
+    def eval_datasets(self, datasets: dict[str, Any]) -> dict[str, Any]:
+        """The splits the Trainer evaluates (validation, test), in the order that scores them fastest."""
+        return {name: dataset for name, dataset in datasets.items() if name != "train"}
+
+    def collator(self, tokenizer: Any) -> Any:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ training: scoring
+
+    def main_metric(self, splits: Splits) -> str:
+        """The metric that selects the best checkpoint and is reported first."""
+        raise NotImplementedError
+
+    def checkpoint_metric(self, splits: Splits) -> str:
+        """The Trainer's name of the metric that selects the best checkpoint."""
+        return self.main_metric(splits)
+
+    def compute_metrics(self, splits: Splits) -> Any:
+        """The Trainer's ``compute_metrics`` (None: the Trainer reports the loss only)."""
+        return None
+
+    def scores(self, splits: Splits, predictions: Any, labels: Any) -> dict[str, float]:
+        """Every metric of model outputs against gold labels (what metrics.json reports per split)."""
+        raise UniPELTError(f"{self.name} runs are scored by their run, not from outputs and labels")
+
+    def configure_trainer(self, args: Any) -> None:
+        """Adjust the Trainer's settings for the kind (e.g. no logits kept)."""
+
+    def score(self, context: Any, trainer: Any, evaluate: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """Final metrics per split (``valid``, ``test``) of the best model, as metrics.json holds them."""
+        return {
+            split: _strip(trainer.evaluate(dataset, metric_key_prefix=split), f"{split}_")
+            for split, dataset in evaluate.items()
+        }
+
+    def result_extra(self, splits: Splits, cuts: dict[str, Any]) -> dict[str, Any]:
+        """What metrics.json adds for the kind (e.g. a majority-class baseline)."""
+        return {"train_examples": len(splits.train)}
+
+    def gate_report_data(self, evaluate: dict[str, Any]) -> Any:
+        """The split the gate report of a gated run is measured on (None: no report)."""
+        return evaluate.get("test") or evaluate.get("valid")
+
+    # ------------------------------------------------------------------ the run folder
+
+    def run_info(self, splits: Splits) -> dict[str, Any]:
+        """RUN/labels.json, also stored in the checkpoint: label names, regression, what scores the run."""
+        return {
+            "labels": splits.labels,
+            "regression": self.regression,
+            "metric_kind": splits.glue_task or self.metrics_as or self.name,
+            "task_type": self.name,
+        }
+
+    def auto_class(self) -> Any:
+        """The Transformers Auto class that loads a fully fine-tuned model of this kind."""
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+
+    # ------------------------------------------------------------------ what turns inputs into model inputs
+
+    def load_preprocessor(self, path: str | Path, local: bool = False) -> Any:
+        """What turns the kind's inputs into model inputs: a tokenizer for text (an image processor for images),
+        from a model folder or a run's ``tokenizer/`` folder (``local``: never from the Hub)."""
+        from unipelt.backbones import load_tokenizer
+
+        return load_tokenizer(path, local=local)
+
+    def prediction_inputs(
+        self, source: str, columns: list[str], encoding: str, task: str | None
+    ) -> list[Any]:
+        """What ``predict --input SOURCE`` reads: texts from a table, a file of lines or standard input."""
+        from unipelt.inference.runs import read_inputs  # here: inference.runs imports the kinds
+
+        return read_inputs(source, columns, encoding, task)
+
+    def prediction_batches(
+        self, examples: list[Any], tokenizer: Any, max_length: int
+    ) -> tuple[list[Any], Any]:
+        """(one item per example, the collator that batches them) for ``eval`` and ``predict``."""
+        from transformers import DataCollatorWithPadding
+
+        from unipelt.data import tokenize_examples
+
+        dataset = tokenize_examples(examples, tokenizer, max_length)
+        dataset = dataset.remove_columns([c for c in ("labels",) if c in dataset.column_names])
+        return [dataset[i] for i in range(len(dataset))], DataCollatorWithPadding(tokenizer)
+
+    def input_record(self, example: Any, tokenizer: Any, max_length: int) -> dict[str, Any]:
+        """What a prediction record says about its input (the texts; whether only their start was read)."""
+        from unipelt.data.tokenize import token_counts
+
+        record: dict[str, Any] = {"text": example.text_a}
+        if example.text_b is not None:
+            record["text_b"] = example.text_b
+        count = token_counts([example], tokenizer)[0]
+        if count > max_length:
+            record.update(truncated=True, tokens=count)
+        return record
+
+    # ------------------------------------------------------------------ using a finished run
+
+    def encode_request(self, tokenizer: Any, texts: list[Any], max_length: int) -> dict[str, Any]:
+        """Tokenise inputs of a request (``serve``, ``predict``) as the run's training did."""
+        raise UniPELTError(f"{self.name} runs cannot be served")
+
+    def decode_output(self, outputs: np.ndarray, labels: list[str] | None) -> dict[str, Any]:
+        """One input's answer from its model outputs (already cut to the task's outputs)."""
+        raise UniPELTError(f"{self.name} runs cannot be served")
+
+
+def _strip(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {
+        k.removeprefix(prefix): v for k, v in metrics.items() if not k.endswith(("runtime", "per_second"))
+    }
+
+
+def sample_valid(items: list[Any], n_valid: int, seed: int) -> tuple[list[Any], list[Any]]:
+    """(train, valid): ``n_valid`` items (at most a tenth) held out of ``items``, seeded, order kept."""
+    n = min(n_valid, max(1, len(items) // 10))
+    order = np.random.default_rng(seed).permutation(len(items))
+    held = set(order[:n].tolist())
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+def is_file(path: str | None) -> bool:
+    return path is not None and Path(path).is_file()
