@@ -32,6 +32,9 @@ GLUE = Path(os.environ.get("UNIPELT_DATA_DIR", HERE.parent.parent / "shared" / "
 OUT = Path(os.environ.get("LLM_SST2_OUT", HERE / "out" / "llm_sst2"))
 INSTRUCTION = "Is the sentiment of this review positive or negative? Answer with one word.\nReview: {}"
 LABELS = ("negative", "positive")
+# --task rte: entailment as a yes/no question (label order of the GLUE file: entailment, not_entailment)
+RTE_INSTRUCTION = "Does the premise imply the hypothesis? Answer with yes or no.\nPremise: {}\nHypothesis: {}"
+RTE_LABELS = ("yes", "no")
 METHODS = ("unipelt", "lora", "prefix", "adapter")
 
 
@@ -44,8 +47,27 @@ def read_sst2(split: str) -> list[tuple[str, int]]:
     return rows
 
 
+def read_rte(split: str) -> list[tuple[str, int]]:
+    """(prompt, label) rows of RTE; label 0 = entailment ("yes"), 1 = not_entailment ("no")."""
+    lines = (GLUE / "RTE" / f"{split}.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    rows = []
+    for line in lines:
+        _, premise, hypothesis, label = line.split("\t")
+        rows.append((RTE_INSTRUCTION.format(premise.strip(), hypothesis.strip()), int(label != "entailment")))
+    return rows
+
+
 def chat(sentence: str, label: int) -> dict[str, str]:
+    if TASK == "rte":
+        return {"prompt": sentence, "response": RTE_LABELS[label]}
     return {"prompt": INSTRUCTION.format(sentence), "response": LABELS[label]}
+
+
+TASK = "sst2"
+
+
+def labels() -> tuple[str, str]:
+    return RTE_LABELS if TASK == "rte" else LABELS
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -59,8 +81,9 @@ def phase_data(args: argparse.Namespace) -> None:
     test.jsonl: the first --test rows of a seeded shuffle of SST-2 dev."""
     import random
 
-    train = read_sst2("train")
-    dev = read_sst2("dev")
+    read = read_rte if TASK == "rte" else read_sst2
+    train = read("train")
+    dev = read("dev")
     random.Random(0).shuffle(train)
     random.Random(0).shuffle(dev)
     write_jsonl(OUT / "train.jsonl", [chat(*r) for r in train[: args.pool]])
@@ -94,7 +117,7 @@ def phase_zeroshot(args: argparse.Namespace) -> None:
     test = read_chat_file(OUT / "test.jsonl")
     start = time.time()
     generated = generate_texts(model, tokenizer, test, Sampling(max_new_tokens=8), batch_size=16)
-    scores = answer_metrics(generated, test, list(LABELS))
+    scores = answer_metrics(generated, test, list(labels()))
     _save_json(
         target,
         {**scores, "n": len(test), "seconds": round(time.time() - start, 1), "examples": generated[:20]},
@@ -117,18 +140,19 @@ def phase_train(args: argparse.Namespace) -> None:
                 task_type="causal-lm",
                 train_file=str(OUT / "train.jsonl"),
                 test_file=str(OUT / "test.jsonl"),
-                answer_choices=",".join(LABELS),
+                answer_choices=",".join(labels()),
                 max_new_tokens=8,
                 k=args.k,
                 n_valid=args.n_valid,
                 seed=seed,
-                max_length=128,
+                max_length=256 if TASK == "rte" else 128,
                 epochs=args.epochs,
                 batch_size=8,
                 eval_batch_size=16,
                 patience=100,
                 threads=args.threads,
                 logging_steps=10,
+                retention="facts" if args.retention else None,
             )
             print(f"training {method} seed {seed} -> {run_dir}", flush=True)
             train(config, resume=(run_dir / "config.json").is_file())
@@ -382,7 +406,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="cost: timed steps after the first")
     parser.add_argument("--rounds", type=int, default=5, help="gen: interleaved timing rounds")
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--task", choices=["sst2", "rte"], default="sst2", help="rte: yes/no entailment")
+    parser.add_argument(
+        "--retention",
+        action="store_true",
+        help="train: each run also measures retention of the packaged facts",
+    )
     args = parser.parse_args(argv)
+    global TASK, OUT
+    TASK = args.task
+    if TASK == "rte":
+        OUT = Path(os.environ.get("LLM_RTE_OUT", HERE / "out" / "llm_rte"))
     if args.phase == "cost-child":
         method, checkpointing = args.child
         _cost_child(method, bool(int(checkpointing)), args.steps, args.threads)

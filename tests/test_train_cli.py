@@ -19,6 +19,7 @@ from unipelt.cli import main
 from unipelt.errors import UniPELTError
 from unipelt.methods import get_method
 from unipelt.methods.autopelt import GATE_LR as AUTOPELT_GATE_LR
+from unipelt.methods.base import CAUSAL_LM_PREFIX_LR_CAP
 from unipelt.training import TrainConfig, train
 from unipelt.training.model_init import regression_output_layer
 from unipelt.training.run import build_model, load_splits
@@ -378,6 +379,14 @@ def test_prefix_encoder_trains_at_its_own_rate_and_the_groups_partition_the_trai
     only_prefix = TrainConfig(method="unipelt", lr=3e-3, unipelt={"modules": ["prefix"]})
     assert only_prefix.learning_rates()["prefix"] == 3e-3
     assert TrainConfig(method="unipelt", lr=3e-3, lr_prefix=2e-3).learning_rates()["prefix"] == 2e-3
+    # instruction-tuning a causal LM: at most CAUSAL_LM_PREFIX_LR_CAP in a mix; prefix-only still keeps lr
+    causal = {"task": None, "task_type": "causal-lm"}
+    assert (
+        TrainConfig(method="unipelt", **causal).learning_rates()["prefix"] == CAUSAL_LM_PREFIX_LR_CAP == 1e-4
+    )
+    assert TrainConfig(method="unipelt-ap", lr=5e-5, **causal).learning_rates()["prefix"] == 5e-5
+    assert TrainConfig(method="prefix", **causal).learning_rates()["prefix"] == 1e-3
+    assert TrainConfig(method="unipelt", lr_prefix=5e-4, **causal).learning_rates()["prefix"] == 5e-4
 
 
 def test_sparsity_penalty_pushes_gates_down(tiny_model_dir, glue_dir, tmp_path):

@@ -105,7 +105,7 @@ class CausalLM(TaskKind):
         model.eval()
         base = context.unipelt.base_model if context.unipelt is not None else model
         base.config.use_cache = True
-        return {
+        scores: dict[str, Any] = {
             split: score_chats(
                 model,
                 context.tokenizer,
@@ -118,6 +118,9 @@ class CausalLM(TaskKind):
             for split in ("valid", "test")
             if getattr(splits, split) is not None
         }
+        if config.retention:  # facts the base model knows, still known after training (metrics.json)
+            scores["retention"] = _retention(config, model, context.unipelt, context.tokenizer)
+        return scores
 
     def result_extra(self, splits: Splits, cuts: dict[str, Any]) -> dict[str, Any]:
         return {"answer_choices": splits.answer_choices}
@@ -145,3 +148,16 @@ def answer_choices(config: TrainConfig, train: Sequence[Conversation]) -> list[s
     if len(choices) < 2:
         raise UniPELTError(f"--answer-choices needs at least two comma-separated answers, got {value!r}")
     return choices
+
+
+def _retention(config: TrainConfig, model: Any, unipelt: Any, tokenizer: Any) -> dict[str, Any]:
+    """The finished run's retention of the facts file against its base model (the modules switched off; for
+    full fine-tuning a fresh copy of the base model)."""
+    from unipelt.backbones import load_base_model
+    from unipelt.inference.retention import facts_path, measure_retention, read_facts
+
+    facts = read_facts(facts_path(config.retention))
+    base = None
+    if unipelt is None:
+        base = load_base_model(config.model, "causal-lm", pad_token_id=tokenizer.pad_token_id).eval()
+    return measure_retention(model, tokenizer, facts, base=base, batch_size=config.eval_batch_size)

@@ -22,6 +22,14 @@ if TYPE_CHECKING:
     from unipelt.kinds.base import TaskKind
     from unipelt.training.config import TrainConfig
 
+# The prefix's cap in a mix when instruction-tuning a causal LM (--task-type causal-lm). Adam's first steps move
+# every weight of the ~10 M-parameter reparameterisation MLP by about the rate, so the prefix keys and values of
+# all layers shift together; a decoder generating open text is far more fragile to that than a classifier head.
+# On SmolLM2-135M, four steps at 5e-4 on eight chats turned "Paris" into "Boulanger" (unipelt, seed 1; with the
+# prefix's gate closed the run answered "Paris"), and 1e-4 kept the answer (benchmarks/RESULTS.md). Prefix-tuning
+# on GPT-2 (Li & Liang 2021) used 5e-5 to 8e-5.
+CAUSAL_LM_PREFIX_LR_CAP = 1e-4
+
 
 @dataclass
 class RunContext:
@@ -107,9 +115,15 @@ class Method:
         return base
 
     def default_prefix_lr(self, config: TrainConfig, base: float) -> float:
-        """Next to other modules the prefix learns at most at :attr:`prefix_lr_cap`; alone, at ``base``."""
+        """Next to other modules the prefix learns at most at :attr:`prefix_lr_cap` (at most
+        CAUSAL_LM_PREFIX_LR_CAP when instruction-tuning a causal LM); alone, at ``base``."""
         modules = self.unipelt_config(config).modules
-        return min(base, self.prefix_lr_cap) if "prefix" in modules and len(modules) > 1 else base
+        if "prefix" not in modules or len(modules) == 1:
+            return base
+        cap = self.prefix_lr_cap
+        if config.task_type == "causal-lm":
+            cap = min(cap, CAUSAL_LM_PREFIX_LR_CAP)
+        return min(base, cap)
 
     def gate_warmup(self, config: TrainConfig, max_steps: int) -> int:
         """Optimizer steps during which the gates are held at their initial value (the flag, else 0)."""

@@ -111,6 +111,12 @@ class TrainConfig:
     )
     packing: bool = option(False, "causal-lm: pack several chats into one row")
     max_new_tokens: int = option(16, "causal-lm: tokens generated when scoring answers")
+    retention: str | None = option(
+        None,
+        "causal-lm: after training, how many facts (JSON lines of prompt/answer) the base model answers "
+        "correctly the run still answers correctly, in metrics.json; 'facts' names the packaged file",
+        metavar="FACTS.jsonl",
+    )
     gradient_checkpointing: bool = option(
         False, "recompute activations in the backward pass: less memory, slower steps"
     )
@@ -190,6 +196,8 @@ class TrainConfig:
             raise UniPELTError(f"unknown GLUE task {self.task!r}; for your own data use --train FILE")
         if self.task_type != "auto":
             get_kind(self.task_type)
+        if self.retention and self.task_type != "causal-lm":
+            raise UniPELTError("--retention measures chat models: it needs --task-type causal-lm")
         for item in dataclasses.fields(self):
             choices, value = choices_of(item), getattr(self, item.name)
             if (

@@ -241,6 +241,7 @@ def score(context: RunContext, trainer: Any, method_run: MethodRun, seconds: flo
         "data": data_report(splits),  # classes found, label spellings merged, empty texts
         "class_weights": context.class_weights,
         **kind.result_extra(splits, context.cuts),
+        **({"retention": scores["retention"]} if "retention" in scores else {}),
     }
 
 
