@@ -9,10 +9,11 @@ request with a small one sent right after it.
 - ``none``: one forward per request;
 - ``single``: one SST-2 server (token batching), for memory only.
 
-The three 3-task servers run side by side and each load level is offered to them in turn (tokens, wait, none),
-so their numbers share the machine's state of that minute. Arrivals are open-loop (Poisson, seeded): a request
+The three 3-task servers run side by side and each load level is offered to them in turns, so their numbers
+share the machine's state of that minute. Arrivals are open-loop (Poisson, seeded): a request
 is sent at its scheduled time whether or not earlier ones were answered, and its latency counts from that time.
-Every level is bounded in time and count; the highest level (``--saturate``) measures saturated throughput.
+Every level is bounded in time and count, and offered in several turns per policy (the order rotating); the
+last level is closed-loop (``--clients`` clients, each sending again when answered): saturated throughput.
 Every server runs with ``--threads 1`` and logs warnings only. Results are JSON lines, a markdown table with
 the targets' ratios (``--table``), and a PNG of p50/p95/p99 and achieved QPS against offered QPS.
 
@@ -181,13 +182,55 @@ async def open_loop(
 
         await asyncio.gather(*(one(*item) for item in schedule))
         elapsed = time.perf_counter() - start
+    return {"latencies": latencies, "requests": len(schedule), "errors": errors, "elapsed": elapsed}
+
+
+async def closed_loop(url: str, inputs: dict[str, list], clients: int, seconds: float, seed: int) -> dict:
+    """``clients`` clients each sending its next request when its last is answered, for ``seconds``: the
+    server is never idle, so completions per second is its saturated throughput."""
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=120.0, limits=limits) as client:
+        start = time.perf_counter()
+        stop = start + seconds
+
+        async def worker(k: int) -> None:
+            nonlocal errors
+            rng = random.Random(seed * 1000 + k)
+            while time.perf_counter() < stop:
+                task = rng.choice(TASKS)
+                began = time.perf_counter()
+                try:
+                    answer = await client.post(
+                        f"{url}/v1/predict", json={"task": task, "inputs": [rng.choice(inputs[task])]}
+                    )
+                    ok = answer.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - began)
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(worker(k) for k in range(clients)))
+        elapsed = time.perf_counter() - start
+    return {"latencies": latencies, "requests": len(latencies) + errors, "errors": errors, "elapsed": elapsed}
+
+
+def summary(qps: float | None, parts: list[dict]) -> dict[str, float]:
+    """Latency percentiles and achieved QPS over the rounds of one load level."""
+    latencies = [x for part in parts for x in part["latencies"]]
     lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
     return {
         "offered_qps": qps,
-        "requests": len(schedule),
+        "rounds": len(parts),
+        "requests": sum(p["requests"] for p in parts),
         "completed": len(latencies),
-        "errors": errors,
-        "achieved_qps": round(len(latencies) / elapsed, 2),
+        "errors": sum(p["errors"] for p in parts),
+        "achieved_qps": round(len(latencies) / sum(p["elapsed"] for p in parts), 2),
         "p50_ms": round(float(np.percentile(lat, 50)), 2),
         "p95_ms": round(float(np.percentile(lat, 95)), 2),
         "p99_ms": round(float(np.percentile(lat, 99)), 2),
@@ -226,6 +269,7 @@ def plot(records: list[dict], figure: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    records = [r for r in records if r["offered_qps"] is not None]  # the open-loop levels
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     colours = {"tokens": "tab:green", "wait": "tab:red", "none": "tab:blue"}
     for config in CONFIGS:
@@ -257,48 +301,49 @@ def plot(records: list[dict], figure: Path) -> None:
 
 
 def table(records: list[dict]) -> str:
-    """The load levels as a markdown table, then the targets: batched p95 / unbatched p95 at every level and
-    saturated throughput / unbatched."""
+    """The load levels as a markdown table, then the targets: batched p95 / unbatched p95 at every open-loop
+    level, and saturated (closed-loop) throughput / unbatched."""
     lines = [
         "| batching | offered QPS | achieved QPS | p50 ms | p95 ms | p99 ms | errors | load avg (1 min) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    levels = sorted({r["offered_qps"] for r in records if "offered_qps" in r})
+    load = [r for r in records if r.get("config") in CONFIGS]
+    levels = sorted({r["offered_qps"] for r in load if r["offered_qps"] is not None}) + [None]
+    by = {(r["config"], r["offered_qps"]): r for r in load}
     for qps in levels:
         for config in CONFIGS:
-            for r in (r for r in records if r.get("config") == config and r.get("offered_qps") == qps):
+            r = by.get((config, qps))
+            if r:
+                offered = f"{qps:g}" if qps is not None else f"saturated ({r['clients']} clients)"
                 lines.append(
-                    f"| {LABELS[config]} | {qps:g} | {r['achieved_qps']} | {r['p50_ms']} | {r['p95_ms']} | "
+                    f"| {LABELS[config]} | {offered} | {r['achieved_qps']} | {r['p50_ms']} | {r['p95_ms']} | "
                     f"{r['p99_ms']} | {r['errors']} | {r['loadavg'][0]:.1f} |"
                 )
-    by = {(r.get("config"), r.get("offered_qps")): r for r in records}
-    for qps in levels:
+    lines.append("")
+    for qps in levels[:-1]:
         base = by.get(("none", qps))
-        for config in ("tokens", "wait"):
-            r = by.get((config, qps))
-            if base and r:
-                lines.append(
-                    f"\np95 at {qps:g} QPS, {LABELS[config]} / no batching: {r['p95_ms'] / base['p95_ms']:.2f}x"
-                )
-    top = max(levels, default=None)
-    if top is not None and by.get(("none", top)):
-        for config in ("tokens", "wait"):
-            if by.get((config, top)):
-                ratio = by[(config, top)]["achieved_qps"] / by[("none", top)]["achieved_qps"]
-                lines.append(
-                    f"\nthroughput at {top:g} QPS offered, {LABELS[config]} / no batching: {ratio:.2f}x"
-                )
+        ratios = [
+            f"{LABELS[c]} {by[(c, qps)]['p95_ms'] / base['p95_ms']:.2f}x"
+            for c in ("tokens", "wait")
+            if base and (c, qps) in by
+        ]
+        if ratios:
+            lines.append(f"- p95 / unbatched p95 at {qps:g} QPS: {', '.join(ratios)}")
+    base = by.get(("none", None))
+    for config in ("tokens", "wait"):
+        if base and (config, None) in by:
+            ratio = by[(config, None)]["achieved_qps"] / base["achieved_qps"]
+            lines.append(f"- saturated throughput, {LABELS[config]} / unbatched: {ratio:.2f}x")
     for r in records:
         if r.get("kind") == "memory":
             lines.append(
-                f"\nmemory after {r['requests']} requests: 3 tasks {r['three_mb']} MB, 1 task {r['one_mb']} MB "
+                f"- peak RSS after {r['requests']} requests: 3 tasks {r['three_mb']} MB, 1 task {r['one_mb']} MB "
                 f"({r['three_mb'] / r['one_mb']:.3f}x); load avg {r['loadavg'][0]:.1f}"
             )
         if r.get("kind") == "big":
             lines.append(
-                f"\n{r['body_mb']} MB request ({r['limits']}): status {r['big_status']} in {r['big_ms']} ms; a small "
-                f"request sent right after it: {r['small_ms']} ms (status {r['small_status']}); load avg "
-                f"{r['loadavg'][0]:.1f}"
+                f"- {r['body_mb']} MB request ({r['limits']}): {r['big_status']} in {r['big_ms']} ms; a small "
+                f"request sent 50 ms after it: {r['small_status']} in {r['small_ms']} ms; load avg {r['loadavg'][0]:.1f}"
             )
     return "\n".join(lines)
 
@@ -371,12 +416,13 @@ def main(argv: list[str] | None = None) -> int:
         default=Path(os.environ.get("UNIPELT_DATA_DIR", ROOT.parent / "shared" / "data" / "glue")),
     )
     p.add_argument("--runs-dir", type=Path, default=OUT / "runs")
-    p.add_argument("--qps", default="2,5,10,20", help="offered loads, comma-separated")
-    p.add_argument(
-        "--saturate", type=float, default=100.0, help="the last offered load: saturated throughput"
-    )
-    p.add_argument("--seconds", type=float, default=10.0, help="arrivals per load level last this long")
+    p.add_argument("--qps", default="2,4,8,12", help="offered loads (open loop), comma-separated")
+    p.add_argument("--clients", type=int, default=32, help="closed-loop clients of the saturated level")
+    p.add_argument("--seconds", type=float, default=20.0, help="arrivals per load level and policy, in all")
     p.add_argument("--max-requests", type=int, default=400, help="and are at most this many")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="each level is offered in this many turns per policy"
+    )
     p.add_argument("--max-batch", type=int, default=32, help="the wait policy's rows per batch")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="the wait policy's wait")
     p.add_argument("--out", type=Path, default=OUT / "load.jsonl")
@@ -384,8 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--table", action="store_true", help="only print the results in --out as a markdown table")
     p.add_argument("--skip-load", action="store_true", help="only the memory and 10 MB measurements")
     args = p.parse_args(argv)
-    if args.table:
-        print(table(loads(args.out)))
+    if args.table:  # and the figure again
+        records = loads(args.out)
+        plot([r for r in records if r.get("config") in CONFIGS], args.figure)
+        print(table(records))
         return 0
     runs = train_runs(args.runs_dir, args.data_dir)
     inputs = {t: texts(args.data_dir, t) for t in TASKS}
@@ -393,15 +441,25 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_load:
         servers = start_servers(runs, args.max_batch, args.max_wait_ms)
         try:
-            for qps in [*(float(q) for q in args.qps.split(",")), args.saturate]:
+            seconds, most = args.seconds / args.rounds, args.max_requests // args.rounds
+            for qps in [*(float(q) for q in args.qps.split(",")), None]:
+                parts: dict[str, list] = {config: [] for config in servers}
+                for turn in range(args.rounds):  # the policies take turns, in a rotating order
+                    order = list(servers)[turn % len(servers) :] + list(servers)[: turn % len(servers)]
+                    for config in order:
+                        url = servers[config].url
+                        load = (
+                            open_loop(
+                                dict.fromkeys(TASKS, url), inputs, list(TASKS), qps, seconds, most, seed=turn
+                            )
+                            if qps is not None
+                            else closed_loop(url, inputs, args.clients, seconds, seed=turn)
+                        )
+                        parts[config].append(asyncio.run(load))
                 for config, server in servers.items():
-                    routes = dict.fromkeys(TASKS, server.url)
-                    result = asyncio.run(
-                        open_loop(routes, inputs, list(TASKS), qps, args.seconds, args.max_requests, seed=1)
-                    )
-                    record(
-                        args.out, {"config": config, **result, "peak_rss_mb": server.memory()["peak_rss_mb"]}
-                    )
+                    extra = {"clients": args.clients} if qps is None else {}
+                    result = {"config": config, **summary(qps, parts[config]), **extra}
+                    record(args.out, {**result, "peak_rss_mb": server.memory()["peak_rss_mb"]})
         finally:
             for server in servers.values():
                 server.close()
@@ -418,8 +476,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.close()
     records = loads(args.out)
-    if any("offered_qps" in r for r in records):
-        plot([r for r in records if "offered_qps" in r], args.figure)
+    if any(r.get("config") in CONFIGS for r in records):
+        plot([r for r in records if r.get("config") in CONFIGS], args.figure)
     print(table(records))
     return 0
 

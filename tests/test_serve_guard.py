@@ -249,11 +249,22 @@ def protected_routes(app) -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("public_metrics", [False, True])
 def test_every_route_but_health_needs_the_key(public_metrics):
-    app, _ = app_with(api_key=KEY, public_metrics=public_metrics)
+    """The server's routes and the real OpenAI-compatible ones (their engine is never reached: the key is
+    checked first)."""
+    from types import SimpleNamespace
+
+    from unipelt.inference.openai_api import openai_router
+
+    app = create_app(Engine(), ServeOptions(api_key=KEY, public_metrics=public_metrics))
+    mount(app, openai_router(SimpleNamespace(tasks={}, models=["base"])), openai_error)
     routes = protected_routes(app)
-    assert (
-        ("POST", "/v1/predict") in routes and ("GET", "/v1/models") in routes and ("GET", "/docs") in routes
-    )
+    for route in [
+        ("POST", "/v1/predict"),
+        ("GET", "/v1/models"),
+        ("POST", "/v1/chat/completions"),
+        ("GET", "/docs"),
+    ]:
+        assert route in routes
     with TestClient(app) as client:
         for method, path in routes:
             path = path.replace("{", "").replace("}", "")
@@ -265,7 +276,7 @@ def test_every_route_but_health_needs_the_key(public_metrics):
                 assert answer.status_code == 401, (method, path, headers)
                 assert answer.headers["www-authenticate"] == "Bearer"
                 error = answer.json()["error"]
-                if path in ("/v1/models", "/v1/completions"):
+                if path in ("/v1/models", "/v1/completions", "/v1/chat/completions"):
                     assert error["type"] == "authentication_error" and error["code"] == "invalid_api_key"
                 else:
                     assert error.startswith("missing or wrong API key")
@@ -407,7 +418,7 @@ def test_tls_round_trip_and_the_openai_client_with_right_and_wrong_keys(tmp_path
     thread.start()
     base = f"https://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 30
+        deadline = time.time() + 120
         while not server.started:
             assert thread.is_alive() and time.time() < deadline
             time.sleep(0.05)
@@ -430,3 +441,30 @@ def test_tls_round_trip_and_the_openai_client_with_right_and_wrong_keys(tmp_path
     finally:
         server.should_exit = True
         thread.join(30)
+
+
+def test_an_exception_in_a_route_is_a_500_in_its_shape_and_counted(caplog):
+    app, _ = app_with()
+    broken = APIRouter()
+
+    @broken.get("/v1/broken")
+    async def fails():
+        raise RuntimeError("bug")
+
+    mount(app, broken, openai_error)
+    with (
+        caplog.at_level(logging.ERROR, logger="unipelt.serve"),
+        TestClient(app, raise_server_exceptions=False) as client,
+    ):
+        answer = client.get("/v1/broken", headers={"X-Request-ID": "r-500"})
+        assert client.get("/health").status_code == 200  # still serving
+        text = client.get("/metrics").text
+    assert answer.status_code == 500 and answer.headers["x-request-id"] == "r-500"
+    assert answer.json()["error"] == {
+        "message": "internal error: RuntimeError (request id r-500)",
+        "type": "server_error",
+        "param": None,
+        "code": None,
+    }
+    assert 'unipelt_requests_total{route="/v1/broken",status="500",task=""} 1.0' in text
+    assert any("request r-500 failed: RuntimeError: bug" in r.getMessage() for r in caplog.records)

@@ -250,8 +250,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="tokens (default): batches of what is waiting, by length, under --max-batch-tokens, never waiting; "
         "wait: the first request waits --max-wait-ms for others; none: one forward per request",
     )
-    batching.add_argument("--max-batch-tokens", type=int, default=4096, help="padded tokens per forward")
-    batching.add_argument("--max-batch", type=int, default=64, help="most rows in one forward (default 64)")
+    batching.add_argument(
+        "--max-batch-tokens", type=int, default=1024, help="padded tokens (rows x longest) per forward"
+    )
+    batching.add_argument("--max-batch", type=int, default=32, help="most rows in one forward (default 32)")
     batching.add_argument(
         "--max-wait-ms", type=float, default=5.0, help="--batching wait: the first request's wait"
     )

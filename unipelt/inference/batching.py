@@ -7,7 +7,7 @@ Callers (the web server's request handlers) :meth:`~TokenBatcher.submit` their t
   fills a forward with waiting rows of the same length bucket (and model group) in arrival order, until the
   forward's padded size (rows x longest row) would pass ``max_tokens``. A lone request runs at once; under load
   the requests that queued during a forward share the next one, and a short row is never padded to a long one
-  (lengths in one bucket differ by at most 1.5x). A request's rows may be spread over several forwards; it
+  (lengths in one bucket differ by at most 1.25x above 32 tokens). A request's rows may be spread over several forwards; it
   is answered when its last row is.
 - :class:`DynamicBatcher`: the first request of a batch waits up to ``max_wait_ms`` for others, up to
   ``max_batch`` rows of any lengths; with ``batching=False`` every request is run alone. Kept as the baseline
@@ -36,11 +36,37 @@ from unipelt.inference.served_tasks import Row
 
 Forward = Callable[[Sequence[Row], bool], tuple[list[Any], list[dict] | None]]
 Observer = Callable[..., None]  # (rows, tasks, real tokens, padded tokens)
-BUCKETS = (8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048)
+BUCKETS = (
+    8,
+    12,
+    16,
+    20,
+    24,
+    28,
+    32,
+    40,
+    48,
+    56,
+    64,
+    80,
+    96,
+    112,
+    128,
+    160,
+    192,
+    224,
+    256,
+    320,
+    384,
+    448,
+    512,
+)
+BUCKETS += tuple(640 * 5**i // 4**i for i in range(12))  # 640, 800, 1000, ...: 1.25x apart
 
 
 def bucket(length: int) -> int:
-    """The length bucket of a row: neighbouring bounds differ by at most 1.5x."""
+    """The length bucket of a row: rows of one bucket differ in length by at most 1.25x above 32 tokens (1.5x
+    below, where padding costs little)."""
     return bisect.bisect_left(BUCKETS, length)
 
 
@@ -85,8 +111,8 @@ class TokenBatcher:
     def __init__(
         self,
         forward: Forward,
-        max_tokens: int = 4096,
-        max_rows: int = 64,
+        max_tokens: int = 1024,
+        max_rows: int = 32,
         max_queue: int = 256,
         observe: Observer | None = None,
         group: Callable[[Row], Any] = lambda row: None,

@@ -59,8 +59,8 @@ class ServeOptions:
     batching: str = (
         "tokens"  # tokens: token-budget batches, never waiting; wait: the max_wait_ms policy; none
     )
-    max_batch_tokens: int = 4096  # padded tokens (rows x longest row) per forward, tokens policy
-    max_batch: int = 64  # rows per forward
+    max_batch_tokens: int = 1024  # padded tokens (rows x longest row) per forward, tokens policy
+    max_batch: int = 32  # rows per forward
     max_wait_ms: float = 5.0  # wait policy only
     max_inputs: int = 64  # inputs per request
     max_body_bytes: int = 1_000_000
