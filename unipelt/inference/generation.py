@@ -1,6 +1,6 @@
 """Text generation with a causal-LM run: load it, format prompts with the chat template, generate, score answers.
 
-A causal-LM run folder (written by :mod:`unipelt.training.causal_lm`) holds the run configuration, the tokenizer
+A causal-LM run folder (written by the run life cycle of :mod:`unipelt.training.run`) holds the run configuration, the tokenizer
 with its chat template and the checkpoint (the added modules, or the whole model for ``ft``). :class:`ChatRun`
 rebuilds the model exactly as training built it, through :func:`unipelt.backbones.load_base_model`.
 

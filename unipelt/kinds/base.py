@@ -8,6 +8,7 @@ is possible). The run life cycle and the verbs call these; none of them asks for
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -211,3 +212,27 @@ def sample_valid(items: list[Any], n_valid: int, seed: int) -> tuple[list[Any], 
 
 def is_file(path: str | None) -> bool:
     return path is not None and Path(path).is_file()
+
+
+def hold_out(config: TrainConfig, train: Any, valid: Any) -> tuple[Any, Any]:
+    """(train, valid) of a kind's own data: with ``--k``, K training examples and a validation set drawn from the
+    rest (the paper's protocol); without a validation file, a seeded share of the training data held out."""
+    from unipelt.data import k_shot_split
+
+    if config.k is not None:
+        kept, held = k_shot_split(train.examples, config.k, config.seed, config.n_valid)
+    elif valid is None:
+        kept, held = sample_valid(train.examples, config.n_valid, config.seed)
+    else:
+        return train, valid
+    return dataclasses.replace(train, examples=kept), dataclasses.replace(train, examples=held)
+
+
+def class_answer(outputs: np.ndarray, labels: list[str]) -> dict[str, Any]:
+    """One input's label and class probabilities from its logits."""
+    shifted = np.exp(outputs - outputs.max())
+    probabilities = shifted / shifted.sum()
+    return {
+        "label": labels[int(probabilities.argmax())],
+        "probabilities": {n: round(float(p), 6) for n, p in zip(labels, probabilities)},
+    }

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from unipelt.data import k_shot_split
 from unipelt.data.images import (
     IMAGE_SUFFIXES,
     ImageExample,
@@ -26,7 +24,7 @@ from unipelt.data.images import (
     read_image,
 )
 from unipelt.errors import DataError
-from unipelt.kinds.base import Splits, TaskKind, sample_valid
+from unipelt.kinds.base import Splits, TaskKind, class_answer, hold_out
 from unipelt.kinds.baseline import majority_class_scores
 from unipelt.kinds.imbalance import apply_oversampling
 from unipelt.metrics import compute_task_metrics
@@ -133,14 +131,7 @@ class ImageClassification(TaskKind):
             return None if path is None else load_images(path, train.label_list, **columns)
 
         valid, test = split(config.valid_file), split(config.test_file)
-        if config.k is not None:
-            kept, held = k_shot_split(train.examples, config.k, config.seed, config.n_valid)
-            valid = valid or dataclasses.replace(train, examples=held)
-            train = dataclasses.replace(train, examples=kept)
-        elif valid is None:
-            kept, held = sample_valid(train.examples, config.n_valid, config.seed)
-            valid = dataclasses.replace(train, examples=held)
-            train = dataclasses.replace(train, examples=kept)
+        train, valid = hold_out(config, train, valid)
         return Splits(
             train=apply_oversampling(config, train),
             valid=valid,
@@ -188,13 +179,7 @@ class ImageClassification(TaskKind):
         return {"pixel_values": tokenizer(images=images, return_tensors="np")["pixel_values"]}
 
     def decode_output(self, outputs: np.ndarray, labels: list[str] | None) -> dict[str, Any]:
-        shifted = np.exp(outputs - outputs.max())
-        probabilities = shifted / shifted.sum()
-        best = int(probabilities.argmax())
-        return {
-            "label": labels[best],
-            "probabilities": {n: round(float(p), 6) for n, p in zip(labels, probabilities)},
-        }
+        return class_answer(outputs, labels)
 
 
 def _columns(config: TrainConfig) -> dict[str, str]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from unipelt.data import TaskData, in_length_order, k_shot_split, load_glue, load_table, tokenize_examples
 from unipelt.data.glue import glue_task
-from unipelt.kinds.base import Splits, TaskKind, sample_valid
+from unipelt.kinds.base import Splits, TaskKind, class_answer, sample_valid
 from unipelt.kinds.baseline import majority_class_scores
 from unipelt.kinds.imbalance import apply_oversampling
 from unipelt.metrics import compute_task_metrics, main_metric
@@ -124,13 +124,7 @@ class Classification(SentenceKind):
     metrics_as = "classification"
 
     def decode_output(self, outputs: np.ndarray, labels: list[str] | None) -> dict[str, Any]:
-        shifted = np.exp(outputs - outputs.max())
-        probabilities = shifted / shifted.sum()
-        best = int(probabilities.argmax())
-        return {
-            "label": labels[best],
-            "probabilities": {n: round(float(p), 6) for n, p in zip(labels, probabilities)},
-        }
+        return class_answer(outputs, labels)
 
 
 class Regression(SentenceKind):

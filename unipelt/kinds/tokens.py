@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from unipelt.data import k_shot_split
 from unipelt.data.conll import TokenData, is_token_file, load_hub_tokens, load_tokens
 from unipelt.data.token_align import tokenize_tagged
 from unipelt.errors import UniPELTError
-from unipelt.kinds.base import Splits, TaskKind, sample_valid
+from unipelt.kinds.base import Splits, TaskKind, hold_out
 from unipelt.kinds.baseline import majority_class_scores
 from unipelt.kinds.imbalance import apply_oversampling
 from unipelt.metrics import compute_token_metrics
@@ -57,14 +55,7 @@ class TokenClassification(TaskKind):
             raise UniPELTError(
                 f"{train.source}: every word has the tag {train.label_list}; give at least two tags"
             )
-        if config.k is not None:
-            train_part, valid_part = k_shot_split(train.examples, config.k, config.seed, config.n_valid)
-            valid = dataclasses.replace(train, examples=valid_part)
-            train = dataclasses.replace(train, examples=train_part)
-        elif valid is None:
-            kept, held = sample_valid(train.examples, config.n_valid, config.seed)
-            valid = dataclasses.replace(train, examples=held)
-            train = dataclasses.replace(train, examples=kept)
+        train, valid = hold_out(config, train, valid)
         return Splits(
             train=apply_oversampling(config, train),
             valid=valid,
