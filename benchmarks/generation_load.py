@@ -47,26 +47,13 @@ class Server:
     """One `unipelt serve` process on a free loopback port."""
 
     def __init__(self, specs: list[str], *extra: str) -> None:
-        import httpx
-
-        from benchmarks.serve_load import free_port
+        from benchmarks.serve_load import free_port, wait_until_up
 
         self.port = free_port()
         command = [sys.executable, "-m", "unipelt.cli", "serve", *specs, "--port", str(self.port), *extra]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.time() + 300
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None:
-                raise RuntimeError(self.process.stderr.read().decode())
-            if time.time() > deadline:
-                raise RuntimeError("server did not start in 300 s")
-            time.sleep(0.5)
+        wait_until_up(self.url, self.process, lambda: self.process.stderr.read().decode())
 
     def close(self) -> None:
         self.process.terminate()

@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -92,13 +93,29 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_up(url: str, process: subprocess.Popen, log: Callable[[], str], seconds: float = 300) -> None:
+    """Poll ``url``/health until the server answers 200; a process that exits raises with its log."""
+    import httpx
+
+    deadline = time.time() + seconds
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError(log())
+        if time.time() > deadline:
+            raise RuntimeError(f"server did not start in {seconds:.0f} s")
+        time.sleep(0.5)
+
+
 class Server:
     """One `unipelt serve` process on a free loopback port."""
 
     def __init__(self, runs: list[Path], *extra: str) -> None:
         import tempfile
-
-        import httpx
 
         self.port = free_port()
         command = [sys.executable, "-m", "unipelt.cli", "serve", *map(str, runs), "--port", str(self.port)]
@@ -106,20 +123,12 @@ class Server:
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - open for the life of the server
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=self.log)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.time() + 300
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(self.log.read().decode())
-            if time.time() > deadline:
-                raise RuntimeError("server did not start in 300 s")
-            time.sleep(0.5)
+        wait_until_up(self.url, self.process, self._log_text)
         self.idle_rss_mb = self.memory()["rss_mb"]
+
+    def _log_text(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode()
 
     def memory(self) -> dict[str, float]:
         """Current and peak resident memory of the server process, MB."""
