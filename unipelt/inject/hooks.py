@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from unipelt.errors import UniPELTError
+from unipelt.inject import windows
 from unipelt.inject.architectures import Architecture, layer_list, parse_projection, role_path
 from unipelt.inject.attention import LAYER_KEY, interface_name
 from unipelt.inject.context import (
@@ -73,9 +74,12 @@ class Injector(LayerHooks):
             attention = layer.get_submodule(arch.attention)
             attention.__dict__[LAYER_KEY] = index
             attention.__dict__["_unipelt_kv_shape"] = kv
+            gate_site = layer.get_submodule(arch.gate_site)
             self._handles.append(
-                attention.register_forward_pre_hook(partial(self._gates, index), with_kwargs=True)
+                gate_site.register_forward_pre_hook(partial(self._gates, index), with_kwargs=True)
             )
+            if arch.windowed:
+                self._handles.extend(windows.install(attention, index))
 
     @property
     def key(self) -> int:

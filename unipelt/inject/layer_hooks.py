@@ -2,8 +2,10 @@
 
 - on each transformer layer: a :class:`~unipelt.inject.context.LayerCall` for that layer's run (under
   gradient checkpointing, set again around the re-run in backward, see :class:`_Replaying`);
-- on each self-attention module: each task's layer gates and whatever its modules prepare from the attention
-  input (LoRA's down projections of the query, key and value, in the same matmul as the gate);
+- on each self-attention module (or the layer's ``gate_site``, for attention over windows, see
+  :mod:`unipelt.inject.windows`): each task's layer gates and whatever its modules prepare from the attention
+  input (LoRA's down projections of the query, key and value, in the same matmul as the gate); a projection
+  whose input is another tensor (a window of it) computes its own;
 - on each projection some task uses (by role: query, key, value, output, ffn_input, ffn_output): call that
   task's modules on that task's rows, output or input side; one task for the whole batch takes no gathering;
 - on each base head module: run each row's task head instead.
