@@ -8,6 +8,9 @@ are applied and after the cache is updated:
 - models that call transformers' pluggable attention function get ours, registered as ``unipelt_sdpa`` /
   ``unipelt_eager`` (same mask builders as ``sdpa`` / ``eager``). Modules without a prefix site (cross
   attention) and a disabled model pass straight through to the original function.
+- Swin calls the interface once per window, with its relative position bias (and the shifted windows' mask)
+  as the additive mask: the prefix columns added to that mask are zeros, so the prefix gets no position bias,
+  and each window of a row attends to that row's prefix (:mod:`unipelt.inject.windows` maps rows to windows).
 - MPNet and DeBERTa-v2 compute attention inline; for them a short seam (:mod:`unipelt.inject.seams`)
   recomputes q/k/v with the module's own projections and position terms, then calls the same core. Prefix
   columns get no position bias.
@@ -225,21 +228,28 @@ def _attend(
 LAYER_KEY = "_unipelt_layer"  # instance-dict key marking a self-attention module with its layer index
 
 
-def prefix_for(module: torch.nn.Module, batch: int, q_len: int, dtype: torch.dtype):
+def prefix_for(
+    module: torch.nn.Module,
+    batch: int,
+    q_len: int,
+    dtype: torch.dtype,
+    kv_shape: tuple[int, int] | None = None,
+):
     """The prefix this call's rows attend to in this attention module, or None (no prefix, cross attention,
-    disabled model)."""
+    disabled model). ``kv_shape``: (key heads, head size) of this module's keys, when the caller has them
+    (the model's in a staged model differ per stage); else the model's, recorded on the module."""
     index = module.__dict__.get(LAYER_KEY)
     if index is None:
         return None
     call = current_layer(index)
     if call is None or not call.context.enabled:
         return None
-    kv_heads, head_dim = module.__dict__["_unipelt_kv_shape"]
+    kv_heads, head_dim = kv_shape or module.__dict__["_unipelt_kv_shape"]
     return _gather_prefixes(call, index, batch, kv_heads, head_dim, q_len, dtype)
 
 
 def unipelt_sdpa(module, query, key, value, attention_mask, **kwargs):
-    prefix = prefix_for(module, query.shape[0], query.shape[2], key.dtype)
+    prefix = prefix_for(module, query.shape[0], query.shape[2], key.dtype, (key.shape[1], key.shape[3]))
     if prefix is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     return attend_with_prefix(
@@ -254,7 +264,7 @@ def _model_eager(module: torch.nn.Module) -> Any:
 
 def unipelt_eager(module, query, key, value, attention_mask, **kwargs):
     inner = _model_eager(module)
-    prefix = prefix_for(module, query.shape[0], query.shape[2], key.dtype)
+    prefix = prefix_for(module, query.shape[0], query.shape[2], key.dtype, (key.shape[1], key.shape[3]))
     if prefix is None:
         return inner(module, query, key, value, attention_mask, **kwargs)
     return attend_with_prefix(inner, module, query, key, value, attention_mask, prefix, **kwargs)
