@@ -2,7 +2,7 @@
 
 A causal-LM run (``--task-type causal-lm``) is scored on chats: its test file or ``--data``; with
 ``--retention`` it is instead asked a file of facts, and compared with its base model
-(:mod:`unipelt.inference.retention`); the result is also stored in the run's metrics.json.
+(:mod:`unipelt.running.retention`); the result is also stored in the run's metrics.json.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _retention(args: argparse.Namespace, where: Any) -> int:
     from unipelt.backbones import load_base_model
     from unipelt.checkpoint import write_json
     from unipelt.inference.generation import ChatRun
-    from unipelt.inference.retention import facts_path, measure_retention, read_facts, retention_line
+    from unipelt.running.retention import facts_path, measure_retention, read_facts, retention_line
 
     facts = read_facts(facts_path(args.retention))
     trained = ChatRun(args.run, where)

@@ -31,11 +31,11 @@ from unipelt.checkpoint import atomic_directory, write_json
 from unipelt.data import Example
 from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
-from unipelt.inference.loop import forward_batches, model_device
 from unipelt.inference.onnx_runtime import EXPORT_INFO, encode_batches, run_session, session
 from unipelt.inference.runs import Run
 from unipelt.inference.served_tasks import default_name, pair_task, run_score
 from unipelt.metrics import compute_task_metrics, main_metric
+from unipelt.running.loop import forward_batches, model_device
 
 OPSET = 17
 INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")

@@ -18,17 +18,16 @@ from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
 from unipelt.backbones import load_base_model
-from unipelt.data import Example, TaskData, load_glue, load_table
+from unipelt.data import Example, TaskData, load_glue
 from unipelt.data.conll import load_hub_tokens, load_tokens
-from unipelt.data.files import input_lines
 from unipelt.data.glue import glue_task, is_glue_task
 from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
-from unipelt.inference.loop import chunks, logits_and_labels
 from unipelt.inference.tagging import evaluate_tagged, tag_sentences
 from unipelt.kinds import kind_of_run
 from unipelt.methods import get_method
 from unipelt.metrics import compute_task_metrics
+from unipelt.running.loop import chunks, logits_and_labels
 from unipelt.training.run_files import check_run_folder, read_labels, read_run_config
 
 
@@ -169,40 +168,3 @@ class Run:
             record = self.kind.input_record(example, tokenizer, self.config.max_length)
             cut = {key: record.pop(key) for key in ("truncated", "tokens") if key in record}
             yield {**record, **answer, **cut}
-
-
-def read_inputs(
-    source: str, text_columns: list[str], encoding: str = "utf-8", task: str | None = None
-) -> list[Example]:
-    """Texts to predict: a CSV/TSV/JSONL file with ``text_columns``, or plain lines from a file or '-'.
-
-    With two text columns (a sentence-pair task such as RTE) each plain line must hold the two texts separated
-    by a tab: a line with one text is refused, since the model would silently score it against an empty second
-    text. With one column a whole line is one text. ``task`` names the task in that message.
-    """
-    if source != "-" and Path(source).suffix.lower() in (".csv", ".tsv", ".jsonl"):
-        return load_table(source, text_columns, None, encoding=encoding).examples
-    if source != "-" and not Path(source).is_file():
-        raise UniPELTError(f"input file not found: {source}")
-    lines = input_lines(source, encoding)
-    pair = len(text_columns) == 2
-    examples = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if not pair:
-            examples.append(Example(line, None, None))
-            continue
-        parts = line.split("\t")
-        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-            a, b = text_columns
-            raise UniPELTError(
-                f"{'standard input' if source == '-' else source}, line {number}: {task or 'this run'} is a "
-                f"sentence-pair task, so each line needs two texts separated by a tab (found "
-                f"{len(parts)} field{'s' if len(parts) != 1 else ''}), e.g. 'A man is sleeping.<TAB>A person "
-                f'rests.\'; or give a .jsonl file with both fields per line: {{"{a}": "...", "{b}": "..."}}'
-            )
-        examples.append(Example(parts[0], parts[1], None))
-    if not examples:
-        raise UniPELTError(f"no texts to predict in {source!r}")
-    return examples

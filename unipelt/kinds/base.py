@@ -157,7 +157,7 @@ class TaskKind:
         self, source: str, columns: list[str], encoding: str, task: str | None
     ) -> list[Any]:
         """What ``predict --input SOURCE`` reads: texts from a table, a file of lines or standard input."""
-        from unipelt.inference.runs import read_inputs  # here: inference.runs imports the kinds
+        from unipelt.data.inputs import read_inputs
 
         return read_inputs(source, columns, encoding, task)
 

@@ -3,7 +3,7 @@
 The loss is the base model's next-token loss on the answer tokens only (:mod:`unipelt.data.chat`); the best
 checkpoint has the lowest validation loss. Final scores are loss and perplexity and, when the answers are short
 labels (``answer_choices``: given, or detected from the training answers), accuracy and exact match of greedy
-generations (:func:`unipelt.inference.chat_scoring.score_chats`, which ``unipelt eval`` uses too).
+generations (:func:`unipelt.running.chat_scoring.score_chats`, which ``unipelt eval`` uses too).
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ class CausalLM(TaskKind):
 
     def score(self, context: Any, trainer: Any, evaluate: dict[str, Any]) -> dict[str, dict[str, float]]:
         """The same scoring as ``unipelt eval`` on the finished run, for validation and test chats."""
-        from unipelt.inference.chat_scoring import score_chats
+        from unipelt.running.chat_scoring import score_chats
 
         model, splits, config = context.model, context.splits, context.config
         model.eval()
@@ -154,7 +154,7 @@ def _retention(config: TrainConfig, model: Any, unipelt: Any, tokenizer: Any) ->
     """The finished run's retention of the facts file against its base model (the modules switched off; for
     full fine-tuning a fresh copy of the base model)."""
     from unipelt.backbones import load_base_model
-    from unipelt.inference.retention import facts_path, measure_retention, read_facts
+    from unipelt.running.retention import facts_path, measure_retention, read_facts
 
     facts = read_facts(facts_path(config.retention))
     base = None
