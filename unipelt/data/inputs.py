@@ -1,9 +1,11 @@
-"""Texts to predict for: a table with a run's text columns, a file of plain lines, or standard input."""
+"""What ``predict`` reads: texts (a table with a run's text columns, a file of plain lines, or standard input)
+or sentences to tag (JSON lines with ``tokens``, a CoNLL file, or plain lines)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from unipelt.data.conll import JSONL_SUFFIXES, TokenExample, load_tokens
 from unipelt.data.examples import Example
 from unipelt.data.files import input_lines
 from unipelt.data.tables import load_table
@@ -45,3 +47,22 @@ def read_inputs(
     if not examples:
         raise UniPELTError(f"no texts to predict in {source!r}")
     return examples
+
+
+def read_sentences(source: str, tag_column: int = -1, encoding: str = "utf-8") -> list[TokenExample]:
+    """Sentences to tag: JSON lines with ``tokens``, a CoNLL file (its first column), or plain text lines from a
+    file or '-' (one sentence a line, words split on whitespace); files in ``encoding``."""
+    suffix = Path(source).suffix.lower()
+    if source != "-" and (
+        suffix in JSONL_SUFFIXES or suffix in (".conll", ".iob", ".iob2", ".bio", ".bioes")
+    ):
+        return load_tokens(source, tag_column, labelled=False, encoding=encoding).examples
+    if source != "-" and not Path(source).is_file():
+        raise UniPELTError(f"input file not found: {source}")
+    lines = input_lines(source, encoding)
+    sentences = [
+        TokenExample(tuple(line.split()), None, i) for i, line in enumerate(lines, 1) if line.strip()
+    ]
+    if not sentences:
+        raise UniPELTError(f"no sentences to tag in {source!r}")
+    return sentences

@@ -14,6 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+Forward = Callable[[Iterable[Mapping[str, Any]]], Iterator[np.ndarray]]
+"""A model as a function of collated batches to its outputs, one float32 array per batch: a PyTorch model
+through :func:`model_forward`, or an ONNX Runtime session."""
+
 
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (the CPU for a model without any)."""
@@ -84,3 +88,13 @@ def logits_and_labels(
             value = batch["labels"]
             labels.append(value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value))
     return np.concatenate(logits), (np.concatenate(labels) if labels else None)
+
+
+def model_forward(model: nn.Module) -> Forward:
+    """The model as a :data:`Forward`: its logits per batch, through :func:`forward_batches`."""
+
+    def forward(batches: Iterable[Mapping[str, Any]]) -> Iterator[np.ndarray]:
+        for output, _ in forward_batches(model, batches):
+            yield output.numpy()
+
+    return forward

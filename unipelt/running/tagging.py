@@ -4,6 +4,9 @@ A word's prediction is the head's output at its first sub-token (as in training)
 length gets no prediction: it is tagged ``O`` with score 0 and counted (``words_cut``), so ``eval`` charges it as a
 miss instead of leaving it out. Spans come from seqeval's reading of the tags (IOB1, IOB2 or IOBES), each with
 the mean probability of its words' predicted tags as its score.
+
+The model is a ``forward`` function (:data:`unipelt.running.loop.Forward`): a PyTorch model through the batch
+loop, or an ONNX Runtime session, answer alike.
 """
 
 from __future__ import annotations
@@ -12,14 +15,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from transformers import DataCollatorWithPadding
 
 from unipelt.data.conll import TokenExample
 from unipelt.data.token_align import encode_words
 from unipelt.errors import UniPELTError
 from unipelt.metrics import entity_metrics
-from unipelt.running.loop import chunks, forward_batches
+from unipelt.running.loop import Forward, chunks
 
 
 def as_sentence(sentence: TokenExample | Sequence[str] | str) -> TokenExample:
@@ -32,22 +34,29 @@ def as_sentence(sentence: TokenExample | Sequence[str] | str) -> TokenExample:
     return TokenExample(tuple(words), None)
 
 
+def word_rows(
+    sentences: Sequence[TokenExample], tokenizer: Any, max_length: int
+) -> tuple[list[dict[str, list[int]]], list[list[int]]]:
+    """(one row of model inputs per sentence, the first sub-token position of each word; -1: cut)."""
+    encoding, positions, _ = encode_words(sentences, tokenizer, max_length)
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in encoding]
+    return [{n: encoding[n][i] for n in names} for i in range(len(sentences))], positions
+
+
 def word_probabilities(
-    model: torch.nn.Module,
+    forward: Forward,
     tokenizer: Any,
     sentences: Sequence[TokenExample],
     max_length: int,
     batch_size: int = 32,
 ) -> list[np.ndarray]:
     """For each sentence, a (words, tags) array of probabilities; rows of NaN for words past the max length."""
-    encoding, positions, _ = encode_words(sentences, tokenizer, max_length)
-    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in encoding]
-    rows = [{n: encoding[n][i] for n in names} for i in range(len(sentences))]
+    rows, positions = word_rows(sentences, tokenizer, max_length)
     left = getattr(tokenizer, "padding_side", "right") == "left"
     result: list[np.ndarray] = []
-    batches = chunks(rows, DataCollatorWithPadding(tokenizer), batch_size)
-    for logits, _ in forward_batches(model, batches):
-        probabilities = torch.softmax(logits, dim=-1).numpy()
+    for logits in forward(chunks(rows, DataCollatorWithPadding(tokenizer), batch_size)):
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
         for offset in range(probabilities.shape[0]):
             index = len(result)  # the sentence of this row
             shift = probabilities.shape[1] - len(rows[index]["input_ids"]) if left else 0
@@ -94,7 +103,7 @@ def entity_spans(tokens: Sequence[str], tags: Sequence[str], scores: Sequence[fl
 
 
 def tag_sentences(
-    model: torch.nn.Module,
+    forward: Forward,
     tokenizer: Any,
     sentences: Sequence[Any],
     labels: Sequence[str],
@@ -106,7 +115,7 @@ def tag_sentences(
     """
     sentences = [as_sentence(s) for s in sentences]
     for sentence, probabilities in zip(
-        sentences, word_probabilities(model, tokenizer, sentences, max_length)
+        sentences, word_probabilities(forward, tokenizer, sentences, max_length)
     ):
         tags, scores, cut = decode(probabilities, labels)
         record: dict[str, Any] = {
@@ -121,7 +130,7 @@ def tag_sentences(
 
 
 def evaluate_tagged(
-    model: torch.nn.Module,
+    forward: Forward,
     tokenizer: Any,
     sentences: Sequence[TokenExample],
     labels: Sequence[str],
@@ -132,10 +141,26 @@ def evaluate_tagged(
         raise UniPELTError("`eval` needs tagged sentences (use `predict` for untagged text)")
     gold, predicted, cut = [], [], 0
     for sentence, probabilities in zip(
-        sentences, word_probabilities(model, tokenizer, sentences, max_length)
+        sentences, word_probabilities(forward, tokenizer, sentences, max_length)
     ):
         tags, _, missing = decode(probabilities, labels)
         predicted.append(tags)
         gold.append([labels[i] for i in sentence.tags])
         cut += missing
     return {**entity_metrics(gold, predicted), "words_cut": float(cut)}
+
+
+def bracketed(record: dict[str, Any]) -> str:
+    """A sentence with its entities in brackets: ``[PER John Smith] met [LOC Paris] .``"""
+    tokens = record["tokens"]
+    starts = {e["start"]: e for e in record["entities"]}
+    out, i = [], 0
+    while i < len(tokens):
+        if i in starts:
+            entity = starts[i]
+            out.append(f"[{entity['type']} {entity['text']}]")
+            i = entity["end"]
+        else:
+            out.append(tokens[i])
+            i += 1
+    return " ".join(out)
