@@ -109,7 +109,9 @@ def test_an_image_run_exports_to_onnx_and_predicts_from_it(image_data, tmp_path,
     assert main([*args, "--out", str(run), "--threads", "1"]) == 0
     out = tmp_path / "export"
     capsys.readouterr()
-    assert main(["export", str(run), "--out", str(out), "--quantize", "int8", "--threads", "1", "--json"]) == 0
+    assert (
+        main(["export", str(run), "--out", str(out), "--quantize", "int8", "--threads", "1", "--json"]) == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["inputs"] == ["pixel_values"] and report["examples"] == 16
     assert report["parity_max_abs_diff"] <= 1e-4

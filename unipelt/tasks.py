@@ -14,10 +14,12 @@ import torch
 from torch import nn
 
 from unipelt.config import UniPELTConfig
+from unipelt.errors import UniPELTError
 from unipelt.gates import GATE_TYPES, build_layer_gate
 from unipelt.heads import copy_head, head_key
 from unipelt.inject.architectures import Architecture
 from unipelt.modules import MODULES, BuildSpec, PeftModule
+from unipelt.modules.projections import layer_width
 
 if TYPE_CHECKING:
     from unipelt.plan import Plan
@@ -76,6 +78,11 @@ class TaskModules(nn.Module):
         self.labels = labels
         self.head_paths = list(head_paths)
         self.pooling = config.resolved_pooling(spec.arch)
+        if spec.arch.windowed and self.pooling == "token":
+            raise UniPELTError(
+                "gate_pooling='token' is not available on windowed attention (Swin): attention sees the tokens "
+                "shifted, padded and cut into windows, so a gate per token has no place there; use 'mean'"
+            )
         self.class_weights: torch.Tensor | None = None
         # A structure plan applied to this task (unipelt.plan) and the weights as trained, which a planned
         # task's checkpoint keeps: both None until a plan is applied.
@@ -93,14 +100,14 @@ class TaskModules(nn.Module):
             else:
                 setattr(self, kind_name, cls.build(spec, None))
         normalise = config.resolved_gate_input(spec.arch) == "rms"
-        for layer_modules in self.layers:
+        for layer, layer_modules in zip(spec.layers, self.layers):
             # Sites in registry order: the softmax router's outputs are indexed by it.
             parts = [
                 getattr(layer_modules, k, None) or getattr(self, k, None) for k in config.ordered_modules
             ]
             sites = [site for part in parts if part is not None for site in part.gate_sites(config.gate)]
             layer_modules.gate = build_layer_gate(
-                config.gate, spec.dims["hidden_size"], sites, config, normalise=normalise
+                config.gate, layer_width(layer, spec.arch), sites, config, normalise=normalise
             )
             layer_modules.index_sites()
         self.head = head

@@ -134,7 +134,7 @@ class OnnxModel(OnnxRun):
 
     def served(self, name: str) -> ServedTask:
         return served_task(
-            self.kind.name,
+            self.kind,
             name=name,
             source=str(self.folder),
             labels=self.labels,

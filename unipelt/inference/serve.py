@@ -4,9 +4,11 @@
     GET  /v1/tasks      every task: name, kind, labels, inputs (single / pair / words), metric and score from
                         the run's metrics.json, parameter counts
     POST /v1/predict    {"task": name, "inputs": [...], "gates": false} -> {"task", "predictions": [...]}:
-                        {"label", "probabilities"} or {"score"} per text (pair), tags and entity spans per
-                        sentence of a tagging task; "gates" per input when asked; over-long texts are cut to
-                        the run's max_length and flagged with "truncated": true and their full token count
+                        {"label", "probabilities"} or {"score"} per text (pair) or base64 image, tags and
+                        entity spans per sentence of a tagging task (what an input is and how it is answered
+                        is the task kind's: :mod:`unipelt.kinds`); "gates" per input when asked; over-long
+                        texts are cut to the run's max_length and flagged with "truncated": true and their
+                        full token count
     GET  /metrics       Prometheus text format: responses by route, task and status, latency, batch sizes
     GET  /docs, /openapi.json: the typed schema of all of the above, every status code documented
 

@@ -7,7 +7,8 @@ Nothing in the base model is replaced or renamed. The hooks, all owned by one :c
 - on the backbone: read the padding mask;
 - on each transformer layer: a :class:`~unipelt.inject.context.LayerCall` for that layer's run (under
   gradient checkpointing, set again around the re-run in backward, see :class:`_Replaying`);
-- on each self-attention module: compute each task's layer gates from the attention input;
+- on each self-attention module: compute each task's layer gates from the attention input (or from the
+  input of the row's ``gates_from`` module, for attention over windows, see :mod:`unipelt.inject.windows`);
 - on each projection some task uses (by role: query, key, value, output, ffn_input, ffn_output): call that
   task's modules on that task's rows, output or input side;
 - on each base head module: run each row's task head instead.
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from unipelt.errors import UniPELTError
+from unipelt.inject import windows
 from unipelt.inject.architectures import Architecture, layer_list, parse_projection, role_path
 from unipelt.inject.attention import LAYER_KEY, interface_name
 from unipelt.inject.context import (
@@ -134,9 +136,12 @@ class Injector:
             attention = layer.get_submodule(arch.attention)
             attention.__dict__[LAYER_KEY] = index
             attention.__dict__["_unipelt_kv_shape"] = kv
+            gate_site = layer.get_submodule(arch.gate_site)
             self._handles.append(
-                attention.register_forward_pre_hook(partial(self._gates, index), with_kwargs=True)
+                gate_site.register_forward_pre_hook(partial(self._gates, index), with_kwargs=True)
             )
+            if arch.windowed:
+                self._handles.extend(windows.install(attention, index))
 
     @property
     def key(self) -> int:

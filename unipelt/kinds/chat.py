@@ -40,6 +40,7 @@ class CausalLM(TaskKind):
     onnx_reason = "generation is served with PyTorch only: its decoding loop is not one graph"
     compiles = False
     example_noun = "conversations"
+    serves = "generate"  # on the OpenAI-compatible completion routes
 
     def detect(self, config: TrainConfig) -> bool:
         return config.task is None and bool(config.train_file) and is_chat_file(config.train_file)

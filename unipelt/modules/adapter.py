@@ -51,7 +51,7 @@ class BottleneckAdapter(PeftModule):
         config = spec.config
         adapter = cls(
             out_features,
-            config.adapter_bottleneck(spec.dims["hidden_size"]),
+            config.adapter_bottleneck(out_features),  # this layer's width (staged models widen per stage)
             config.adapter_activation,
             gated=config.gate == "sigmoid",
             pooling=config.resolved_pooling(spec.arch),
