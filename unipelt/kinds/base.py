@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from unipelt.data import load_glue, load_table
+from unipelt.data import k_shot_split, load_glue, load_table, tokenize_examples
 from unipelt.data.inputs import read_inputs
+from unipelt.data.tokenize import token_counts
 from unipelt.errors import InputError, UniPELTError
 from unipelt.metrics import compute_task_metrics, main_metric
 
@@ -217,16 +218,12 @@ class TaskKind:
         """(one item per example, the collator that batches them) for ``eval`` and ``predict``."""
         from transformers import DataCollatorWithPadding
 
-        from unipelt.data import tokenize_examples
-
         dataset = tokenize_examples(examples, tokenizer, max_length)
         dataset = dataset.remove_columns([c for c in ("labels",) if c in dataset.column_names])
         return [dataset[i] for i in range(len(dataset))], DataCollatorWithPadding(tokenizer)
 
     def input_record(self, example: Any, tokenizer: Any, max_length: int) -> dict[str, Any]:
         """What a prediction record says about its input (the texts; whether only their start was read)."""
-        from unipelt.data.tokenize import token_counts
-
         record: dict[str, Any] = {"text": example.text_a}
         if example.text_b is not None:
             record["text_b"] = example.text_b
@@ -449,8 +446,6 @@ def is_file(path: str | None) -> bool:
 def hold_out(config: TrainConfig, train: Any, valid: Any) -> tuple[Any, Any]:
     """(train, valid) of a kind's own data: with ``--k``, K training examples and a validation set drawn from the
     rest (the paper's protocol); without a validation file, a seeded share of the training data held out."""
-    from unipelt.data import k_shot_split
-
     if config.k is not None:
         kept, held = k_shot_split(train.examples, config.k, config.seed, config.n_valid)
     elif valid is None:

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from unipelt.data.conll import TokenData, is_token_file, load_hub_tokens, load_tokens
+from unipelt.data import in_length_order
+from unipelt.data.conll import TokenData, TokenExample, is_token_file, load_hub_tokens, load_tokens
 from unipelt.data.inputs import read_sentences
-from unipelt.data.token_align import tokenize_tagged
+from unipelt.data.token_align import encode_words, pretokenized_tokenizer, tokenize_tagged
 from unipelt.errors import InputError, UniPELTError
 from unipelt.kinds.base import Row, Splits, TaskKind, check_text, hold_out
 from unipelt.kinds.baseline import majority_class_scores
@@ -83,15 +84,11 @@ class TokenClassification(TaskKind):
         return datasets, cuts
 
     def eval_datasets(self, datasets: dict[str, Any]) -> dict[str, Any]:
-        from unipelt.data import in_length_order
-
         return {name: in_length_order(data) for name, data in datasets.items() if name != "train"}
 
     def collator(self, tokenizer: Any) -> Any:
         """Pads each batch to its longest row; tag labels are padded with -100."""
         from transformers import DataCollatorForTokenClassification
-
-        from unipelt.data.token_align import pretokenized_tokenizer
 
         return DataCollatorForTokenClassification(pretokenized_tokenizer(tokenizer))
 
@@ -123,9 +120,6 @@ class TokenClassification(TaskKind):
 
     def encode_request(self, tokenizer: Any, texts: list[Any], max_length: int) -> dict[str, Any]:
         """Words (a list, or a whitespace-separated text) aligned to sub-tokens as training aligned them."""
-        from unipelt.data.conll import TokenExample
-        from unipelt.data.token_align import encode_words
-
         sentences = [
             TokenExample(tuple(t.split() if isinstance(t, str) else map(str, t)), None) for t in texts
         ]
@@ -201,8 +195,6 @@ class TokenClassification(TaskKind):
     # ------------------------------------------------------------------ serving: a tag per word
 
     def serving_preprocessor(self, preprocessor: Any) -> Any:
-        from unipelt.data.token_align import pretokenized_tokenizer
-
         return pretokenized_tokenizer(preprocessor)  # takes words already split
 
     def request_inputs(self, pair: bool) -> str:
