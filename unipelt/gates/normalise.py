@@ -29,9 +29,10 @@ INIT_LOGIT_STD = 0.2
 
 def rms_normalise(x: torch.Tensor) -> torch.Tensor:
     """x / rms(x) over the last axis, computed in float32 so a half-precision state cannot overflow."""
-    if x.dtype == torch.float32:
+    if x.dtype == torch.float32 and not torch.jit.is_tracing():  # ONNX opset 17 has no rms_norm
         return F.rms_norm(x, (x.shape[-1],), eps=EPS)  # one operation
-    return F.rms_norm(x.float(), (x.shape[-1],), eps=EPS).to(x.dtype)
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + EPS)).to(x.dtype)
 
 
 def init_normalised_linear(linear: nn.Linear) -> None:
