@@ -10,7 +10,10 @@ request with a small one sent right after it.
 - ``single``: one SST-2 server (token batching), for memory only.
 
 The three 3-task servers run side by side and each load level is offered to them in turns, so their numbers
-share the machine's state of that minute. Arrivals are open-loop (Poisson, seeded): a request
+share the machine's state of that minute. Each server is warmed up after it starts (a few requests of every
+task, alone and in bursts), and every measured turn begins with ``--warmup`` seconds of arrivals that are not
+counted: a server's (and a client's) first requests are slow for reasons that have nothing to do with
+batching, and with a few dozen requests per level they would set its p95. Arrivals are open-loop (Poisson, seeded): a request
 is sent at its scheduled time whether or not earlier ones were answered, and its latency counts from that time.
 Every level is bounded in time and count, and offered in several turns per policy (the order rotating); the
 last level is closed-loop (``--clients`` clients, each sending again when answered): saturated throughput.
@@ -156,16 +159,21 @@ async def open_loop(
     seconds: float,
     max_requests: int,
     seed: int,
+    warmup: float = 0.0,
 ) -> dict[str, float]:
-    """Send Poisson arrivals at ``qps`` for ``seconds`` (at most ``max_requests``); latency from scheduled time."""
+    """Send Poisson arrivals at ``qps`` for ``seconds`` (at most ``max_requests``); latency from scheduled time.
+
+    The first ``warmup`` seconds of arrivals (at the same rate, same client) are sent but not counted: they
+    open the client's connections and bring the server to that load before anything is measured."""
     import httpx
 
     rng = random.Random(seed)
-    schedule, t = [], 0.0
-    while t < seconds and len(schedule) < max_requests:
+    schedule, t, measured = [], 0.0, 0
+    while t < warmup + seconds and measured < max_requests:
         t += rng.expovariate(qps)
         task = rng.choice(mix)
         schedule.append((t, task, rng.choice(inputs[task])))
+        measured += t >= warmup
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
@@ -184,14 +192,29 @@ async def open_loop(
                 ok = response.status_code == 200
             except httpx.HTTPError:
                 ok = False
+            if at < warmup:
+                return
             if ok:
                 latencies.append(time.perf_counter() - (start + at))
             else:
                 errors += 1
 
         await asyncio.gather(*(one(*item) for item in schedule))
-        elapsed = time.perf_counter() - start
-    return {"latencies": latencies, "requests": len(schedule), "errors": errors, "elapsed": elapsed}
+        elapsed = time.perf_counter() - start - warmup
+    return {"latencies": latencies, "requests": measured, "errors": errors, "elapsed": elapsed}
+
+
+def warm_up(url: str, inputs: dict[str, list], per_task: int = 8) -> None:
+    """Bring a new server past its first requests (first forward of each task and of each batch shape, lazy
+    set-up on both sides), one request at a time and then in concurrent bursts; nothing is measured."""
+    import httpx
+
+    with httpx.Client(timeout=120) as client:
+        for task in TASKS:
+            for text in inputs[task][:per_task]:
+                client.post(f"{url}/v1/predict", json={"task": task, "inputs": [text]})
+    bursts = {t: inputs[t][per_task : 2 * per_task] for t in TASKS}
+    asyncio.run(open_loop(dict.fromkeys(TASKS, url), bursts, list(TASKS), 20.0, 2.0, 40, seed=99))
 
 
 async def closed_loop(url: str, inputs: dict[str, list], clients: int, seconds: float, seed: int) -> dict:
@@ -247,8 +270,10 @@ def summary(qps: float | None, parts: list[dict]) -> dict[str, float]:
     }
 
 
-def start_servers(runs: dict[str, Path], max_batch: int, max_wait_ms: float) -> dict[str, Server]:
-    """The three 3-task servers, one per batching policy."""
+def start_servers(
+    runs: dict[str, Path], inputs: dict[str, list], max_batch: int, max_wait_ms: float
+) -> dict[str, Server]:
+    """The three 3-task servers, one per batching policy, each warmed up (:func:`warm_up`)."""
     three = [runs[t] for t in TASKS]
     flags = {
         "tokens": ["--batching", "tokens"],
@@ -259,6 +284,7 @@ def start_servers(runs: dict[str, Path], max_batch: int, max_wait_ms: float) -> 
     try:
         for config in CONFIGS:
             servers[config] = Server(three, *flags[config])
+            warm_up(servers[config].url, inputs)
     except BaseException:
         for server in servers.values():
             server.close()
@@ -432,6 +458,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--rounds", type=int, default=3, help="each level is offered in this many turns per policy"
     )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="seconds of arrivals sent but not counted before each measured turn (0: none)",
+    )
     p.add_argument("--max-batch", type=int, default=32, help="the wait policy's rows per batch")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="the wait policy's wait")
     p.add_argument("--out", type=Path, default=OUT / "load.jsonl")
@@ -448,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = {t: texts(args.data_dir, t) for t in TASKS}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if not args.skip_load:
-        servers = start_servers(runs, args.max_batch, args.max_wait_ms)
+        servers = start_servers(runs, inputs, args.max_batch, args.max_wait_ms)
         try:
             seconds, most = args.seconds / args.rounds, args.max_requests // args.rounds
             for qps in [*(float(q) for q in args.qps.split(",")), None]:
@@ -459,7 +491,14 @@ def main(argv: list[str] | None = None) -> int:
                         url = servers[config].url
                         load = (
                             open_loop(
-                                dict.fromkeys(TASKS, url), inputs, list(TASKS), qps, seconds, most, seed=turn
+                                dict.fromkeys(TASKS, url),
+                                inputs,
+                                list(TASKS),
+                                qps,
+                                seconds,
+                                most,
+                                seed=turn,
+                                warmup=args.warmup,
                             )
                             if qps is not None
                             else closed_loop(url, inputs, args.clients, seconds, seed=turn)
@@ -467,7 +506,12 @@ def main(argv: list[str] | None = None) -> int:
                         parts[config].append(asyncio.run(load))
                 for config, server in servers.items():
                     extra = {"clients": args.clients} if qps is None else {}
-                    result = {"config": config, **summary(qps, parts[config]), **extra}
+                    result = {
+                        "config": config,
+                        **summary(qps, parts[config]),
+                        **extra,
+                        "warmup_s": args.warmup,
+                    }
                     record(args.out, {**result, "peak_rss_mb": server.memory()["peak_rss_mb"]})
         finally:
             for server in servers.values():

@@ -139,7 +139,7 @@ def transfer_data(out: Path, k: int, seed: int) -> Path:
 def transfer(
     out: Path, methods: list[str], ks: list[int], seeds: list[int], epochs: int, threads: int
 ) -> None:
-    """One `unipelt train` run per method, K and seed (finished runs are skipped).
+    """One `unipelt train` run per method, K and seed (finished runs are skipped, killed ones resumed).
 
     Rates: full fine-tuning 3e-4; the other methods 5e-3 with the fresh head at 1e-2 (at their text defaults,
     5e-4 to 1e-3, 80 steps of K = 10 left them near chance on this small backbone)."""
@@ -164,6 +164,8 @@ def transfer(
                     "5",
                 ]
                 command += ["--threads", str(threads), "--out", str(run)]
+                if (run / "config.json").is_file():  # killed earlier: continue from its last checkpoint
+                    command.append("--resume")
                 command += ["--lr", "3e-4"] if method == "ft" else ["--lr", "5e-3", "--lr-head", "1e-2"]
                 print(" ".join(command), flush=True)
                 subprocess.run(command, check=False)
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ks", type=lambda s: [int(x) for x in s.split(",")], default=list(KS))
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 3])
     parser.add_argument("--pretrain-epochs", type=int, default=40)
-    parser.add_argument("--epochs", type=int, default=30, help="epochs of every transfer run")
+    parser.add_argument("--epochs", type=int, default=20, help="epochs of every transfer run")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     every = args.phase == "all"

@@ -305,7 +305,8 @@ def test_tagging_answers_equal_predict_and_share_the_backbone(client, engine, ru
         assert [(e["type"], e["start"], e["end"]) for e in got["entities"]] == [
             (e["type"], e["start"], e["end"]) for e in want["entities"]
         ]
-    sequence, tokens = engine.models["sequence"].base_model, engine.models["tokens"].base_model
+    sequence = engine.models[engine.tasks["sst2"].group].base_model
+    tokens = engine.models[engine.tasks["ner"].group].base_model
     shared = dict(sequence.base_model.named_parameters())
     for name, parameter in tokens.base_model.named_parameters():
         assert parameter is shared[name]  # one copy of the backbone for both kinds of head

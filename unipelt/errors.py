@@ -23,6 +23,14 @@ class DataError(UniPELTError):
     """A data file is missing, empty, badly encoded, or lacks a column or label."""
 
 
+class InputError(UniPELTError):
+    """A request a server cannot answer: ``status`` is the HTTP status that says why (400, 404, 413, 422)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class DiskFullError(UniPELTError):
     """Saving failed because the disk is full, over quota or read-only (see :func:`unipelt.atomic.writing`)."""
 

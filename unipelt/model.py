@@ -26,7 +26,7 @@ from unipelt.compiling import CompiledForward
 from unipelt.config import UniPELTConfig
 from unipelt.errors import UniPELTError
 from unipelt.heads import LABELLED, base_kind, compatible, find_head_paths, with_task_loss
-from unipelt.inject.architectures import architecture_for, layer_list, model_dims
+from unipelt.inject.architectures import architecture_for, checkpoint_layers_only, layer_list, model_dims
 from unipelt.inject.context import (
     ACTIVE,
     COLLECT,
@@ -331,6 +331,7 @@ class UniPELTModel(nn.Module):
             enable(activation_checkpointing_kwargs=kwargs)
         else:
             self.base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        checkpoint_layers_only(self.base_model, self.injector.layers)
         if kwargs.get("use_reentrant", True):
             self.base_model.enable_input_require_grads()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import logging
 import os
 import sys
@@ -45,7 +46,7 @@ def build_engine(
 
 
 class NoEncoderTasks:
-    """The engine of a server that answers only causal-LM tasks: /v1/predict knows no task."""
+    """The engine of a server that answers only generation tasks: /v1/predict knows no task."""
 
     runtime = "torch"
     tasks: dict[str, Any] = {}
@@ -85,14 +86,25 @@ def _base_of(spec: str) -> str:
     return str(Path(resolve_model(model)).resolve())
 
 
-def build_app(args: argparse.Namespace, key: str | None, where: Any = None) -> tuple[Any, list[Any]]:
-    """(the app, every served task): encoder runs on /v1/predict, causal-LM runs on the OpenAI routes; the
-    models go where ``where`` (a Placement; default: the verb's device flags) says."""
-    where = placement_of(args) if where is None else where
-    from unipelt.inference.generation import is_chat_run
+def served_on(spec: str) -> str | None:
+    """The routes that answer a run, as its task kind says (``serves``); a folder that is no readable run
+    goes with the /v1/predict runs, whose engine says what is wrong with it."""
     from unipelt.inference.served_tasks import split_name
+    from unipelt.kinds import kind_of_run
 
-    chat = [spec for spec in args.runs if is_chat_run(split_name(spec)[1])]
+    try:
+        info = json.loads((split_name(spec)[1] / "labels.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "predict"
+    return kind_of_run(info).serves if isinstance(info, dict) else "predict"
+
+
+def build_app(args: argparse.Namespace, key: str | None, where: Any = None) -> tuple[Any, list[Any]]:
+    """(the app, every served task): runs whose kinds serve "predict" on /v1/predict, those that serve
+    "generate" on the OpenAI routes (a kind that serves neither is refused by name); the models go where
+    ``where`` (a Placement; default: the verb's device flags) says."""
+    where = placement_of(args) if where is None else where
+    chat = [spec for spec in args.runs if served_on(spec) == "generate"]
     encoders = [spec for spec in args.runs if spec not in chat]
     if chat and encoders and args.runtime == "torch" and _base_of(chat[0]) != _base_of(encoders[0]):
         raise UniPELTError(

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unipelt.backbones import load_base_model, load_tokenizer
+from unipelt.backbones import load_base_model
 from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
 from unipelt.inference.loop import forward_batches
@@ -40,10 +40,14 @@ from unipelt.pretrained import resolve_model
 
 
 def pad_rows(rows: Sequence[Row], pad_id: int, side: str = "right") -> dict[str, np.ndarray]:
-    """Pad tokenised rows of any tasks to one (B, T) int64 batch: pad id for input ids, 0 elsewhere."""
-    width = max(len(r.ids["input_ids"]) for r in rows)
+    """Rows of any tasks as one batch: token sequences padded to one (B, T) int64 array (pad id for input ids,
+    0 elsewhere), fixed-shape arrays (an image's pixels) stacked."""
+    width = max(r.length for r in rows)
     batch: dict[str, np.ndarray] = {}
     for key in rows[0].ids:
+        if isinstance(rows[0].ids[key], np.ndarray):
+            batch[key] = np.stack([row.ids[key] for row in rows])
+            continue
         fill = pad_id if key == "input_ids" else 0
         array = np.full((len(rows), width), fill, dtype=np.int64)
         for i, row in enumerate(rows):
@@ -59,9 +63,10 @@ def pad_rows(rows: Sequence[Row], pad_id: int, side: str = "right") -> dict[str,
 class TorchEngine:
     """One backbone, one task per run folder; ``forward(rows)`` answers rows of mixed tasks in one call per group.
 
-    Sequence tasks (classification, regression) share one model; token-classification tasks run on a token
-    classifier whose backbone weights are the very same tensors (one copy in memory), since a head per token and
-    a head per sequence need different base model classes. Rows of both groups in one call are split by group.
+    Tasks whose kinds share a serving group (classification and regression: one head per sequence) share one
+    model; each other group (a head per token for tagging) runs on a model of its own head class whose backbone
+    weights are the very same tensors (one copy in memory). Rows of several groups in one call are split by
+    group.
     """
 
     runtime = "torch"
@@ -92,22 +97,23 @@ class TorchEngine:
                     f"{run.folder} was trained on {run.config.model!r} ({other}) but {first.folder} on "
                     f"{first.config.model!r} ({base_path}); one server shares one backbone"
                 )
-        self.tokenizer = load_tokenizer(first.folder / "tokenizer", local=True)
+        self.preprocessors = self._load_preprocessors(runs)
+        self.tokenizer = self.preprocessors[0]  # the first run's (pad id and side of text batches)
         names = unique_names(
             [name or default_name(run.config, run.folder) for (name, _), run in zip(named, runs)]
         )
         self.tasks: dict[str, ServedTask] = {}
-        for name, run in zip(names, runs):
+        for name, run, preprocessor in zip(names, runs, self.preprocessors):
             metric, score = run_score(run.folder)
             self.tasks[name] = served_task(
-                run.task_kind,
+                run.kind,
                 name=name,
                 source=str(run.folder),
                 labels=run.labels,
                 regression=run.regression,
                 pair=pair_task(run.config),
                 max_length=run.config.max_length,
-                tokenizer=self.tokenizer,
+                tokenizer=preprocessor,
                 metric=metric,
                 score=score,
             )
@@ -117,20 +123,33 @@ class TorchEngine:
                 model.compile(backend=compile)
         for name in names:
             self.tasks[name].parameters = self.models[self.tasks[name].group].parameter_counts(name)
-        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
         self.padding_side = getattr(self.tokenizer, "padding_side", "right")
+
+    @staticmethod
+    def _load_preprocessors(runs: Sequence[Any]) -> list[Any]:
+        """Each run's preprocessor, loaded once per way of loading one (the runs share a base model, so runs
+        whose kinds load it alike share it: one tokenizer for every text kind)."""
+        loaded: dict[Any, Any] = {}
+        out = []
+        for run in runs:
+            how = type(run.kind).load_preprocessor
+            if how not in loaded:
+                loaded[how] = run.kind.load_preprocessor(run.folder / "tokenizer", local=True)
+            out.append(loaded[how])
+        return out
 
     def _load_models(self, runs: Sequence[Any], names: Sequence[str]) -> dict[str, Any]:
         """One UniPELT model per group of tasks, all groups on the same backbone tensors."""
         models: dict[str, Any] = {}
         shared = None
         for group in dict.fromkeys(self.tasks[n].group for n in names):
-            lead = next(run for run, n in zip(runs, names) if self.tasks[n].group == group)
+            lead, name = next((run, n) for run, n in zip(runs, names) if self.tasks[n].group == group)
             base = load_base_model(
                 lead.config.model,
-                lead.task_kind,
+                lead.kind.head,
                 labels=lead.labels,
-                pad_token_id=self.tokenizer.pad_token_id,
+                pad_token_id=getattr(self.tasks[name].tokenizer, "pad_token_id", None),
             )
             if shared is None:
                 shared = base
@@ -171,7 +190,7 @@ class TorchEngine:
         with model.eager() if gates else contextlib.nullcontext():
             for output, _ in forward_batches(model, [batch], task=names):
                 logits = output.numpy()
-            values = row_gates(model.gate_values(), batch["attention_mask"]) if gates else None
+            values = row_gates(model.gate_values(), batch.get("attention_mask"), len(rows)) if gates else None
         return row_outputs(logits, rows, self.tasks, self.padding_side), values
 
 
@@ -201,15 +220,18 @@ def share_backbone(source: torch.nn.Module, target: torch.nn.Module) -> None:
                 setattr(module, name, weights[full])
 
 
-def row_gates(values: dict[int, dict[str, torch.Tensor]], mask: torch.Tensor) -> list[dict[str, Any]]:
-    """Per row: {layer: {site: gate}}; per-token gates are averaged over the row's real tokens, and sites a
-    row's task does not have (NaN in a mixed batch) are left out."""
-    rows: list[dict[str, Any]] = [{} for _ in range(mask.shape[0])]
-    weights = mask.float()
+def row_gates(
+    values: dict[int, dict[str, torch.Tensor]], mask: torch.Tensor | None, count: int
+) -> list[dict[str, Any]]:
+    """Per row of ``count``: {layer: {site: gate}}; per-token gates are averaged over the row's real tokens
+    (every token without a mask: an image's patches), and sites a row's task does not have (NaN in a mixed
+    batch) are left out."""
+    rows: list[dict[str, Any]] = [{} for _ in range(count)]
     for layer, sites in sorted(values.items()):
         for site, tensor in sites.items():
             tensor = tensor.detach().float().cpu()
             if tensor.dim() == 2:
+                weights = mask.float() if mask is not None else torch.ones_like(tensor)
                 per_row = (tensor * weights).sum(1) / weights.sum(1).clamp(min=1)
             else:
                 per_row = tensor.reshape(tensor.shape[0], -1).mean(1)

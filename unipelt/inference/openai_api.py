@@ -21,6 +21,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from fastapi.responses import JSONResponse, StreamingResponse
+
 from unipelt.inference.generation_engine import GenerationEngine
 from unipelt.inference.openai_schema import (
     ApiError,
@@ -122,18 +124,10 @@ def _sse(data: Any) -> str:
 def openai_router(engine: GenerationEngine, observe: Callable[[str, int, float], None] | None = None) -> Any:
     """The routes above for ``engine``'s tasks. ``observe(task, status, seconds)`` is told of every answer."""
     from fastapi import APIRouter, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
 
     router = APIRouter(tags=["OpenAI-compatible"])
     created = int(time.time())
-
-    def note(model: str, status: int, start: float) -> None:
-        if observe is not None:
-            observe(model, status, time.perf_counter() - start)
-
-    def failed(error: ApiError, model: str, start: float) -> JSONResponse:
-        note(model, error.status, start)
-        return JSONResponse(error.body(), status_code=error.status)
+    generate = Completions(engine, observe)
 
     @router.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -147,48 +141,6 @@ def openai_router(engine: GenerationEngine, observe: Callable[[str, int, float],
             ],
         }
 
-    async def generate(request: Request, schema: type, chat: bool) -> Any:
-        start = time.perf_counter()
-        model = ""
-        try:
-            try:
-                data = json.loads(await request.body())
-            except (ValueError, UnicodeDecodeError) as error:
-                raise ApiError(400, f"the body is not valid JSON: {error}") from None
-            body = parse(schema, data)
-            model = body.model
-            request.state.task = model  # the request log and /metrics count it under its task
-            try:
-                task = engine.task_of(body.model)
-            except InputError as error:
-                raise ApiError(error.status, str(error), "model", "model_not_found") from None
-            param = "messages" if chat else "prompt"
-            try:
-                if chat:
-                    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-                    prompt = await asyncio.to_thread(engine.chat_prompt, messages)
-                else:
-                    prompt = await asyncio.to_thread(engine.text_prompt, body.text())
-            except InputError as error:
-                raise ApiError(error.status, str(error), param) from None
-            try:
-                run = Generation(engine, prompt, task, body)
-            except InputError as error:
-                raise ApiError(error.status, str(error), param, "context_length_exceeded") from None
-            if body.stream:
-                return StreamingResponse(
-                    _stream(run, body, chat, note, start), media_type="text/event-stream"
-                )
-            text = "".join([p async for p in run.pieces(request.is_disconnected)])
-            if run.finish is None:  # the client went away
-                note(model, 499, start)
-                return JSONResponse({}, status_code=499)
-            answer = chat_answer if chat else completion_answer
-            note(model, 200, start)
-            return answer(new_id("chatcmpl" if chat else "cmpl"), model, text, run.finish, run.usage())
-        except ApiError as error:
-            return failed(error, model, start)
-
     @router.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         """OpenAI's chat completion: ``model`` names a task (or the base model)."""
@@ -200,6 +152,72 @@ def openai_router(engine: GenerationEngine, observe: Callable[[str, int, float],
         return await generate(request, CompletionRequest, False)
 
     return router
+
+
+class Completions:
+    """One chat or text completion request: read and check it, tokenise its prompt off the event loop, run it
+    through the scheduler, answer whole or streamed; every answer (error or not) is told to ``observe``."""
+
+    def __init__(self, engine: GenerationEngine, observe: Callable[[str, int, float], None] | None) -> None:
+        self.engine, self.observe = engine, observe
+
+    def note(self, model: str, status: int, start: float) -> None:
+        if self.observe is not None:
+            self.observe(model, status, time.perf_counter() - start)
+
+    async def __call__(self, request: Any, schema: type, chat: bool) -> Any:
+        start = time.perf_counter()
+        model = ""
+        try:
+            body = await self.read(request, schema)
+            model = body.model
+            request.state.task = model  # the request log and /metrics count it under its task
+            run = await self.start(body, chat)
+            if body.stream:
+                return StreamingResponse(
+                    _stream(run, body, chat, self.note, start), media_type="text/event-stream"
+                )
+            text = "".join([p async for p in run.pieces(request.is_disconnected)])
+            if run.finish is None:  # the client went away
+                self.note(model, 499, start)
+                return JSONResponse({}, status_code=499)
+            answer = chat_answer if chat else completion_answer
+            self.note(model, 200, start)
+            return answer(new_id("chatcmpl" if chat else "cmpl"), model, text, run.finish, run.usage())
+        except ApiError as error:
+            self.note(model, error.status, start)
+            return JSONResponse(error.body(), status_code=error.status)
+
+    @staticmethod
+    async def read(request: Any, schema: type) -> Any:
+        """The request body as ``schema`` (400 for JSON that is not, OpenAI's error shape for bad fields)."""
+        try:
+            data = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ApiError(400, f"the body is not valid JSON: {error}") from None
+        return parse(schema, data)
+
+    async def start(self, body: Any, chat: bool) -> Generation:
+        """The request's generation, its prompt tokenised: an unknown model is a 404, a prompt that does not
+        fit the context a 400."""
+        engine = self.engine
+        try:
+            task = engine.task_of(body.model)
+        except InputError as error:
+            raise ApiError(error.status, str(error), "model", "model_not_found") from None
+        param = "messages" if chat else "prompt"
+        try:
+            if chat:
+                messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+                prompt = await asyncio.to_thread(engine.chat_prompt, messages)
+            else:
+                prompt = await asyncio.to_thread(engine.text_prompt, body.text())
+        except InputError as error:
+            raise ApiError(error.status, str(error), param) from None
+        try:
+            return Generation(engine, prompt, task, body)
+        except InputError as error:
+            raise ApiError(error.status, str(error), param, "context_length_exceeded") from None
 
 
 async def _stream(run: Generation, body: Any, chat: bool, note: Callable, start: float) -> AsyncIterator[str]:

@@ -4,9 +4,11 @@
     GET  /v1/tasks      every task: name, kind, labels, inputs (single / pair / words), metric and score from
                         the run's metrics.json, parameter counts
     POST /v1/predict    {"task": name, "inputs": [...], "gates": false} -> {"task", "predictions": [...]}:
-                        {"label", "probabilities"} or {"score"} per text (pair), tags and entity spans per
-                        sentence of a tagging task; "gates" per input when asked; over-long texts are cut to
-                        the run's max_length and flagged with "truncated": true and their full token count
+                        {"label", "probabilities"} or {"score"} per text (pair) or base64 image, tags and
+                        entity spans per sentence of a tagging task (what an input is and how it is answered
+                        is the task kind's: :mod:`unipelt.kinds`); "gates" per input when asked; over-long
+                        texts are cut to the run's max_length and flagged with "truncated": true and their
+                        full token count
     GET  /metrics       Prometheus text format: responses by route, task and status, latency, batch sizes
     GET  /docs, /openapi.json: the typed schema of all of the above, every status code documented
 
@@ -171,13 +173,34 @@ def encoder_routes(
     """/health, /v1/tasks, /v1/predict and /metrics."""
     router = APIRouter()
     keyed = (401,) if options.api_key else ()
-    has_gates = getattr(engine, "has_gates", True)
+    info_routes(router, engine, batcher, metrics, options)
+    answer = Predictor(engine, batcher, metrics, options, tokenizers)
     body_schema = predict_schema(
         {name: task.schema_item(options.max_text_chars) for name, task in engine.tasks.items()},
         options.max_inputs,
-        gates=has_gates,
+        gates=answer.has_gates,
     )
     Body = Annotated[PredictRequest, WithJsonSchema(body_schema)]
+
+    @router.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        response_model_exclude_none=True,
+        responses=error_responses(400, *keyed, 404, 413, 422, 429, 500),
+    )
+    async def predict(body: Body, request: Request) -> Any:
+        """Answers for a batch of inputs of one task."""
+        return await answer(body, request)
+
+    return router
+
+
+def info_routes(
+    router: APIRouter, engine: Any, batcher: Any, metrics: Metrics, options: ServeOptions
+) -> None:
+    """/health, /v1/tasks and /metrics on ``router``."""
+    keyed = (401,) if options.api_key else ()
+    metrics_keyed = keyed if not options.public_metrics else ()
 
     @router.get("/health", response_model=Health, responses=error_responses(500))
     async def health() -> dict[str, Any]:
@@ -188,8 +211,6 @@ def encoder_routes(
     async def tasks() -> dict[str, Any]:
         """The served tasks: kind, labels, input shape, score of the run."""
         return {"tasks": [task.describe() for task in engine.tasks.values()]}
-
-    metrics_keyed = keyed if not options.public_metrics else ()
 
     @router.get(
         "/metrics",
@@ -203,44 +224,37 @@ def encoder_routes(
         metrics.queue.set(batcher.waiting)
         return Response(metrics.text(), media_type=CONTENT_TYPE_LATEST)
 
-    @router.post(
-        "/v1/predict",
-        response_model=PredictResponse,
-        response_model_exclude_none=True,
-        responses=error_responses(400, *keyed, 404, 413, 422, 429, 500),
-    )
-    async def predict(body: Body, request: Request) -> Any:
-        """Answers for a batch of inputs of one task."""
+
+class Predictor:
+    """POST /v1/predict: checks a request against the server's limits and its task's kind, encodes it in the
+    tokenizer threads, waits for the batcher's answer, and writes the task's answers."""
+
+    def __init__(
+        self,
+        engine: Any,
+        batcher: Any,
+        metrics: Metrics,
+        options: ServeOptions,
+        tokenizers: ThreadPoolExecutor,
+    ) -> None:
+        self.engine, self.batcher, self.metrics = engine, batcher, metrics
+        self.options, self.tokenizers = options, tokenizers
+        self.has_gates = getattr(engine, "has_gates", True)
+
+    async def __call__(self, body: PredictRequest, request: Request) -> dict[str, Any]:
         state = request.state
         state.task, state.rows = body.task, len(body.inputs)
-        if options.log_inputs:
+        if self.options.log_inputs:
             state.inputs = body.inputs
-        task = engine.tasks.get(body.task)
-        if task is None:
-            state.task = ""  # no label per unknown name in /metrics
-            names = ", ".join(engine.tasks)
-            raise ApiError(
-                404, f"unknown task {body.task!r}; this server has: {names}", tasks=list(engine.tasks)
-            )
-        if not body.inputs:
-            raise ApiError(400, "inputs is empty: give at least one text")
-        if len(body.inputs) > options.max_inputs:
-            raise ApiError(
-                413,
-                f"{len(body.inputs)} inputs is more than this server takes in one request "
-                f"({options.max_inputs}); split the request",
-            )
-        if body.gates and not has_gates:
-            raise ApiError(
-                400, f"the {engine.runtime} runtime does not report gate values; ask without gates"
-            )
+        task = self.task_of(body, state)
         try:
-            task.check(body.inputs, options.max_text_chars)
-            rows = await asyncio.get_running_loop().run_in_executor(tokenizers, task.encode, body.inputs)
+            task.check(body.inputs, self.options.max_text_chars)
+            loop = asyncio.get_running_loop()
+            rows = await loop.run_in_executor(self.tokenizers, task.encode, body.inputs)
         except InputError as error:
             raise ApiError(error.status, str(error)) from None
         try:
-            outputs, gates = await asyncio.wrap_future(batcher.submit(rows, body.gates))
+            outputs, gates = await asyncio.wrap_future(self.batcher.submit(rows, body.gates))
         except ApiError:
             raise
         except Exception as error:  # noqa: BLE001 - the model failed on this batch; the server stays up
@@ -249,10 +263,31 @@ def encoder_routes(
         if gates is not None:
             for record, values in zip(predictions, gates):
                 record["gates"] = values
-        metrics.inputs.labels(body.task).inc(len(rows))
+        self.metrics.inputs.labels(body.task).inc(len(rows))
         return {"task": body.task, "predictions": predictions}
 
-    return router
+    def task_of(self, body: PredictRequest, state: Any) -> Any:
+        """The request's task, once the request is within the server's limits (else an ApiError)."""
+        tasks = self.engine.tasks
+        task = tasks.get(body.task)
+        if task is None:
+            state.task = ""  # no label per unknown name in /metrics
+            raise ApiError(
+                404, f"unknown task {body.task!r}; this server has: {', '.join(tasks)}", tasks=list(tasks)
+            )
+        if not body.inputs:
+            raise ApiError(400, "inputs is empty: give at least one text")
+        if len(body.inputs) > self.options.max_inputs:
+            raise ApiError(
+                413,
+                f"{len(body.inputs)} inputs is more than this server takes in one request "
+                f"({self.options.max_inputs}); split the request",
+            )
+        if body.gates and not self.has_gates:
+            raise ApiError(
+                400, f"the {self.engine.runtime} runtime does not report gate values; ask without gates"
+            )
+        return task
 
 
 def install_security_schema(app: FastAPI, options: ServeOptions) -> None:

@@ -17,8 +17,10 @@ STATUS_TEXT = {
     401: "Missing or wrong API key (servers started with --api-key)",
     404: "Unknown task (the answer lists the served tasks) or unknown path",
     405: "Method not allowed on this path",
-    413: "Body over --max-body-bytes, more inputs than --max-inputs, or a text over --max-text-chars",
-    422: "A missing or mistyped field, malformed JSON, or a text that cannot be encoded as UTF-8",
+    413: "Body over --max-body-bytes, more inputs than --max-inputs, a text over --max-text-chars, or an image of "
+    "too many pixels",
+    422: "A missing or mistyped field, malformed JSON, a text that cannot be encoded as UTF-8, or an image that "
+    "cannot be decoded",
     429: "The request queue is full; retry after the Retry-After header's seconds",
     500: "The model failed on this request; the server keeps serving",
 }
@@ -44,7 +46,8 @@ class PredictRequest(BaseModel):
 
     task: str = Field(description="a task name from GET /v1/tasks")
     inputs: list[Any] = Field(
-        description="texts; [text_a, text_b] pairs for pair tasks; sentences or lists of words for tagging"
+        description="texts; [text_a, text_b] pairs for pair tasks; sentences or lists of words for tagging; "
+        "base64 images (or data:image/...;base64, URLs) for image tasks"
     )
     gates: bool = Field(False, description="also return each input's gate values per layer")
 
@@ -108,9 +111,13 @@ class Health(BaseModel):
 class TaskInfo(BaseModel):
     name: str
     run: str = Field(description="the run (or export) folder")
-    kind: str = Field(description="classification, regression or token-classification")
+    kind: str = Field(
+        description="the run's task kind: classification, regression, token-classification, ..."
+    )
     labels: list[str] | None
-    inputs: str = Field(description="single, pair (two texts) or words (a sentence to tag)")
+    inputs: str = Field(
+        description="single (a text), pair (two texts), words (a sentence to tag) or image (base64)"
+    )
     max_length: int
     metric: str | None
     score: float | None

@@ -6,15 +6,15 @@ A served task comes from a finished run folder (or an ONNX export of one). Its n
 explicitly, and a name used twice gets ``-2``, ``-3``, ... appended. Inputs are checked here, before they reach
 the model, so a bad request is a clear 4xx answer and never an exception in the model's thread.
 
-Two kinds of task are served: :class:`ServedTask` (classification and regression: one answer per text or text
-pair) and :class:`TaggedTask` (token classification: a tag per word and entity spans, as ``unipelt predict``
-gives them). Rows of tasks of one ``group`` can share a forward; the groups differ in their model head.
+What the inputs and answers of a task look like is its task kind's business (:mod:`unipelt.kinds`: the
+``serves``, ``request_*`` and ``answer`` hooks); :class:`ServedTask` holds one run's part (name, labels, input
+shape, preprocessor) and asks its kind for the rest. Rows of tasks of one ``group`` can share a forward; the
+groups differ in their model head.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,55 +22,28 @@ from typing import Any
 
 import numpy as np
 
-from unipelt.errors import UniPELTError
+from unipelt.errors import InputError, UniPELTError
+from unipelt.kinds import TaskKind, get_kind, kind_of_run
+from unipelt.kinds.base import Row, check_text
 
-SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class InputError(UniPELTError):
-    """A request the server cannot answer: ``status`` is the HTTP status that says why (400, 404, 413, 422)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def check_text(text: str, where: str, max_chars: int | None) -> None:
-    """Refuse a text over ``max_chars`` characters (413) or one that cannot be encoded as UTF-8 (422), before
-    any tokeniser sees it."""
-    if max_chars is not None and len(text) > max_chars:
-        raise InputError(
-            f"{where} has {len(text)} characters; this server takes at most {max_chars} per text "
-            "(--max-text-chars)",
-            413,
-        )
-    bad = SURROGATE.search(text)
-    if bad is not None:
-        raise InputError(
-            f"{where} cannot be encoded as UTF-8: a lone surrogate (U+{ord(bad.group()):04X}) at character "
-            f"{bad.start()}",
-            422,
-        )
-
-
-@dataclass
-class Row:
-    """One tokenised input of one task, ready to be padded into a batch with rows of any task."""
-
-    task: str
-    ids: dict[str, list[int]]
-    truncated: bool
-    tokens: int  # length before truncation
-    detail: Any = None  # what the task's answer needs besides the logits (a tagged sentence's words)
-
-    @property
-    def length(self) -> int:
-        return len(self.ids["input_ids"])
+__all__ = [
+    "InputError",
+    "Row",
+    "ServedTask",
+    "check_text",
+    "default_name",
+    "pair_task",
+    "run_score",
+    "served_task",
+    "split_name",
+    "unique_names",
+]
 
 
 @dataclass
 class ServedTask:
-    """One task as a server sees it. ``tokenizer`` is shared by all tasks of one backbone."""
+    """One task as a server sees it. ``tokenizer`` is the run's preprocessor (a tokenizer, or an image
+    processor), shared by the tasks of one backbone; ``task_kind`` defaults to classification or regression."""
 
     name: str
     source: str  # the run (or export) folder
@@ -82,8 +55,17 @@ class ServedTask:
     metric: str | None = None
     score: float | None = None
     parameters: dict[str, int] = field(default_factory=dict)
+    task_kind: TaskKind | None = None
 
-    group = "sequence"  # tasks of one group share a model head, so their rows can share a forward
+    def __post_init__(self) -> None:
+        if self.task_kind is None:
+            self.task_kind = kind_of_run({"regression": self.regression})
+        self.tokenizer = self.task_kind.serving_preprocessor(self.tokenizer)
+
+    @property
+    def group(self) -> str:
+        """Tasks of one group share a model (one head class), so their rows can share a forward."""
+        return self.task_kind.serving_group()
 
     @property
     def num_labels(self) -> int:
@@ -91,11 +73,11 @@ class ServedTask:
 
     @property
     def kind(self) -> str:
-        return "regression" if self.regression else "classification"
+        return self.task_kind.name
 
     @property
     def input_shape(self) -> str:
-        return "pair" if self.pair else "single"
+        return self.task_kind.request_inputs(self.pair)
 
     def describe(self) -> dict[str, Any]:
         """The task as ``GET /v1/tasks`` lists it."""
@@ -113,159 +95,34 @@ class ServedTask:
 
     def schema_item(self, max_chars: int) -> dict[str, Any]:
         """The JSON schema of one input of this task."""
-        text = {"type": "string", "maxLength": max_chars}
-        if self.pair:
-            return {"type": "array", "items": text, "minItems": 2, "maxItems": 2}
-        return text
+        return self.task_kind.request_schema(self.pair, max_chars)
 
     def check(self, inputs: Sequence[Any], max_chars: int | None = None) -> None:
-        """Refuse inputs of the wrong shape (400) or texts the limits do not take, without tokenising."""
-        for i, item in enumerate(inputs):
-            texts = [item] if isinstance(item, str) else list(item)
-            if not texts or len(texts) > 2 or not all(isinstance(t, str) for t in texts):
-                raise InputError(f"inputs[{i}] must be a text or a list of two texts")
-            if self.pair and len(texts) != 2:
-                raise InputError(
-                    f"task {self.name!r} compares two texts: give inputs[{i}] as [text_a, text_b], not one text"
-                )
-            if not self.pair and len(texts) != 1:
-                raise InputError(f"task {self.name!r} takes one text per input; inputs[{i}] has {len(texts)}")
-            for j, text in enumerate(texts):
-                check_text(text, f"inputs[{i}]" + (f"[{j}]" if self.pair else ""), max_chars)
+        """Refuse inputs of the wrong shape (400) or that the limits do not take (413, 422), before encoding."""
+        self.task_kind.check_request(inputs, self.pair, max_chars)
 
     def encode(self, inputs: Sequence[Any]) -> list[Row]:
-        """Tokenise a request's inputs (text, or [text_a, text_b] for a pair task); over-long ones are truncated
-        to the run's ``max_length`` (what training and ``unipelt eval`` used) and flagged."""
+        """A request's inputs as rows, encoded as the run's training encoded them; over-long texts are cut to
+        the run's ``max_length`` (what training and ``unipelt eval`` used) and flagged."""
         self.check(inputs)
-        first = [item if isinstance(item, str) else item[0] for item in inputs]
-        second = [None if isinstance(item, str) else item[1] for item in inputs]
-        pairs = second if self.pair else None
-        full = self.tokenizer(first, pairs, truncation=False)
-        lengths = [len(ids) for ids in full["input_ids"]]
-        long = [i for i, n in enumerate(lengths) if n > self.max_length]
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in full]
-        columns = {k: list(full[k]) for k in keys}
-        if long:
-            cut = self.tokenizer(
-                [first[i] for i in long],
-                [second[i] for i in long] if self.pair else None,
-                truncation=True,
-                max_length=self.max_length,
-            )
-            for j, i in enumerate(long):
-                for k in keys:
-                    columns[k][i] = cut[k][j]
-        return [
-            Row(self.name, {k: columns[k][i] for k in keys}, i in long, lengths[i]) for i in range(len(first))
-        ]
+        return self.task_kind.request_rows(self.tokenizer, inputs, self.pair, self.max_length, self.name)
 
     def answer(self, logits: np.ndarray, row: Row) -> dict[str, Any]:
         """The JSON answer for one input from its logits (already cut to this task's outputs)."""
-        record: dict[str, Any]
-        if self.regression:
-            record = {"score": float(logits[0])}
-        else:
-            shifted = np.exp(logits - logits.max())
-            probabilities = shifted / shifted.sum()
-            best = int(probabilities.argmax())
-            record = {
-                "label": self.labels[best],
-                "probabilities": {n: round(float(p), 6) for n, p in zip(self.labels, probabilities)},
-            }
-        if row.truncated:
-            record["truncated"] = True
-            record["tokens"] = row.tokens
-        return record
+        return self.task_kind.answer(logits, row, self.labels)
 
 
-class TaggedTask(ServedTask):
-    """A token-classification task: an input is a sentence (split on whitespace) or a list of words; the answer
-    is each word's tag and score and the entity spans, as ``unipelt predict`` writes them for a tagging run."""
-
-    group = "tokens"
-
-    def __post_init__(self) -> None:
-        from unipelt.data.token_align import pretokenized_tokenizer
-
-        self.tokenizer = pretokenized_tokenizer(self.tokenizer)  # takes words already split
-
-    @property
-    def kind(self) -> str:
-        return "token-classification"
-
-    @property
-    def input_shape(self) -> str:
-        return "words"
-
-    def schema_item(self, max_chars: int) -> dict[str, Any]:
-        word = {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": "\\S"}
-        sentence = {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": "\\S"}
-        return {"anyOf": [sentence, {"type": "array", "items": word, "minItems": 1}]}
-
-    def check(self, inputs: Sequence[Any], max_chars: int | None = None) -> None:
-        for i, item in enumerate(inputs):
-            words = item.split() if isinstance(item, str) else item
-            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
-                raise InputError(f"inputs[{i}] must be a sentence or a list of words")
-            if not words or not all(w.strip() for w in words):
-                raise InputError(f"inputs[{i}] has no words to tag (or an empty word)")
-            if isinstance(item, str):
-                check_text(item, f"inputs[{i}]", max_chars)
-            else:
-                for j, word in enumerate(words):
-                    check_text(word, f"inputs[{i}][{j}]", max_chars)
-                if max_chars is not None and sum(len(w) for w in words) > max_chars:
-                    check_text(" ".join(words), f"inputs[{i}]", max_chars)
-
-    def encode(self, inputs: Sequence[Any]) -> list[Row]:
-        """Words to sub-tokens as training aligned them; words past ``max_length`` are left untagged."""
-        from unipelt.data.conll import TokenExample
-        from unipelt.data.token_align import encode_words
-
-        self.check(inputs)
-        sentences = [
-            TokenExample(tuple(item.split() if isinstance(item, str) else item), None) for item in inputs
-        ]
-        encoding, positions, _ = encode_words(sentences, self.tokenizer, self.max_length)
-        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoding]
-        rows = []
-        for i, sentence in enumerate(sentences):
-            ids = {k: list(encoding[k][i]) for k in keys}
-            cut = any(p < 0 for p in positions[i])
-            rows.append(Row(self.name, ids, cut, len(ids["input_ids"]), (sentence.tokens, positions[i])))
-        return rows
-
-    def answer(self, logits: np.ndarray, row: Row) -> dict[str, Any]:
-        """Tags, scores and entity spans from a row's (tokens, labels) logits."""
-        from unipelt.inference.tagging import decode, entity_spans
-
-        words, positions = row.detail
-        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
-        per_word = np.full((len(words), probabilities.shape[-1]), np.nan, dtype=np.float32)
-        for w, p in enumerate(positions):
-            if p >= 0:
-                per_word[w] = probabilities[p]
-        tags, scores, cut = decode(per_word, self.labels)
-        record: dict[str, Any] = {
-            "tokens": list(words),
-            "tags": tags,
-            "scores": [round(s, 6) for s in scores],
-            "entities": entity_spans(words, tags, scores),
-        }
-        if cut:
-            record["words_cut"] = cut
-        return record
-
-
-def served_task(kind: str, **fields: Any) -> ServedTask:
-    """The served task of a run of ``kind``; kinds a server cannot answer this way are refused by name."""
-    if kind == "token-classification":
-        return TaggedTask(**fields)
-    if kind in ("classification", "regression"):
-        return ServedTask(**fields)
+def served_task(kind: str | TaskKind, **fields: Any) -> ServedTask:
+    """The served task of a run of ``kind`` (an object or its name); a kind that POST /v1/predict does not
+    answer is refused by name."""
+    task_kind = get_kind(kind) if isinstance(kind, str) else kind
+    if task_kind.serves == "predict":
+        return ServedTask(task_kind=task_kind, **fields)
+    source = fields.get("source")
+    if task_kind.serves is None:
+        raise UniPELTError(f"{source} is a {task_kind.name} run: `unipelt serve` cannot answer it")
     raise UniPELTError(
-        f"{fields.get('source')} is a {kind} run; `unipelt serve` answers it only on its own routes"
+        f"{source} is a {task_kind.name} run; `unipelt serve` answers it only on its own routes"
     )
 
 

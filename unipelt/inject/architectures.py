@@ -15,6 +15,13 @@ state (``gate_input="auto"``, see :mod:`unipelt.gates.normalise`).
 pluggable attention function (we register our own, see :mod:`unipelt.attention`), and a named seam for
 the two that compute attention inline (MPNet adds a relative position bias; DeBERTa-v2 adds
 disentangled position scores).
+
+Hierarchical models (Swin) differ in three ways, each one field of the row. ``layers`` may hold one ``*``
+(``"encoder.layers.*.blocks"``: the blocks of every stage, in order, are the layers). Widths change from stage
+to stage, so every module sizes itself from its own site (see :mod:`unipelt.modules.projections`), never from
+the config's ``hidden_size``. ``windowed`` marks attention that runs on windows of the image: each row of the
+batch enters attention as several consecutive rows (see :mod:`unipelt.inject.windows`), so the gates read the
+input of ``gates_from`` instead, the whole unpadded row before it is cut into windows.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from unipelt.errors import UnsupportedModelError
 
@@ -39,6 +47,13 @@ class Architecture:
     pre_norm: bool = False
     seam: str = "interface"
     head: tuple[str, ...] = field(default=("classifier", "score", "pre_classifier", "pooler"))
+    gates_from: str | None = None  # the module whose input the layer's gates read; None: ``attention``
+    windowed: bool = False  # attention sees each row as consecutive windows (Swin)
+
+    @property
+    def gate_site(self) -> str:
+        """The module, relative to a layer, whose input feeds the layer's gates."""
+        return self.gates_from or self.attention
 
 
 _BERT_LIKE = Architecture(
@@ -145,6 +160,24 @@ ARCHITECTURES: dict[str, Architecture] = {
     "mistral": _LLAMA_LIKE,
     "vit": _VIT_LIKE,
     "deit": _VIT_LIKE,
+    # Swin: four stages of blocks whose width doubles per stage, attention in shifted windows through the
+    # attention interface with a relative position bias in its mask (the prefix columns get none).
+    "swin": Architecture(
+        layers="encoder.layers.*.blocks",
+        attention="attention",
+        projections={
+            "query": "attention.q_proj",
+            "key": "attention.k_proj",
+            "value": "attention.v_proj",
+            "output": "attention.o_proj",
+        },
+        ffn_output="mlp.fc2",
+        ffn_input="mlp.fc1",
+        pre_norm=True,
+        head=("classifier",),  # its pooler is a parameter-free average
+        gates_from="layernorm_before",
+        windowed=True,
+    ),
     "clip_vision_model": Architecture(  # CLIP's image tower (CLIPVisionModel): features, no head of its own
         layers="encoder.layers",
         attention="self_attn",
@@ -200,23 +233,51 @@ def parse_projection(spec: str) -> tuple[str, int, int]:
 
 
 def layer_list(backbone: nn.Module, arch: Architecture) -> nn.ModuleList:
-    layers = backbone.get_submodule(arch.layers)
-    if not isinstance(layers, nn.ModuleList):
-        raise UnsupportedModelError(
-            f"expected a ModuleList at {arch.layers!r}, found {type(layers).__name__}"
-        )
-    return layers
+    """The transformer layers in order; with a ``*`` in the path, the layers of every stage one after another
+    (a new list holding the model's own modules)."""
+    outer, star, inner = arch.layers.partition(".*.")
+    if not star:
+        return _module_list(backbone, arch.layers)
+    stages = _module_list(backbone, outer)
+    return nn.ModuleList(layer for stage in stages for layer in _module_list(stage, inner))
+
+
+def checkpoint_layers_only(model: nn.Module, layers: nn.ModuleList) -> None:
+    """Switch off gradient checkpointing of the modules that hold layers (Swin's stages), keeping the layers'.
+
+    The injector sets a layer's per-call state again around the layer's own re-run in backward; a stage
+    re-run would run its layers after the call's state is gone, without the added modules. Checkpointing
+    each layer saves as much memory as checkpointing its stage as well."""
+    inside = {id(module) for layer in layers for module in layer.modules()}
+    for module in model.modules():
+        if id(module) in inside or not isinstance(module, GradientCheckpointingLayer):
+            continue  # other modules with the flag (older encoders) checkpoint their layers one by one
+        if module.gradient_checkpointing and any(id(child) in inside for child in module.modules()):
+            module.gradient_checkpointing = False
+
+
+def _module_list(module: nn.Module, path: str) -> nn.ModuleList:
+    found = module.get_submodule(path)
+    if not isinstance(found, nn.ModuleList):
+        raise UnsupportedModelError(f"expected a ModuleList at {path!r}, found {type(found).__name__}")
+    return found
 
 
 def model_dims(config: Any) -> dict[str, int]:
-    """The shape facts of a Transformers config that UniPELT and its checkpoints depend on."""
+    """The shape facts of a Transformers config that UniPELT and its checkpoints depend on.
+
+    A staged model (Swin: ``depths`` and ``num_heads`` per stage) counts the blocks of every stage as its
+    layers and gives the last stage's heads, whose width is ``hidden_size``."""
     hidden = int(config.hidden_size)
-    heads = int(config.num_attention_heads)
+    heads = config.num_attention_heads
+    heads = int(heads[-1] if isinstance(heads, (list, tuple)) else heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(config, "head_dim", None) or hidden // heads)
+    depths = getattr(config, "depths", None)
+    layers = sum(depths) if isinstance(depths, (list, tuple)) else config.num_hidden_layers
     return {
         "hidden_size": hidden,
-        "num_hidden_layers": int(config.num_hidden_layers),
+        "num_hidden_layers": int(layers),
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
         "head_dim": head_dim,

@@ -36,6 +36,7 @@ class CausalLM(TaskKind):
     name = "causal-lm"
     head = "causal-lm"
     greater_is_better = False  # the checkpoint with the lowest validation loss is best
+    serves = "generate"  # on the OpenAI-compatible completion routes
 
     def detect(self, config: TrainConfig) -> bool:
         return config.task is None and bool(config.train_file) and is_chat_file(config.train_file)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +24,8 @@ from unipelt.data.images import (
     load_images,
     read_image,
 )
-from unipelt.errors import DataError
-from unipelt.kinds.base import Splits, TaskKind, class_answer, hold_out
+from unipelt.errors import DataError, InputError
+from unipelt.kinds.base import Row, Splits, TaskKind, class_answer, hold_out
 from unipelt.kinds.baseline import majority_class_scores
 from unipelt.kinds.imbalance import apply_oversampling
 from unipelt.metrics import compute_task_metrics
@@ -73,6 +74,7 @@ class ImageClassification(TaskKind):
     name = "image-classification"
     head = "image-classification"
     metrics_as = "classification"  # labels.json's metric_kind: scored exactly as text classification
+    serves = "predict"
 
     def detect(self, config: TrainConfig) -> bool:
         return config.task is None and config.train_file is not None and is_image_source(config.train_file)
@@ -181,6 +183,41 @@ class ImageClassification(TaskKind):
     def decode_output(self, outputs: np.ndarray, labels: list[str] | None) -> dict[str, Any]:
         return class_answer(outputs, labels)
 
+    # ------------------------------------------------------------------ serving: images sent as base64
+
+    def request_inputs(self, pair: bool) -> str:
+        return "image"
+
+    def request_schema(self, pair: bool, max_chars: int) -> dict[str, Any]:
+        return {
+            "type": "string",
+            "minLength": 1,
+            "pattern": BASE64_IMAGE,
+            "description": "an image file (PNG, JPEG, ...) in base64, or a data:image/...;base64, URL",
+        }
+
+    def check_request(self, inputs: Sequence[Any], pair: bool, max_chars: int | None) -> None:
+        """A base64 text per input; the request's size is bounded by the body limit, not by --max-text-chars."""
+        for i, item in enumerate(inputs):
+            if not isinstance(item, str) or not item:
+                raise InputError(f"inputs[{i}] must be an image in base64 or a data:image/...;base64, URL")
+
+    def request_rows(
+        self, preprocessor: Any, inputs: Sequence[Any], pair: bool, max_length: int, task: str
+    ) -> list[Row]:
+        """Images decoded from base64 (never read from the server's files) and turned into pixels by the run's
+        image processor; each row counts as the tokens of its 16 x 16 patches in the batcher's token budget."""
+        images = []
+        for i, item in enumerate(inputs):
+            try:
+                images.append(decode_image(item))
+            except DataError as error:
+                raise InputError(f"inputs[{i}] is {error}", 422) from None
+            except InputError as error:
+                raise InputError(f"inputs[{i}] {error}", error.status) from None
+        pixels = preprocessor(images=images, return_tensors="np")["pixel_values"]
+        return [Row(task, {"pixel_values": p}, False, p.shape[-2] * p.shape[-1] // 256 + 1) for p in pixels]
+
 
 def _columns(config: TrainConfig) -> dict[str, str]:
     """The image-path and label columns of a table of images: ``image`` unless --text-columns names one."""
@@ -188,17 +225,41 @@ def _columns(config: TrainConfig) -> dict[str, str]:
     return {"path_column": path_column, "label_column": config.label_column}
 
 
+BASE64_IMAGE = "^(data:image/[-+.\\w]+;base64,)?[A-Za-z0-9+/]+={0,2}$"
+MAX_PIXELS = 40_000_000  # the largest image a server decodes (a small file can hold a huge image)
+
+
 def _image(item: Any) -> Any:
     """A PIL image from a file path, a ``data:image/...;base64,`` URL or bare base64 text."""
-    from PIL import Image, UnidentifiedImageError
-
     if not isinstance(item, str) or not item:
         raise DataError("an image input is a file path or base64 text")
     if not item.startswith("data:") and len(item) < 4096 and Path(item).is_file():
         return read_image(item)
+    try:
+        return decode_image(item)
+    except DataError as error:
+        raise DataError(f"neither an image file nor a base64-encoded image ({error})") from error
+
+
+def decode_image(item: str, max_pixels: int = MAX_PIXELS) -> Any:
+    """A PIL image (RGB) from a ``data:image/...;base64,`` URL or bare base64 text; an image of more than
+    ``max_pixels`` pixels is refused before its pixels are decoded (InputError 413)."""
+    from PIL import Image
+
     text = item.split(",", 1)[1] if item.startswith("data:") else item
     try:
-        with Image.open(io.BytesIO(base64.b64decode(text, validate=True))) as image:
+        with Image.open(io.BytesIO(base64.b64decode("".join(text.split()), validate=True))) as image:
+            if image.width * image.height > max_pixels:
+                raise InputError(
+                    f"is an image of {image.width} x {image.height} pixels; this server takes at most "
+                    f"{max_pixels:,} pixels",
+                    413,
+                )
             return image.convert("RGB")
-    except (binascii.Error, ValueError, OSError, UnidentifiedImageError) as error:
-        raise DataError(f"neither an image file nor a base64-encoded image ({str(error)[:80]})") from error
+    except (
+        binascii.Error,
+        ValueError,
+        OSError,
+        Image.DecompressionBombError,
+    ) as error:  # OSError: unreadable
+        raise DataError(f"not a base64-encoded image ({str(error)[:80]})") from error

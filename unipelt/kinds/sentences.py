@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from unipelt.data import TaskData, in_length_order, k_shot_split, load_glue, load_table, tokenize_examples
 from unipelt.data.glue import glue_task
-from unipelt.kinds.base import Splits, TaskKind, class_answer, sample_valid
+from unipelt.errors import InputError
+from unipelt.kinds.base import Row, Splits, TaskKind, check_text, class_answer, sample_valid
 from unipelt.kinds.baseline import majority_class_scores
 from unipelt.kinds.imbalance import apply_oversampling
 from unipelt.metrics import compute_task_metrics, main_metric
@@ -22,6 +24,7 @@ class SentenceKind(TaskKind):
     """One label (a class, or a number) per text or text pair."""
 
     onnx_export = True
+    serves = "predict"
 
     def read_splits(self, config: TrainConfig) -> Splits:
         from unipelt.kinds.registry import get_kind  # the data decides: GLUE's STS-B is a regression
@@ -117,6 +120,60 @@ class SentenceKind(TaskKind):
         second = [None if isinstance(t, str) else t[1] for t in texts]
         pairs = second if any(s is not None for s in second) else None
         return tokenizer(first, pairs, truncation=True, max_length=max_length)
+
+    def serving_group(self) -> str:
+        return "sequence"  # classification and regression heads are one model class
+
+    def request_inputs(self, pair: bool) -> str:
+        return "pair" if pair else "single"
+
+    def request_schema(self, pair: bool, max_chars: int) -> dict[str, Any]:
+        text = {"type": "string", "maxLength": max_chars}
+        if pair:
+            return {"type": "array", "items": text, "minItems": 2, "maxItems": 2}
+        return text
+
+    def check_request(self, inputs: Sequence[Any], pair: bool, max_chars: int | None) -> None:
+        """A text per input, or [text_a, text_b] for a task that compares two texts."""
+        for i, item in enumerate(inputs):
+            texts = [item] if isinstance(item, str) else list(item)
+            if not texts or len(texts) > 2 or not all(isinstance(t, str) for t in texts):
+                raise InputError(f"inputs[{i}] must be a text or a list of two texts")
+            if pair and len(texts) != 2:
+                raise InputError(
+                    f"this task compares two texts: give inputs[{i}] as [text_a, text_b], not one text"
+                )
+            if not pair and len(texts) != 1:
+                raise InputError(f"this task takes one text per input; inputs[{i}] has {len(texts)}")
+            for j, text in enumerate(texts):
+                check_text(text, f"inputs[{i}]" + (f"[{j}]" if pair else ""), max_chars)
+
+    def request_rows(
+        self, preprocessor: Any, inputs: Sequence[Any], pair: bool, max_length: int, task: str
+    ) -> list[Row]:
+        """Texts (or pairs) tokenised in full, then the over-long ones again truncated to ``max_length`` (what
+        training and ``eval`` read) and flagged with their full token count."""
+        first = [item if isinstance(item, str) else item[0] for item in inputs]
+        second = [None if isinstance(item, str) else item[1] for item in inputs] if pair else None
+        full = preprocessor(first, second, truncation=False)
+        lengths = [len(ids) for ids in full["input_ids"]]
+        long = [i for i, n in enumerate(lengths) if n > max_length]
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in full]
+        columns = {k: list(full[k]) for k in keys}
+        if long:
+            cut = preprocessor(
+                [first[i] for i in long],
+                [second[i] for i in long] if second is not None else None,
+                truncation=True,
+                max_length=max_length,
+            )
+            for j, i in enumerate(long):
+                for k in keys:
+                    columns[k][i] = cut[k][j]
+        return [
+            Row(task, {k: list(columns[k][i]) for k in keys}, i in long, lengths[i])
+            for i in range(len(first))
+        ]
 
 
 class Classification(SentenceKind):

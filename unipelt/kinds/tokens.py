@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from unipelt.data.conll import TokenData, is_token_file, load_hub_tokens, load_tokens
 from unipelt.data.token_align import tokenize_tagged
-from unipelt.errors import UniPELTError
-from unipelt.kinds.base import Splits, TaskKind, hold_out
+from unipelt.errors import InputError, UniPELTError
+from unipelt.kinds.base import Row, Splits, TaskKind, check_text, hold_out
 from unipelt.kinds.baseline import majority_class_scores
 from unipelt.kinds.imbalance import apply_oversampling
 from unipelt.metrics import compute_token_metrics
@@ -25,6 +26,7 @@ class TokenClassification(TaskKind):
     name = "token-classification"
     head = "token-classification"
     onnx_export = True
+    serves = "predict"
 
     def detect(self, config: TrainConfig) -> bool:
         return (
@@ -138,3 +140,72 @@ class TokenClassification(TaskKind):
             tags.append("O" if best is None else (labels or [])[best])
             scores.append(0.0 if best is None else float(row[best]))
         return {"tags": tags, "scores": scores}
+
+    # ------------------------------------------------------------------ serving: a tag per word
+
+    def serving_preprocessor(self, preprocessor: Any) -> Any:
+        from unipelt.data.token_align import pretokenized_tokenizer
+
+        return pretokenized_tokenizer(preprocessor)  # takes words already split
+
+    def request_inputs(self, pair: bool) -> str:
+        return "words"
+
+    def request_schema(self, pair: bool, max_chars: int) -> dict[str, Any]:
+        word = {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": "\\S"}
+        sentence = {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": "\\S"}
+        return {"anyOf": [sentence, {"type": "array", "items": word, "minItems": 1}]}
+
+    def check_request(self, inputs: Sequence[Any], pair: bool, max_chars: int | None) -> None:
+        """A sentence (split on whitespace) or a list of words per input, none of them empty."""
+        for i, item in enumerate(inputs):
+            words = item.split() if isinstance(item, str) else item
+            if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+                raise InputError(f"inputs[{i}] must be a sentence or a list of words")
+            if not words or not all(w.strip() for w in words):
+                raise InputError(f"inputs[{i}] has no words to tag (or an empty word)")
+            if isinstance(item, str):
+                check_text(item, f"inputs[{i}]", max_chars)
+            else:
+                for j, word in enumerate(words):
+                    check_text(word, f"inputs[{i}][{j}]", max_chars)
+                if max_chars is not None and sum(len(w) for w in words) > max_chars:
+                    check_text(" ".join(words), f"inputs[{i}]", max_chars)
+
+    def request_rows(
+        self, preprocessor: Any, inputs: Sequence[Any], pair: bool, max_length: int, task: str
+    ) -> list[Row]:
+        """Words to sub-tokens as training aligned them; words past ``max_length`` are left untagged."""
+        encoded = self.encode_request(preprocessor, list(inputs), max_length)
+        encoding, starts = encoded["encoding"], encoded["word_starts"]
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoding]
+        rows = []
+        for i, item in enumerate(inputs):
+            words = tuple(item.split() if isinstance(item, str) else item)
+            ids = {k: list(encoding[k][i]) for k in keys}
+            cut = any(p < 0 for p in starts[i])
+            rows.append(Row(task, ids, cut, len(ids["input_ids"]), (words, starts[i])))
+        return rows
+
+    def answer(self, outputs: np.ndarray, row: Row, labels: list[str] | None) -> dict[str, Any]:
+        """Each word's tag and score, and the entity spans, from the row's (tokens, tags) logits."""
+        from unipelt.inference.tagging import entity_spans
+
+        words, starts = row.detail
+        shifted = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
+        probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
+        per_word = np.full((len(words), probabilities.shape[-1]), np.nan, dtype=np.float32)
+        for w, p in enumerate(starts):
+            if p >= 0:
+                per_word[w] = probabilities[p]
+        decoded = self.decode_output(per_word, labels)
+        record: dict[str, Any] = {
+            "tokens": list(words),
+            "tags": decoded["tags"],
+            "scores": [round(s, 6) for s in decoded["scores"]],
+            "entities": entity_spans(words, decoded["tags"], decoded["scores"]),
+        }
+        cut = sum(p < 0 for p in starts)
+        if cut:
+            record["words_cut"] = cut
+        return record

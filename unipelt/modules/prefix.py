@@ -8,6 +8,10 @@ layer during backward) recomputes exactly what the first pass computed. Without 
 computed once and cached until a parameter changes. After training, :meth:`PrefixEncoder.eject` stores the
 vectors and drops the MLP's ~10 M parameters; outputs stay bit-identical.
 
+Each layer's prefix has that layer's key width. In a staged model (Swin) widths differ per stage: the last
+Linear then holds each layer's columns one after another, and the stored vectors are one tensor per layer
+(a ``ParameterList``) instead of one (layers, 2, P, width) tensor.
+
 How the vectors enter attention, without touching position ids or the KV cache, is in
 :mod:`unipelt.inject.attention`.
 """
@@ -18,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from unipelt.errors import UniPELTError
 from unipelt.modules.base import BuildSpec, PeftModule, register
+from unipelt.modules.projections import key_width
 
 
 @register
@@ -29,20 +35,33 @@ class PrefixEncoder(PeftModule):
     per_layer = False
 
     def __init__(
-        self, num_layers: int, length: int, kv_dim: int, hidden_size: int, reparam: bool, mlp_hidden: int
+        self,
+        num_layers: int,
+        length: int,
+        kv_dim: int | list[int],
+        hidden_size: int,
+        reparam: bool,
+        mlp_hidden: int,
     ):
         super().__init__()
-        self.num_layers, self.length, self.kv_dim = num_layers, length, kv_dim
+        widths = [kv_dim] * num_layers if isinstance(kv_dim, int) else list(kv_dim)
+        self.num_layers, self.length, self.kv_dims = num_layers, length, widths
+        # One width for every layer (None when they differ): the stacked (layers, 2, P, kv_dim) form exists.
+        self.kv_dim = widths[0] if len(set(widths)) == 1 else None
+        self.offsets = [2 * sum(widths[:i]) for i in range(num_layers)]  # each layer's first MLP column
         if reparam:
             self.embedding = nn.Embedding(length, hidden_size)
             self.mlp = nn.Sequential(
-                nn.Linear(hidden_size, mlp_hidden), nn.Tanh(), nn.Linear(mlp_hidden, 2 * num_layers * kv_dim)
+                nn.Linear(hidden_size, mlp_hidden), nn.Tanh(), nn.Linear(mlp_hidden, 2 * sum(widths))
             )
             self.prefix = None
         else:
             self.embedding = None
             self.mlp = None
-            self.prefix = nn.Parameter(torch.randn(num_layers, 2, length, kv_dim) * 0.02)
+            if self.kv_dim is not None:
+                self.prefix = nn.Parameter(torch.randn(num_layers, 2, length, self.kv_dim) * 0.02)
+            else:
+                self.prefix = nn.ParameterList(torch.randn(2, length, width) * 0.02 for width in widths)
         self._cache: tuple[tuple[int, ...], torch.Tensor] | None = None
         # Layers whose prefix an autopelt plan pruned: attention there runs without one (unipelt.plan).
         self.pruned_layers: set[int] = set()
@@ -53,7 +72,7 @@ class PrefixEncoder(PeftModule):
         return cls(
             len(spec.layers),
             config.prefix_length,
-            dims["num_key_value_heads"] * dims["head_dim"],
+            [key_width(layer, spec.arch) for layer in spec.layers],
             dims["hidden_size"],
             config.prefix_reparam,
             config.prefix_hidden,
@@ -70,23 +89,30 @@ class PrefixEncoder(PeftModule):
         """Layer ``layer``'s prefix from the MLP: only its columns of the last Linear, as (2, P, kv_dim)."""
         hidden = self.mlp[1](self.mlp[0](self.embedding.weight))  # (P, mlp_hidden)
         last = self.mlp[2]
-        width = 2 * self.kv_dim
-        rows = slice(layer * width, (layer + 1) * width)
+        width = self.kv_dims[layer]
+        rows = slice(self.offsets[layer], self.offsets[layer] + 2 * width)
         out = F.linear(hidden, last.weight[rows], last.bias[rows])  # (P, 2 * kv_dim)
-        return out.view(self.length, 2, self.kv_dim).transpose(0, 1)
+        return out.view(self.length, 2, width).transpose(0, 1)
 
-    def _compute(self) -> torch.Tensor:
-        return torch.stack([self._compute_layer(i) for i in range(self.num_layers)])
+    def _compute(self) -> torch.Tensor | list[torch.Tensor]:
+        """Every layer's prefix: stacked when the widths agree, else a list."""
+        layers = [self._compute_layer(i) for i in range(self.num_layers)]
+        return torch.stack(layers) if self.kv_dim is not None else layers
 
     def forward(self) -> torch.Tensor:
-        """All prefixes as (layers, 2 [key, value], P, kv_dim)."""
+        """All prefixes as (layers, 2 [key, value], P, kv_dim); refused when the layers' widths differ."""
+        if self.kv_dim is None:
+            raise UniPELTError(
+                "this model's layers differ in width (a staged model such as Swin), so its prefixes do not "
+                "stack into one tensor; take each layer's with layer_prefix(index)"
+            )
         if self.prefix is not None:
             return self.prefix
         if torch.is_grad_enabled():
             return self._compute()
         return self._cached()
 
-    def _cached(self) -> torch.Tensor:
+    def _cached(self) -> torch.Tensor | list[torch.Tensor]:
         # Without gradients the MLP output only changes when a parameter does: reuse it until then.
         params = list(self.parameters())
         key = tuple(p._version for p in params) + tuple(p.data_ptr() for p in params)
@@ -110,14 +136,18 @@ class PrefixEncoder(PeftModule):
         """Replace the reparameterisation MLP by the prefix tensor it produces (identical outputs)."""
         if self.prefix is not None:
             return
-        self.prefix = nn.Parameter(self._compute().detach().clone().contiguous())
+        computed = self._compute()
+        if self.kv_dim is not None:
+            self.prefix = nn.Parameter(computed.detach().clone().contiguous())
+        else:
+            self.prefix = nn.ParameterList(layer.detach().clone().contiguous() for layer in computed)
         self.embedding = None
         self.mlp = None
         self._cache = None
 
     def num_prefix_values(self) -> int:
         """Size of the prefix itself (what inference needs), whichever way it is stored."""
-        return self.num_layers * 2 * self.length * self.kv_dim
+        return 2 * self.length * sum(self.kv_dims)
 
     def parameter_counts(self) -> dict[str, int]:
         mlp = 0

@@ -32,6 +32,19 @@ def slice_width(module: nn.Module, parts: int) -> int:
     return projection_features(module)[1] // parts
 
 
+def layer_width(layer: nn.Module, arch: Architecture) -> int:
+    """The width of one layer's hidden state (the query projection's input): what its gates read. It is the
+    config's ``hidden_size`` except in staged models (Swin), whose width doubles from stage to stage."""
+    module, _, _ = locate(layer, arch, "query")
+    return projection_features(module)[0]
+
+
+def key_width(layer: nn.Module, arch: Architecture) -> int:
+    """Keys per position of one layer's attention (heads x head size): the width of its prefix vectors."""
+    module, _, parts = locate(layer, arch, "key")
+    return slice_width(module, parts)
+
+
 def output_slice(module: nn.Module, part: int, parts: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Views of the weight (as stored: (out, in) for Linear, (in, out) for Conv1D) and bias of one slice."""
     weight, bias = module.weight, getattr(module, "bias", None)
