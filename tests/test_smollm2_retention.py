@@ -19,7 +19,7 @@ import json
 
 import pytest
 
-from unipelt.inference.retention import PACKAGED_FACTS
+from unipelt.running.retention import PACKAGED_FACTS
 from unipelt.training import TrainConfig, train
 
 pytestmark = [
