@@ -15,8 +15,8 @@ task, alone and in bursts), and every measured turn begins with ``--warmup`` sec
 counted: a server's (and a client's) first requests are slow for reasons that have nothing to do with
 batching, and with a few dozen requests per level they would set its p95. Arrivals are open-loop (Poisson,
 seeded): a request is sent at its scheduled time whether or not earlier ones were answered, and its latency
-counts from that time. Every level is bounded in time and count (but offered long enough for ``--min-
-requests`` requests, so that a low rate's p95 rests on more than a handful of them), and offered in several
+counts from that time. Every level is bounded in time and count (but offered long enough for
+``--min-requests`` requests, so that a low rate's p95 rests on more than a handful of them), and offered in several
 turns per policy (the order rotating); the last level is closed-loop (``--clients`` clients, each sending
 again when answered): saturated throughput.
 Every server runs with ``--threads 1`` and logs warnings only. Results are JSON lines, a markdown table with
