@@ -43,6 +43,7 @@ def runs_of(out: Path, task: str, seeds: list[int]) -> dict[str, list[Path]]:
 
 def optimize(out: Path, task: str, seeds: list[int], max_drops: list[float]) -> None:
     from unipelt.autopelt.optimize import optimize_run
+    from unipelt.inference import Run
 
     for run in runs_of(out, task, seeds).get("unipelt", []):
         for drop in max_drops:
@@ -50,7 +51,7 @@ def optimize(out: Path, task: str, seeds: list[int], max_drops: list[float]) -> 
             if (target / "metrics.json").is_file():
                 continue
             start = time.time()
-            optimize_run(run, target, max_drop=drop, timing=False)
+            optimize_run(Run(run), target, max_drop=drop, timing=False)
             print(f"optimized {run} (max drop {drop:g}) in {time.time() - start:.0f} s", flush=True)
 
 

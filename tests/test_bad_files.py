@@ -185,17 +185,17 @@ def test_training_files_in_another_encoding(tmp_path):
 
 
 def test_unsupported_model_kinds_are_one_line_saying_what_is_supported(tmp_path, capsys):
-    from transformers import SwinConfig, ViTConfig, WhisperConfig
+    from transformers import ConvNextConfig, ViTConfig, WhisperConfig
 
     from unipelt.backbones import check_model
 
-    for name, config in (("swin", SwinConfig()), ("whisper", WhisperConfig())):
+    for name, config in (("convnext", ConvNextConfig()), ("whisper", WhisperConfig())):
         config.save_pretrained(tmp_path / name)
         capsys.readouterr()
         assert cli("params", tmp_path / name) == 2
         err = error_line(capsys.readouterr().err)
         assert len(err) < 400 and "bert" in err and "roberta" in err and "Config," not in err, err
-        assert {"swin": "'swin' is not supported", "whisper": "(whisper)"}[name] in err, err
+        assert {"convnext": "'convnext' is not supported", "whisper": "(whisper)"}[name] in err, err
     ViTConfig().save_pretrained(tmp_path / "vit")  # an image model unipelt trains, given text: says how
     with pytest.raises(
         UniPELTError, match="is an image model \\(vit\\): train it on images with --task-type"

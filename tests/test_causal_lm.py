@@ -225,7 +225,7 @@ def test_train_and_generate_commands(tmp_path, capsys):
 
 
 def test_answer_loss_is_the_models_own_loss_over_answer_tokens():
-    from unipelt.inference.chat_scoring import answer_loss
+    from unipelt.running.chat_scoring import answer_loss
 
     base, tokenizer = tiny_chat_llm()
     base.eval()

@@ -15,7 +15,7 @@ from unipelt import add_unipelt
 from unipelt.cli import build_parser, main
 from unipelt.devices import Placement, placement, resolve_device, resolve_dtype
 from unipelt.errors import UniPELTError
-from unipelt.inference.loop import forward_batches, logits_and_labels, model_dtype, to_model
+from unipelt.running.loop import forward_batches, logits_and_labels, model_dtype, to_model
 
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 MODEL_VERBS = ("eval", "predict", "serve", "optimize", "export", "generate", "train", "tune")

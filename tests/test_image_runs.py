@@ -97,21 +97,44 @@ def test_auto_detects_images_and_a_model_without_processor_gets_a_default(image_
     assert "has no image processor" in caplog.text
 
 
-def test_an_image_run_is_refused_by_onnx_export_with_the_reason(image_data, tmp_path):
-    from unipelt.inference.export import export_run
+def test_an_image_run_exports_to_onnx_and_predicts_from_it(image_data, tmp_path, capsys):
+    """pixel_values in, logits out, any batch size; the export answers predict as the run does."""
+    pytest.importorskip("onnxruntime")
+    from unipelt.inference import Run
+    from unipelt.inference.onnx_runtime import OnnxModel
 
     run = tmp_path / "run"
-    args = [
-        "train",
-        "--model",
-        str(image_data / "vit"),
-        "--train",
-        str(image_data / "train"),
-        "--method",
-        "lora",
-    ]
-    args += ["--epochs", "1", "--batch-size", "16", "--out", str(run), "--threads", "1"]
-    assert main(args) == 0
-    with pytest.raises(Exception, match="image-classification run; ONNX export supports"):
-        export_run(run, tmp_path / "export")
-    assert not (tmp_path / "export").exists()
+    args = ["train", "--model", str(image_data / "vit"), "--train", str(image_data / "train")]
+    args += ["--test", str(image_data / "test"), "--method", "unipelt", "--epochs", "1", "--batch-size", "16"]
+    assert main([*args, "--out", str(run), "--threads", "1"]) == 0
+    out = tmp_path / "export"
+    capsys.readouterr()
+    assert (
+        main(["export", str(run), "--out", str(out), "--quantize", "int8", "--threads", "1", "--json"]) == 0
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert report["inputs"] == ["pixel_values"] and report["examples"] == 16
+    assert report["parity_max_abs_diff"] <= 1e-4
+    assert report["metrics_onnx"]["accuracy"] == report["metrics_torch"]["accuracy"]
+    assert report["int8"]["metric"] == "accuracy"
+    assert (out / "tokenizer" / "preprocessor_config.json").is_file()
+
+    trained, exported = Run(run), OnnxModel(out, threads=1)
+    examples = trained.kind.prediction_inputs(str(image_data / "test"), [], "utf-8", None)
+    expected = trained.logits(examples)
+    for batch_size in (1, 3, 16):  # the batch axis is dynamic
+        got = exported.logits(examples, batch_size=batch_size)
+        assert got.shape == expected.shape == (16, 2)
+        assert np.abs(got - expected).max() <= 1e-4
+
+    folder = str(image_data / "test" / "bright")
+    assert main(["predict", str(run), "--input", folder]) == 0
+    torch_records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main(["predict", str(out), "--input", folder, "--runtime", "onnx"]) == 0
+    onnx_records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(onnx_records) == 8
+    assert [r["image"] for r in onnx_records] == [r["image"] for r in torch_records]
+    assert [r["label"] for r in onnx_records] == [r["label"] for r in torch_records]
+    for a, b in zip(torch_records, onnx_records):
+        for name in a["probabilities"]:
+            assert b["probabilities"][name] == pytest.approx(a["probabilities"][name], abs=1e-5)

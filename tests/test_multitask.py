@@ -178,7 +178,7 @@ def test_a_checkpointed_re_run_writes_its_gates_to_slots_of_its_own():
     layer's activations alive until backward ended, and on SmolLM2 with APL checkpointing saved no memory
     (benchmarks/RESULTS.md: peak 2462 MB with it, 2447 MB without; 1138 MB once fixed)."""
     from unipelt.inject.context import LAYER, ForwardContext, Group, LayerCall
-    from unipelt.inject.hooks import _Replaying
+    from unipelt.inject.layer_hooks import _Replaying
 
     context = ForwardContext(
         model_id=1, groups=[Group("a", torch.tensor([0, 2])), Group("b", torch.tensor([1]))]

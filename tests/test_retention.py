@@ -13,7 +13,7 @@ from unipelt.cli import main
 from unipelt.data.chat import Conversation
 from unipelt.errors import DataError, UniPELTError
 from unipelt.inference.generation import Sampling, generate_texts
-from unipelt.inference.retention import PACKAGED_FACTS, is_correct, measure_retention, read_facts
+from unipelt.running.retention import PACKAGED_FACTS, is_correct, measure_retention, read_facts
 from unipelt.training import TrainConfig
 
 PROMPTS = ["what is the capital of france", "hello how are you", "tell me about the film", "say yes or no"]

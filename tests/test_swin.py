@@ -269,3 +269,71 @@ def test_lora_and_ia3_export_to_peft_exactly(method, tmp_path):
         expected = theirs.base_model(pixel_values=pixels).logits
         assert torch.allclose(model(pixel_values=pixels).logits, expected, atol=1e-6)
         assert not torch.allclose(tiny_swin()(pixel_values=pixels).logits, expected, atol=1e-4)
+
+
+def test_folding_constant_gates_keeps_the_outputs():
+    """An autopelt plan on Swin: constant gates folded into LoRA, the per-stage prefix tensors and the adapter."""
+    import math
+
+    from unipelt.autopelt import Plan, Unit, apply_plan
+
+    pixels = images()
+    model = add_unipelt(tiny_swin(), "unipelt")
+    perturb(model)
+    fold = {}
+    for index, layer_modules in enumerate(model.tasks["default"].layers):
+        for site, bias in {"lora_query": 0.7, "lora_value": -1.2, "prefix": 0.3, "adapter": 1.5}.items():
+            gate = layer_modules.adapter.gate if site == "adapter" else layer_modules.gate
+            row = gate.sites.index(site)
+            with torch.no_grad():
+                gate.linear.weight[row].zero_()
+                gate.linear.bias[row] = bias + index
+            fold[Unit(index, site)] = 1 / (1 + math.exp(-(bias + index)))
+    with torch.no_grad():
+        reference = model(pixel_values=pixels).logits
+        apply_plan(model, "default", Plan(set(), fold))
+        assert torch.allclose(model(pixel_values=pixels).logits, reference, atol=1e-5)
+    assert not any(model.gate_values().values()) and "lora" in model.merged
+
+
+@pytest.mark.slow
+def test_a_swin_run_trains_evaluates_and_predicts(tmp_path, capsys):
+    """`unipelt train` on a Swin folder without an image processor (the default one, with a warning)."""
+    import numpy as np
+    from PIL import Image
+
+    from unipelt.cli import main
+
+    tiny_swin(num_labels=2).save_pretrained(tmp_path / "swin")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 24), ("valid", 8), ("test", 8)):
+        for label in ("bright", "dark"):
+            for i in range(count):
+                path = tmp_path / split / label / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                pixels = rng.integers(150, 255, (8, 8)) if label == "bright" else rng.integers(0, 90, (8, 8))
+                Image.fromarray(pixels.astype(np.uint8), mode="L").save(path)
+    run = tmp_path / "run"
+    args = ["train", "--model", str(tmp_path / "swin"), "--train", str(tmp_path / "train")]
+    args += ["--valid", str(tmp_path / "valid"), "--test", str(tmp_path / "test"), "--method", "unipelt"]
+    args += ["--epochs", "4", "--batch-size", "8", "--lr", "3e-3", "--out", str(run), "--threads", "1"]
+    assert main(args) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["accuracy"] >= 0.9, metrics["test"]  # bright against dark is easy
+    capsys.readouterr()
+    assert main(["predict", str(run), "--input", str(tmp_path / "test" / "dark")]) == 0
+    predictions = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(predictions) == 8 and sum(p["label"] == "dark" for p in predictions) >= 7
+
+
+def test_compiled_swin_has_no_graph_break_and_gives_the_eager_outputs():
+    model = add_unipelt(tiny_swin(), "unipelt")
+    perturb(model)
+    pixels = images()
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = model(pixel_values=pixels).logits
+        explained = torch._dynamo.explain(model)(pixel_values=pixels)
+        assert explained.graph_break_count == 0, [str(b.reason)[:200] for b in explained.break_reasons]
+        compiled = torch.compile(model, backend="aot_eager")(pixel_values=pixels).logits
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)

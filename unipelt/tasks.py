@@ -11,14 +11,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unipelt.config import UniPELTConfig
 from unipelt.errors import UniPELTError
-from unipelt.gates import GATE_TYPES, build_layer_gate
+from unipelt.gates import GATE_TYPES, SigmoidGate, build_layer_gate
 from unipelt.heads import copy_head, head_key
 from unipelt.inject.architectures import Architecture
 from unipelt.modules import MODULES, BuildSpec, PeftModule
+from unipelt.modules.base import RowGroup
 from unipelt.modules.projections import layer_width
 
 if TYPE_CHECKING:
@@ -58,6 +60,28 @@ class LayerModules(nn.Module):
 
     def at(self, roles: tuple[str, ...], when: str) -> list[tuple[str, PeftModule]]:
         return [entry for role in roles for entry in self.by_site.get((role, when), ())]
+
+    def prepare(self, x: torch.Tensor, group: RowGroup, pooling: str) -> None:
+        """Before attention, from its input ``x`` (these rows): the layer gate's values into ``group.gates``
+        and the modules' projections of ``x`` into ``group.prepared``, in one matmul when the gate is a
+        sigmoid gate (whose logits are one more linear map of ``x``)."""
+        gate = self.gate
+        projections = [entry for part in self.parts() for entry in part.attention_input_projections()]
+        fused = isinstance(gate, SigmoidGate)
+        if gate is not None and not fused:
+            group.gates.update(gate(x, group.mask_for(x), pooling))
+        if not projections and not fused:
+            return
+        weights = ([gate.linear.weight] if fused else []) + [weight for _, weight in projections]
+        bias = gate.projection_bias() if fused and not projections else None
+        y = F.linear(x, weights[0] if len(weights) == 1 else torch.cat(weights), bias)
+        start = len(gate.sites) if fused else 0
+        if fused:
+            values = gate.values(y[..., :start], x, group.mask_for(x), pooling, biased=bias is not None)
+            group.gates.update(gate.named(values))
+        for name, weight in projections:
+            group.prepared[name] = y[..., start : start + weight.shape[0]]
+            start += weight.shape[0]
 
 
 class TaskModules(nn.Module):

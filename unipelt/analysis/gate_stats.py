@@ -254,7 +254,7 @@ def collect_gate_stats(
     import torch  # late, like the other torch imports here: reading saved statistics needs no torch
     from tqdm.auto import tqdm
 
-    from unipelt.inference.loop import forward_batches
+    from unipelt.running.loop import forward_batches
 
     if not model.enabled:
         raise UniPELTError(

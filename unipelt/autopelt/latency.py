@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from unipelt.inference.loop import model_device
+from unipelt.running.loop import model_device
 
 SHAPES = ((1, 128), (32, 128))
 

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from unipelt.inference.loop import forward_batches
 from unipelt.inject.context import Observer
 from unipelt.plan import Unit, gate_site, task_units
+from unipelt.running.loop import forward_batches
 
 if TYPE_CHECKING:
     from unipelt.model import UniPELTModel

@@ -32,12 +32,10 @@ from unipelt.autopelt.search import plan_from_thresholds, search
 from unipelt.backbones import load_base_model
 from unipelt.checkpoint import atomic_directory, write_json
 from unipelt.data import tokenize_examples
-from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
-from unipelt.inference import Run
-from unipelt.inference.loop import chunks, logits_and_labels
 from unipelt.kinds import Splits, load_splits
 from unipelt.plan import Plan, planned_copy, task_units
+from unipelt.running.loop import chunks, logits_and_labels
 
 REPORT_JSON = "optimize.json"
 REPORT_PNG = "optimize.png"
@@ -78,19 +76,18 @@ def _router_filter(model: Any, name: str) -> Any:
 
 
 def optimize_run(
-    run_dir: str | Path,
+    run: Any,
     out: str | Path | None = None,
     max_drop: float = 0.5,
     threshold: float | None = None,
     epsilon: float | None = None,
     timing: bool = True,
     log: Any = print,
-    placement: Placement | None = None,
 ) -> dict[str, Any]:
-    """Optimize the run at ``run_dir`` into ``out`` (default: ``RUN-optimized``) and return the report; the
-    model is measured, scored and timed where ``placement`` puts it (default: the CPU)."""
-    run_dir = Path(run_dir)
-    run = Run(run_dir, placement)
+    """Optimize a finished run (a :class:`unipelt.inference.Run`, opened by the caller) into ``out`` (default:
+    ``RUN-optimized``) and return the report; the model is measured, scored and timed where the run's placement
+    puts it."""
+    run_dir = Path(run.folder)
     out = _check_request(run, run_dir, out, threshold, epsilon)
     started = time.time()
     model, tokenizer = run.load()
@@ -131,7 +128,7 @@ def optimize_run(
 
 
 def _check_request(
-    run: Run, run_dir: Path, out: str | Path | None, threshold: float | None, epsilon: float | None
+    run: Any, run_dir: Path, out: str | Path | None, threshold: float | None, epsilon: float | None
 ) -> Path:
     """The output folder, once the run and the flags are checked to make sense together."""
     if not run.method.adds_modules:

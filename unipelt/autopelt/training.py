@@ -37,8 +37,8 @@ from unipelt.autopelt.plan import write_plan
 from unipelt.autopelt.report import plot_units
 from unipelt.checkpoint import atomic_file, write_json
 from unipelt.gates import HardConcreteGate
-from unipelt.inference.loop import chunks, logits_and_labels, model_device
 from unipelt.plan import Plan, Unit, apply_plan, planned_copy, task_units
+from unipelt.running.loop import chunks, logits_and_labels, model_device
 
 LATENCY_JSON = "latency.json"
 TRACK_JSONL = "autopelt.jsonl"

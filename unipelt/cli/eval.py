@@ -2,7 +2,7 @@
 
 A causal-LM run (``--task-type causal-lm``) is scored on chats: its test file or ``--data``; with
 ``--retention`` it is instead asked a file of facts, and compared with its base model
-(:mod:`unipelt.inference.retention`); the result is also stored in the run's metrics.json.
+(:mod:`unipelt.running.retention`); the result is also stored in the run's metrics.json.
 """
 
 from __future__ import annotations
@@ -15,75 +15,38 @@ from unipelt.cli.common import GLUE_HELP, add_compile_flag, add_device_flags, pl
 
 
 def run(args: argparse.Namespace) -> int:
-    from unipelt.errors import UniPELTError
     from unipelt.inference import Run
-    from unipelt.inference.generation import is_chat_run
 
-    where = placement_of(args)
-    if is_chat_run(args.run):
-        if args.compile:
-            raise UniPELTError("--compile applies to classification, regression and tagging runs")
-        return _retention(args, where) if args.retention else _evaluate_chat_run(args, where)
+    trained = Run(args.run, placement_of(args), compile=args.compile)
     if args.retention:
-        raise UniPELTError(f"--retention measures chat models; {args.run} is not a causal-lm run")
-    trained = Run(args.run, where, compile=args.compile)
+        return _retention(args, trained)
     data = trained.data(task=args.task, data_dir=args.data_dir, path=args.data, encoding=args.encoding)
-    metrics = trained.evaluate(data)
+    metrics = trained.evaluate(data, task=args.task if args.data else None)
     if args.json:
         print(json.dumps({"data": data.source, "examples": len(data), **metrics}, indent=2))
-    else:
-        print(f"{data.source}: {len(data)} examples")
-        for name, value in metrics.items():
-            if name.startswith("support_") or name == "words_cut":  # counts, not rates
-                print(f"  {name:<12}{int(value):8d}")
-            else:
-                print(f"  {name:<12}{100 * value:8.2f}")
-    return 0
-
-
-def _evaluate_chat_run(args: argparse.Namespace, where: Any) -> int:
-    """A causal-LM run on its test chats or --data: loss and perplexity, and accuracy when it has answer choices."""
-    from unipelt.errors import UniPELTError
-    from unipelt.inference.generation import ChatRun
-
-    if args.data_dir or (args.task and not args.data):
-        raise UniPELTError(
-            f"{args.run} is a causal-lm run: evaluate it on chats with --data FILE.jsonl (GLUE tasks do not apply)"
-        )
-    trained = ChatRun(args.run, where)
-    conversations = trained.data(args.data)
-    metrics = trained.evaluate(conversations, task=args.task if args.data else None)
-    source = args.data or trained.config.test_file
-    if args.json:
-        print(json.dumps({"data": source, "examples": len(conversations), **metrics}, indent=2))
         return 0
-    print(f"{source}: {len(conversations)} conversations")
+    print(f"{data.source}: {len(data)} {trained.kind.example_noun}")
     for name, value in metrics.items():
-        shown = f"{value:8.4f}" if name in ("loss", "perplexity") else f"{100 * value:8.2f}"
-        print(f"  {name:<12}{shown}")
+        print(f"  {name:<12}{_shown(name, value)}")
     return 0
 
 
-def _retention(args: argparse.Namespace, where: Any) -> int:
+def _shown(name: str, value: float) -> str:
+    """A metric as ``eval`` prints it: counts whole, losses as they are, rates in percent."""
+    if name.startswith("support_") or name == "words_cut":
+        return f"{int(value):8d}"
+    if name in ("loss", "perplexity"):
+        return f"{value:8.4f}"
+    return f"{100 * value:8.2f}"
+
+
+def _retention(args: argparse.Namespace, trained: Any) -> int:
     """How many facts the base model answers correctly the run still answers correctly; kept in metrics.json."""
-    from pathlib import Path
-
-    from unipelt.backbones import load_base_model
     from unipelt.checkpoint import write_json
-    from unipelt.inference.generation import ChatRun
-    from unipelt.inference.retention import facts_path, measure_retention, read_facts, retention_line
+    from unipelt.running.retention import retention_line
 
-    facts = read_facts(facts_path(args.retention))
-    trained = ChatRun(args.run, where)
-    model, tokenizer = trained.load()
-    base = None
-    if not hasattr(model, "disabled"):  # full fine-tuning: the base is a fresh copy of the model
-        base = load_base_model(trained.config.model, "causal-lm", pad_token_id=tokenizer.pad_token_id).eval()
-    result = measure_retention(
-        model, tokenizer, facts, base=base, task=trained.check_task(args.task), batch_size=16
-    )
-    result = {"file": str(facts_path(args.retention)), **result}
-    metrics_file = Path(args.run) / "metrics.json"
+    result = trained.retention(args.retention, args.task)
+    metrics_file = trained.folder / "metrics.json"
     if metrics_file.is_file():
         metrics = json.loads(metrics_file.read_text(encoding="utf-8"))
         if isinstance(metrics, dict):

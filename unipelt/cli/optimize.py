@@ -16,15 +16,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"restored run written to {restore_run(args.run, args.out)}")
         return 0
     from unipelt.autopelt.optimize import optimize_run
+    from unipelt.inference import Run
 
     optimize_run(
-        args.run,
+        Run(args.run, where),
         args.out,
         max_drop=args.max_drop,
         threshold=args.threshold,
         epsilon=args.epsilon,
         timing=not args.no_timing,
-        placement=where,
     )
     return 0
 

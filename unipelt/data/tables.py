@@ -117,8 +117,25 @@ def load_table(
         raise UniPELTError(f"Give one or two text columns, not {len(text_columns)} ({list(text_columns)}).")
     if regression and label_list is not None:
         raise UniPELTError("A label list makes no sense for regression: drop one of the two.")
-    wanted = [*text_columns, *([label_column] if label_column is not None else [])]
+    texts, raw_labels = _read_rows(file, text_columns, label_column, encoding)
+    labels: list[Label]
+    names: list[str] | None
+    spellings: dict[str, list[str]] = {}
+    if label_column is None:
+        labels, names = [None] * len(texts), (list(label_list) if label_list is not None else None)
+    elif regression:
+        labels, names = [_float_label(file, line, value) for line, value in raw_labels], None
+    else:
+        labels, names, spellings = _class_labels(file, raw_labels, label_list)
+    examples = [Example(a, b, y) for (a, b), y in zip(texts, labels)]
+    return TaskData(examples, names, regression, str(file), {k: v for k, v in spellings.items() if v})
 
+
+def _read_rows(
+    file: Path, text_columns: Sequence[str], label_column: str | None, encoding: str
+) -> tuple[list[tuple[str, str | None]], list[tuple[int, Any]]]:
+    """(the text or text pair of every row, (line, raw label) of every row when there is a label column)."""
+    wanted = [*text_columns, *([label_column] if label_column is not None else [])]
     texts: list[tuple[str, str | None]] = []
     raw_labels: list[tuple[int, Any]] = []
     for line, record in _table_records(file, wanted, encoding):
@@ -140,39 +157,35 @@ def load_table(
             raw_labels.append((line, value))
     if not texts:
         raise DataError(f"{file} has a header but no data rows. Add at least one row.")
+    return texts, raw_labels
 
-    labels: list[Label]
-    names: list[str] | None
+
+def _class_labels(
+    file: Path, raw_labels: list[tuple[int, Any]], label_list: Sequence[str] | None
+) -> tuple[list[Label], list[str], dict[str, list[str]]]:
+    """(class ids, class names, the other spellings of each name) of raw labels read by value: ids in
+    ``label_list`` order, or in sorted order of the labels found."""
+    keys = [(line, label_name(value)) for line, value in raw_labels]
+    names = [str(n) for n in label_list] if label_list is not None else _sorted_labels({k for _, k in keys})
     spellings: dict[str, list[str]] = {}
-    if label_column is None:
-        labels, names = [None] * len(texts), (list(label_list) if label_list is not None else None)
-    elif regression:
-        labels, names = [_float_label(file, line, value) for line, value in raw_labels], None
-    else:
-        keys = [(line, label_name(value)) for line, value in raw_labels]
-        names = (
-            [str(n) for n in label_list] if label_list is not None else _sorted_labels({k for _, k in keys})
+    for (_, value), (_, key) in zip(raw_labels, keys):
+        if _spelling(value) != key and _spelling(value) not in spellings.setdefault(key, []):
+            spellings[key].append(_spelling(value))
+    if label_list is None and len(names) < 2:
+        raise DataError(
+            f"{file}: every row has the label {names[0]!r}; classification needs at least two classes. Pass the "
+            f"full label list if this file is a subset, or use regression for numeric targets."
         )
-        for (_, value), (_, key) in zip(raw_labels, keys):
-            if _spelling(value) != key and _spelling(value) not in spellings.setdefault(key, []):
-                spellings[key].append(_spelling(value))
-        if label_list is None and len(names) < 2:
+    ids = {label_name(name): i for i, name in enumerate(names)}
+    labels: list[Label] = []
+    for line, key in keys:
+        if key not in ids:
             raise DataError(
-                f"{file}: every row has the label {names[0]!r}; classification needs at least two classes. Pass the "
-                f"full label list if this file is a subset, or use regression for numeric targets."
+                f"{file}, line {line}: label {key!r} is not in the label list ({', '.join(names)}). Fix the "
+                f"label or add it to the label list."
             )
-        ids = {label_name(name): i for i, name in enumerate(names)}
-        labels = []
-        for line, key in keys:
-            if key not in ids:
-                raise DataError(
-                    f"{file}, line {line}: label {key!r} is not in the label list ({', '.join(names)}). Fix the "
-                    f"label or add it to the label list."
-                )
-            labels.append(ids[key])
-
-    examples = [Example(a, b, y) for (a, b), y in zip(texts, labels)]
-    return TaskData(examples, names, regression, str(file), {k: v for k, v in spellings.items() if v})
+        labels.append(ids[key])
+    return labels, names, spellings
 
 
 def _float_label(path: Path, line: int, value: Any) -> float:

@@ -4,6 +4,7 @@
 to predict from a table, a plain file or standard input.
 """
 
-from unipelt.inference.runs import Run, read_inputs
+from unipelt.data.inputs import read_inputs
+from unipelt.inference.runs import Run
 
 __all__ = ["Run", "read_inputs"]

@@ -18,6 +18,7 @@ its speed against fp32.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -28,21 +29,18 @@ import numpy as np
 import torch
 
 from unipelt.checkpoint import atomic_directory, write_json
-from unipelt.data import Example
 from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
-from unipelt.inference.loop import forward_batches, model_device
-from unipelt.inference.onnx_runtime import EXPORT_INFO, encode_batches, run_session, session
+from unipelt.inference.onnx_runtime import EXPORT_INFO, OnnxRun, run_session, session
 from unipelt.inference.runs import Run
 from unipelt.inference.served_tasks import default_name, pair_task, run_score
-from unipelt.metrics import compute_task_metrics, main_metric
+from unipelt.running.loop import chunks, model_device
 
 OPSET = 17
-INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class _Logits(torch.nn.Module):
-    """The run's model as a function of named int64 tensors to logits, which is what the graph exposes."""
+    """The run's model as a function of named input tensors to logits, which is what the graph exposes."""
 
     def __init__(self, model: torch.nn.Module, names: tuple[str, ...]) -> None:
         super().__init__()
@@ -57,9 +55,7 @@ def exportable(run: Any) -> None:
     """Refuse, with the reason, what this exporter cannot turn into one graph."""
     if not run.kind.onnx_export:
         raise UniPELTError(
-            f"{run.folder} is a {run.kind.name} run; ONNX export supports classification, regression and token "
-            "classification runs of text (generation is served with PyTorch only: its decoding loop is not one "
-            "graph; image runs are not exported yet)"
+            f"{run.folder} is a {run.kind.name} run; ONNX export does not take it: {run.kind.onnx_reason}"
         )
     model, _ = run.load()
     # Modules merged into the base weights (an optimized run loaded alone) need nothing special: the graph
@@ -67,38 +63,17 @@ def exportable(run: Any) -> None:
     tasks = getattr(model, "tasks", None)
     if tasks is not None and len(tasks) != 1:
         raise UniPELTError(f"{run.folder} holds {len(tasks)} tasks; an ONNX export holds one task")
-    if tasks is not None:
-        kind = next(iter(tasks.values())).kind
-        if kind not in ("classification", "regression", "token-classification"):
-            raise UniPELTError(
-                f"{run.folder} is a {kind} task; export supports classification, regression and token "
-                "classification runs (generation is served with PyTorch only: its decoding loop is not one graph)"
-            )
-
-
-def _sample(tokenizer: Any, pair: bool, max_length: int) -> dict[str, torch.Tensor]:
-    """A 2-row batch whose second row is padded, so the traced graph takes the padding-aware path."""
-    first = ["a longer first example sentence for tracing the graph", "short"]
-    second = ["and its second text", "pair"] if pair else None
-    encoded = tokenizer(
-        first, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
-    )
-    if bool(encoded["attention_mask"].all()):
-        raise UniPELTError("could not build a padded sample batch to trace the model with")
-    return {k: encoded[k] for k in INPUT_KEYS if k in encoded}
 
 
 def _trace(run: Any, path: Path) -> tuple[str, ...]:
     import warnings
 
-    model, tokenizer = run.load()
+    model, preprocessor = run.load()
     if hasattr(model, "eject_prefix_mlp"):
         model.eject_prefix_mlp()
-    sample = _sample(tokenizer, pair_task(run.config), run.config.max_length)
+    sample = run.kind.trace_inputs(preprocessor, pair_task(run.config), run.config.max_length)
     sample = {k: v.to(model_device(model)) for k, v in sample.items()}
     names = tuple(sample)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
-    axes["logits"] = {0: "batch", 1: "sequence"} if run.is_tagger else {0: "batch"}
     try:
         # Grad mode ON while tracing: under no_grad the modules add into the frozen projections' outputs in
         # place (addmm_), which the tracer records but the ONNX converter does not carry through the view.
@@ -112,7 +87,7 @@ def _trace(run: Any, path: Path) -> tuple[str, ...]:
                 str(path),
                 input_names=list(names),
                 output_names=["logits"],
-                dynamic_axes=axes,
+                dynamic_axes=run.kind.onnx_axes(names),
                 opset_version=OPSET,
                 dynamo=False,
             )
@@ -125,29 +100,16 @@ def _trace(run: Any, path: Path) -> tuple[str, ...]:
     return names
 
 
-def batches(run: Any, examples: list[Any], batch_size: int = 32) -> list[dict[str, np.ndarray]]:
-    """Padded int64 batches of the run's inputs: texts as ``predict`` reads them, or, for a tagging run,
-    sentences split into words as training aligned them."""
-    _, tokenizer = run.load()
-    if not run.is_tagger:
-        return list(encode_batches(examples, tokenizer, run.config.max_length, batch_size))
-    from unipelt.inference.engine import pad_rows
-    from unipelt.inference.served_tasks import served_task
-
-    task = served_task(
-        run.task_kind, name="parity", source=str(run.folder), labels=run.labels, regression=False, pair=False,
-        max_length=run.config.max_length, tokenizer=tokenizer,
-    )  # fmt: skip
-    rows = task.encode([list(e.tokens) for e in examples])
-    pad = tokenizer.pad_token_id or 0
-    side = getattr(tokenizer, "padding_side", "right")
-    return [pad_rows(rows[i : i + batch_size], pad, side) for i in range(0, len(rows), batch_size)]
+def batches(run: Any, examples: list[Any], batch_size: int = 32) -> list[Any]:
+    """Collated batches of the run's inputs, as ``predict`` makes them for its kind (texts, words aligned to
+    sub-tokens, or pixels)."""
+    items, collate = run.kind.prediction_batches(examples, run.preprocessor, run.max_length)
+    return list(chunks(items, collate, batch_size))
 
 
 def torch_logits(run: Any, examples: list[Any], batch_size: int = 32) -> list[np.ndarray]:
     """The run's logits per batch of :func:`batches` (per token for a tagging run)."""
-    model, _ = run.load()
-    return [output.numpy() for output, _ in forward_batches(model, batches(run, examples, batch_size))]
+    return list(run.forward(batches(run, examples, batch_size)))
 
 
 def onnx_logits(sess: Any, run: Any, examples: list[Any], batch_size: int = 32) -> list[np.ndarray]:
@@ -158,14 +120,9 @@ def max_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
 
 
-def single_latency(sess: Any, length: int = 128, repeats: int = 20) -> float:
-    """Median seconds of one 1 x ``length`` forward (after two warm-up calls)."""
-    names = [i.name for i in sess.get_inputs()]
-    batch = {
-        n: np.ones((1, length), dtype=np.int64) if n != "token_type_ids" else np.zeros((1, length), np.int64)
-        for n in names
-    }
-    batch["input_ids"] = np.full((1, length), 1000, dtype=np.int64)
+def single_latency(sess: Any, run: Any, length: int = 128, repeats: int = 20) -> float:
+    """Median seconds of one input's forward (1 x ``length`` tokens; one image), after two warm-up calls."""
+    batch = run.kind.timing_inputs([i.name for i in sess.get_inputs()], run.preprocessor, length)
     for _ in range(2):
         sess.run(None, batch)
     times = []
@@ -198,7 +155,7 @@ def export_run(
     exportable(run)
     test = run.data(path=data)
     examples = test.examples[:max_examples] if max_examples else test.examples
-    labelled = not run.is_tagger and all(e.label is not None for e in examples)  # sequence metrics
+    scored = dataclasses.replace(test, examples=examples) if run.kind.labelled(examples) else None
     report: dict[str, Any] = {"run": str(run.folder), "opset": OPSET, "examples": len(examples)}
 
     def write(tmp: Path) -> None:
@@ -207,9 +164,9 @@ def export_run(
         report["export_seconds"] = round(time.perf_counter() - start, 2)
         report["inputs"] = list(names)
         fp32 = session(tmp / "model.onnx", threads)
-        report.update(_parity(run, fp32, examples, labelled, tolerance))
+        report.update(_parity(run, fp32, examples, scored, tolerance))
         if quantize == "int8":
-            report["int8"] = _quantize(tmp, run, examples, labelled, fp32, threads)
+            report["int8"] = _quantize(tmp, run, examples, scored, fp32, threads)
         model, tokenizer = run.load()
         tokenizer.save_pretrained(tmp / "tokenizer")
         shutil.copy(run.folder / "labels.json", tmp / "labels.json")
@@ -219,8 +176,9 @@ def export_run(
     return report
 
 
-def _parity(run: Run, fp32: Any, examples: list[Any], labelled: bool, tolerance: float) -> dict[str, Any]:
-    """ONNX Runtime's logits against PyTorch's on ``examples``: refused beyond ``tolerance``, else the figures."""
+def _parity(run: Run, fp32: Any, examples: list[Any], data: Any, tolerance: float) -> dict[str, Any]:
+    """ONNX Runtime's logits against PyTorch's on ``examples``: refused beyond ``tolerance``, else the figures
+    (with the metrics of both when ``data``, the labelled examples, is given)."""
     reference = torch_logits(run, examples)
     got = onnx_logits(fp32, run, examples)
     diff = max_difference(got, reference)
@@ -230,11 +188,15 @@ def _parity(run: Run, fp32: Any, examples: list[Any], labelled: bool, tolerance:
             f"(allowed {tolerance:.0e}); nothing was written"
         )
     result: dict[str, Any] = {"parity_max_abs_diff": diff}
-    if labelled:
-        labels = _labels(examples)
-        result["metrics_torch"] = compute_task_metrics(run.metric_kind, np.concatenate(reference), labels)
-        result["metrics_onnx"] = compute_task_metrics(run.metric_kind, np.concatenate(got), labels)
+    if data is not None:
+        result["metrics_torch"] = run.kind.evaluate_run(run, data, progress=False)
+        result["metrics_onnx"] = run.kind.evaluate_run(_onnx_run(run, fp32), data, progress=False)
     return result
+
+
+def _onnx_run(run: Run, sess: Any) -> OnnxRun:
+    """A session of the graph being exported, used as the run it was traced from."""
+    return OnnxRun(sess, run.kind, run.preprocessor, run.max_length, run.labels, run.metric_kind, run.folder)
 
 
 def _export_info(run: Run, model: Any) -> dict[str, Any]:
@@ -242,7 +204,8 @@ def _export_info(run: Run, model: Any) -> dict[str, Any]:
     metric, score = run_score(run.folder)
     return {
         "task": default_name(run.config, run.folder),
-        "kind": run.task_kind,
+        "kind": run.kind.name,
+        "metric_kind": run.metric_kind,
         "tag_column": run.config.tag_column,
         "labels": run.labels,
         "regression": run.regression,
@@ -257,11 +220,11 @@ def _export_info(run: Run, model: Any) -> dict[str, Any]:
     }
 
 
-def _labels(examples: list[Example]) -> np.ndarray:
-    return np.array([e.label for e in examples])
-
-
-def _quantize(tmp: Path, run: Any, examples: list[Example], labelled: bool, fp32: Any, threads: int | None):
+def _quantize(
+    tmp: Path, run: Any, examples: list[Any], data: Any, fp32: Any, threads: int | None
+) -> dict[str, Any]:
+    """``model.int8.onnx`` (dynamic quantisation) and its change against fp32 on ``examples``: outputs, the main
+    metric when ``data`` (the examples, labelled) is given, speed and size."""
     import logging
 
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -282,15 +245,14 @@ def _quantize(tmp: Path, run: Any, examples: list[Example], labelled: bool, fp32
     got = onnx_logits(int8, run, examples)
     int8_seconds = time.perf_counter() - start
     result["max_abs_diff_vs_fp32"] = max_difference(got, reference)
-    if labelled:
-        reference, got = np.concatenate(reference), np.concatenate(got)
-        metric = main_metric(run.metric_kind)
-        before = compute_task_metrics(run.metric_kind, reference, _labels(examples))[metric]
-        after = compute_task_metrics(run.metric_kind, got, _labels(examples))[metric]
+    if data is not None:
+        metric = run.kind.run_metric(run.metric_kind)
+        before = run.kind.evaluate_run(_onnx_run(run, fp32), data, progress=False)[metric]
+        after = run.kind.evaluate_run(_onnx_run(run, int8), data, progress=False)[metric]
         result.update({"metric": metric, "fp32": before, "int8": after, "change": after - before})
     result["test_set_seconds"] = {"fp32": round(fp32_seconds, 3), "int8": round(int8_seconds, 3)}
     result["test_set_latency_ratio_int8_over_fp32"] = round(int8_seconds / fp32_seconds, 3)
-    latency_fp32, latency_int8 = single_latency(fp32), single_latency(int8)
+    latency_fp32, latency_int8 = single_latency(fp32, run), single_latency(int8, run)
     result["latency_1x128_ms"] = {"fp32": round(latency_fp32 * 1e3, 3), "int8": round(latency_int8 * 1e3, 3)}
     result["latency_1x128_ratio_int8_over_fp32"] = round(latency_int8 / latency_fp32, 3)
     result["bytes"] = {n: (tmp / n).stat().st_size for n in ("model.onnx", "model.int8.onnx")}

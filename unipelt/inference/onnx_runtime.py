@@ -2,23 +2,24 @@
 --runtime onnx``.
 
 An export folder (written by :mod:`unipelt.inference.export`) holds ``model.onnx`` (and ``model.int8.onnx``
-when quantised), the tokenizer, ``labels.json`` and ``export.json`` (task, inputs, max length, parity). Nothing
-of torch or transformers' models is needed to answer from it, only the tokenizer.
+when quantised), the tokenizer (or image processor), ``labels.json`` and ``export.json`` (task kind, inputs, max
+length, parity). Nothing of transformers' models is needed to answer from it, only the preprocessor; what
+differs between kinds of task is asked of the kind (:mod:`unipelt.kinds`), as for a PyTorch run.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from unipelt.data import Example
-from unipelt.data.tokenize import token_counts
 from unipelt.errors import UniPELTError
 from unipelt.inference.served_tasks import Row, ServedTask, served_task, split_name, unique_names
+from unipelt.kinds import TaskKind, kind_of_run
 
 EXPORT_INFO = "export.json"
 
@@ -44,73 +45,92 @@ def session(path: str | Path, threads: int | None = None) -> Any:
         raise UniPELTError(f"cannot load ONNX model {path}: {error}") from error
 
 
-def run_session(sess: Any, batch: dict[str, np.ndarray]) -> np.ndarray:
-    """Logits for one padded batch; only the inputs the graph declares are passed."""
-    names = [i.name for i in sess.get_inputs()]
+def run_session(sess: Any, batch: Mapping[str, Any]) -> np.ndarray:
+    """Logits for one padded batch; only the inputs the graph declares are passed, as the types it declares
+    (int64 ids and masks, float32 pixels)."""
+    names = {i.name: i.type for i in sess.get_inputs()}
     missing = [n for n in names if n not in batch]
     if missing:
-        raise UniPELTError(f"the ONNX model needs inputs {missing} that the tokenizer did not give")
-    return sess.run(None, {n: batch[n].astype(np.int64) for n in names})[0]
+        raise UniPELTError(f"the ONNX model needs inputs {missing} that the preprocessor did not give")
+    feed = {}
+    for name, kind in names.items():
+        value = batch[name]
+        value = value.numpy() if hasattr(value, "numpy") else np.asarray(value)
+        feed[name] = value.astype(np.float32 if kind == "tensor(float)" else np.int64)
+    return sess.run(None, feed)[0]
 
 
-class OnnxModel:
-    """One exported task: its session, tokenizer and label map, with :class:`~unipelt.inference.Run`'s
-    ``logits`` / ``predict`` interface."""
+class OnnxRun:
+    """An ONNX Runtime session of one exported task, used as a finished run: the task kind's ``outputs``,
+    ``predictions`` and ``evaluate_run`` take it as they take a :class:`~unipelt.inference.Run`."""
+
+    def __init__(
+        self,
+        sess: Any,
+        kind: TaskKind,
+        preprocessor: Any,
+        max_length: int,
+        labels: list[str] | None,
+        metric_kind: str,
+        folder: str | Path,
+    ) -> None:
+        self.session = sess
+        self.kind = kind
+        self.preprocessor = preprocessor
+        self.max_length = max_length
+        self.labels = labels
+        self.metric_kind = metric_kind
+        self.folder = Path(folder)
+
+    def forward(self, batches: Iterable[Mapping[str, Any]]) -> Iterator[np.ndarray]:
+        for batch in batches:
+            yield run_session(self.session, batch)
+
+    def logits(self, examples: Sequence[Any], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        return self.kind.outputs(self, list(examples), batch_size, progress)
+
+    def predict(self, examples: list[Any], progress: bool = False) -> Iterator[dict[str, Any]]:
+        return self.kind.predictions(self, examples, progress)
+
+    def evaluate(self, data: Any, progress: bool = False) -> dict[str, float]:
+        return self.kind.evaluate_run(self, data, progress)
+
+
+class OnnxModel(OnnxRun):
+    """One export folder: its session, preprocessor and label map, with :class:`~unipelt.inference.Run`'s
+    ``logits`` / ``predict`` / ``evaluate`` interface."""
 
     def __init__(self, folder: str | Path, quantized: bool = False, threads: int | None = None) -> None:
-        from unipelt.backbones import load_tokenizer
-
-        self.folder = Path(folder)
-        if not is_export(self.folder):
+        folder = Path(folder)
+        if not is_export(folder):
             raise UniPELTError(
-                f"{self.folder} is not a unipelt ONNX export (no {EXPORT_INFO}); see `unipelt export`"
+                f"{folder} is not a unipelt ONNX export (no {EXPORT_INFO}); see `unipelt export`"
             )
-        self.info = json.loads((self.folder / EXPORT_INFO).read_text())
+        self.info = json.loads((folder / EXPORT_INFO).read_text())
         name = "model.int8.onnx" if quantized else "model.onnx"
-        if not (self.folder / name).is_file():
+        if not (folder / name).is_file():
             raise UniPELTError(
-                f"{self.folder} has no {name}" + (" (export with --quantize int8)" if quantized else "")
+                f"{folder} has no {name}" + (" (export with --quantize int8)" if quantized else "")
             )
-        self.session = session(self.folder / name, threads)
-        self.tokenizer = load_tokenizer(self.folder / "tokenizer", local=True)
-        self.labels: list[str] | None = self.info["labels"]
+        kind = kind_of_run({"task_type": self.info.get("kind"), "regression": self.info["regression"]})
+        super().__init__(
+            session(folder / name, threads),
+            kind,
+            kind.load_preprocessor(folder / "tokenizer", local=True),
+            self.info["max_length"],
+            self.info["labels"],
+            self.info.get("metric_kind") or self.info.get("task") or kind.metrics_as or kind.name,
+            folder,
+        )
+        self.tokenizer = self.preprocessor
         self.regression: bool = self.info["regression"]
-        self.max_length: int = self.info["max_length"]
         self.pair: bool = self.info["pair"]
-        self.kind: str = self.info.get("kind") or ("regression" if self.regression else "classification")
-        self.is_tagger = self.kind == "token-classification"
         self.tag_column: int = self.info.get("tag_column", -1)
 
-    def batches(self, examples: Sequence[Example], batch_size: int = 64) -> Iterator[dict[str, np.ndarray]]:
-        yield from encode_batches(examples, self.tokenizer, self.max_length, batch_size)
-
-    def logits(self, examples: Sequence[Example], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        return np.concatenate([run_session(self.session, b) for b in self.batches(examples, batch_size)])
-
-    def predict(self, examples: list[Example], progress: bool = False) -> Iterator[dict[str, Any]]:
-        task = self.served(self.info.get("task") or "task")
-        logits = self.logits(examples)
-        counts = token_counts(examples, self.tokenizer)
-        for example, row, count in zip(examples, logits, counts):
-            record: dict[str, Any] = {"text": example.text_a}
-            if example.text_b is not None:
-                record["text_b"] = example.text_b
-            cut = Row(task.name, {}, count > self.max_length, count)
-            yield {**record, **task.answer(row[: task.num_labels], cut)}
-
-    def tag(self, sentences: Sequence[Any], batch_size: int = 32) -> Iterator[dict[str, Any]]:
-        """Tags, word scores and entity spans of an exported tagging run, as :meth:`Run.tag` gives them."""
-        from unipelt.inference.engine import pad_rows, row_outputs
-        from unipelt.inference.tagging import as_sentence
-
-        task = self.served(self.info.get("task") or "task")
-        rows = task.encode([list(as_sentence(s).tokens) for s in sentences])
-        side = getattr(task.tokenizer, "padding_side", "right")
-        for start in range(0, len(rows), batch_size):
-            part = rows[start : start + batch_size]
-            logits = run_session(self.session, pad_rows(part, task.tokenizer.pad_token_id or 0, side))
-            for out, row in zip(row_outputs(logits, part, {task.name: task}, side), part):
-                yield task.answer(out, row)
+    @property
+    def input_columns(self) -> list[str]:
+        """The text fields of a prediction input, as the run named them."""
+        return self.info.get("text_columns") or (["text_a", "text_b"] if self.pair else ["text"])
 
     def served(self, name: str) -> ServedTask:
         return served_task(

@@ -22,7 +22,7 @@ def _bytes(folder: Path, name: str) -> int:
 
 def export_peft_run(run_folder: str | Path, out: str | Path) -> dict[str, Any]:
     """Write the run's task to ``out`` as PEFT adapter(s) + README.md; returns the files' sizes."""
-    from unipelt.backbones import load_base_model, load_tokenizer
+    from unipelt.backbones import load_base_model
     from unipelt.model import UniPELTModel
 
     run = Run(run_folder)
@@ -32,13 +32,13 @@ def export_peft_run(run_folder: str | Path, out: str | Path) -> dict[str, Any]:
     if len(folders) != 1:
         raise UniPELTError(f"{run_folder} holds {len(folders)} tasks; a PEFT folder holds one")
     ((name, checkpoint),) = folders.items()
-    tokenizer = load_tokenizer(run.folder / "tokenizer", local=True)
-    if run.metric_kind == "causal-lm":
-        base = load_base_model(run.config.model, "causal-lm", pad_token_id=tokenizer.pad_token_id)
-    else:
-        base = load_base_model(
-            run.config.model, run.task_kind, labels=run.labels, pad_token_id=tokenizer.pad_token_id
-        )
+    tokenizer = run.kind.load_preprocessor(run.folder / "tokenizer", local=True)
+    base = load_base_model(
+        run.config.model,
+        run.kind.head,
+        labels=run.labels,
+        pad_token_id=getattr(tokenizer, "pad_token_id", None),
+    )
     model = UniPELTModel(base)
     model.load_task(name, checkpoint, merge_plan=False)
     folder = save_peft(model, name, out, run=str(run_folder))

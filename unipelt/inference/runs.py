@@ -1,39 +1,36 @@
-"""Using a finished run: load it, evaluate it on any data, predict labels for new texts.
+"""Using a finished run: load it, evaluate it on any data, predict for new inputs.
 
 A run folder written by :func:`unipelt.training.train` holds everything needed to rebuild its model: the run
-configuration (which base model and method), the label names of the head, the tokenizer and the checkpoint. The
-base model is built by :func:`unipelt.backbones.load_base_model` exactly as training built it, so the head has
-the shape and label map it was trained with.
+configuration (which base model and method), the label names of the head, the tokenizer (or image processor)
+and the checkpoint. The base model is built by :func:`unipelt.backbones.load_base_model` exactly as training
+built it, so the head has the shape and label map it was trained with. What differs between kinds of task (the
+data ``eval`` reads, how outputs are scored and turned into predictions) is asked of the run's task kind
+(:mod:`unipelt.kinds`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers.utils import logging as hf_logging
 
 from unipelt.backbones import load_base_model
-from unipelt.data import Example, TaskData, load_glue, load_table
-from unipelt.data.conll import load_hub_tokens, load_tokens
-from unipelt.data.files import input_lines
 from unipelt.data.glue import glue_task, is_glue_task
 from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
-from unipelt.inference.loop import chunks, logits_and_labels
-from unipelt.inference.tagging import evaluate_tagged, tag_sentences
 from unipelt.kinds import kind_of_run
 from unipelt.methods import get_method
-from unipelt.metrics import compute_task_metrics
+from unipelt.running.loop import model_forward
+from unipelt.running.tagging import as_sentence
 from unipelt.training.run_files import check_run_folder, read_labels, read_run_config
 
 
 class Run:
-    """A trained run folder: its config, label map, tokenizer and model (UniPELT or fully fine-tuned).
+    """A trained run folder: its config, label map, preprocessor and model (UniPELT or fully fine-tuned).
 
     ``placement`` says where the model goes when it is loaded (default: the CPU, in the dtype it was saved in);
     ``compile`` names a torch.compile backend for it, or is None."""
@@ -50,19 +47,20 @@ class Run:
                     f"{self.folder} is not a finished unipelt run (no {name}); give the --out folder of `unipelt train`"
                 )
         self.config = read_run_config(self.folder)
-        labels = read_labels(self.folder)
-        check_run_folder(self.folder, labels)
-        self.labels: list[str] | None = labels["labels"]
-        self.regression: bool = labels["regression"]
-        self.metric_kind: str = labels["metric_kind"]  # the GLUE task or the kind whose metrics score it
-        self.kind = kind_of_run(labels)
+        self.info: dict[str, Any] = read_labels(self.folder)  # labels.json
+        check_run_folder(self.folder, self.info)
+        self.labels: list[str] | None = self.info["labels"]
+        self.regression: bool = self.info["regression"]
+        self.metric_kind: str = self.info["metric_kind"]  # the GLUE task or the kind whose metrics score it
+        self.kind = kind_of_run(self.info)
         self.method = get_method(self.config.method)
-        self.is_tagger = self.kind.name == "token-classification"
+        if compile and not self.kind.compiles:
+            raise UniPELTError(f"--compile does not apply to {self.kind.name} runs")
         self._model = None
         self._tokenizer = None
 
     def load(self) -> tuple[torch.nn.Module, Any]:
-        """(model in eval mode, tokenizer), loaded on first use."""
+        """(model in eval mode, preprocessor), loaded on first use."""
         if self._model is None:
             hf_logging.set_verbosity_error()
             tokenizer = self.kind.load_preprocessor(self.folder / "tokenizer", local=True)
@@ -77,12 +75,26 @@ class Run:
 
             self._tokenizer = tokenizer
             self._model = self.method.load(self.folder / "checkpoint", self.kind, base)
+            self.kind.ready(self._model)
             if self.placement is not None:
                 self.placement.place(self._model)
             self._model.eval()
             if self.compile:
                 self._model.compile(backend=self.compile)
         return self._model, self._tokenizer
+
+    @property
+    def preprocessor(self) -> Any:
+        """The run's tokenizer (or image processor)."""
+        return self.load()[1]
+
+    @property
+    def max_length(self) -> int:
+        return self.config.max_length
+
+    def forward(self, batches: Iterable[Mapping[str, Any]]) -> Iterator[np.ndarray]:
+        """The model's logits per collated batch (float32 on the host), through the batch loop."""
+        return model_forward(self.load()[0])(batches)
 
     @property
     def input_columns(self) -> list[str]:
@@ -95,6 +107,11 @@ class Run:
         return list(self.config.text_columns)
 
     @property
+    def tag_column(self) -> int:
+        """The column of a CoNLL input's tags (what the run was trained with)."""
+        return self.config.tag_column
+
+    @property
     def task_kind(self) -> str:
         return self.kind.name
 
@@ -104,105 +121,28 @@ class Run:
         data_dir: str | None = None,
         path: str | None = None,
         encoding: str | None = None,
-    ) -> TaskData:
-        """The run's test split by default; another GLUE task split or a file with the run's columns otherwise
-        (for a tagging run: a CoNLL / JSON-lines file, or the test split of a tagged Hub dataset)."""
-        if self.is_tagger and (path is not None or task is not None or self.config.task is not None):
-            if path is not None:
-                return load_tokens(
-                    path, self.config.tag_column, self.labels, encoding=encoding or self.config.encoding
-                )
-            return load_hub_tokens(task or self.config.task, "test", self.labels)
-        if path is not None:
-            return self.kind.read_file(path, self.config, self.labels, encoding)
-        task = task or self.config.task
-        if task is None:
-            if self.config.test_file is None:
-                raise UniPELTError(
-                    "this run was trained on your own files and has no test file: pass --data FILE"
-                )
-            return self.data(path=self.config.test_file)
-        return load_glue(task, data_dir or self.config.data_dir, "dev")
+    ) -> Any:
+        """The run's test split by default; another task's held-out split or a labelled file in the run's format
+        otherwise (what each kind reads: :meth:`unipelt.kinds.TaskKind.run_data`)."""
+        return self.kind.run_data(self, task, data_dir, path, encoding)
 
-    def logits(self, examples: list[Example], batch_size: int = 64, progress: bool = False) -> np.ndarray:
-        model, tokenizer = self.load()
-        items, collate = self.kind.prediction_batches(examples, tokenizer, self.config.max_length)
-        batches = chunks(items, collate, batch_size)
-        total = -(-len(items) // batch_size)
-        batches = tqdm(batches, total=total, disable=not progress, desc="predict", unit="batch")
-        return logits_and_labels(model, batches)[0]
+    def logits(self, examples: list[Any], batch_size: int = 64, progress: bool = False) -> np.ndarray:
+        return self.kind.outputs(self, examples, batch_size, progress)
 
-    def evaluate(self, data: TaskData, progress: bool = True) -> dict[str, float]:
-        if self.is_tagger:
-            model, tokenizer = self.load()
-            return evaluate_tagged(model, tokenizer, data.examples, self.labels, self.config.max_length)
-        if any(e.label is None for e in data.examples):
-            raise UniPELTError(f"{data.source} has unlabelled examples; `eval` needs labels (use `predict`)")
-        logits = self.logits(data.examples, progress=progress)
-        labels = np.array([e.label for e in data.examples])
-        return compute_task_metrics(self.metric_kind, logits, labels)
+    def evaluate(self, data: Any, progress: bool = True, task: str | None = None) -> dict[str, float]:
+        """The run's metrics on ``data`` (from :meth:`data`); ``task``: which task of a multi-task model."""
+        return self.kind.evaluate_run(self, data, progress, task)
+
+    def predict(self, examples: list[Any], progress: bool = False) -> Iterator[dict[str, Any]]:
+        """One record per example: its input and answer (label and class probabilities, a score, or a tagged
+        sentence), plus ``truncated`` and the full ``tokens`` count when only its start was read."""
+        return self.kind.predictions(self, examples, progress)
 
     def tag(self, sentences: list[Any]) -> Iterator[dict[str, Any]]:
-        """Tags, word scores and entity spans of a tagging run for each sentence (a TokenExample)."""
-        if not self.is_tagger:
-            raise UniPELTError(f"{self.folder} is not a token-classification run")
-        model, tokenizer = self.load()
-        return tag_sentences(model, tokenizer, sentences, self.labels, self.config.max_length)
+        """Tags, word scores and entity spans of a tagging run for each sentence (a TokenExample, a list of
+        words or a whitespace-separated text)."""
+        return self.predict([as_sentence(s) for s in sentences])
 
-    def predict(self, examples: list[Example], progress: bool = False) -> Iterator[dict[str, Any]]:
-        """One record per example: its label and class probabilities (or score), plus ``truncated`` and its
-        full ``tokens`` count when it was longer than the run's ``max_length`` and only its start was read."""
-        logits = self.logits(examples, progress=progress)
-        tokenizer = self.load()[1]
-        if self.regression:
-            records = ({"score": float(value)} for value in logits[:, 0])
-        else:
-            probabilities = torch.softmax(torch.from_numpy(logits), dim=-1).numpy()
-            records = (
-                {
-                    "label": self.labels[int(row.argmax())],
-                    "probabilities": {name: round(float(p), 6) for name, p in zip(self.labels, row)},
-                }
-                for row in probabilities
-            )
-        for example, answer in zip(examples, records):
-            record = self.kind.input_record(example, tokenizer, self.config.max_length)
-            cut = {key: record.pop(key) for key in ("truncated", "tokens") if key in record}
-            yield {**record, **answer, **cut}
-
-
-def read_inputs(
-    source: str, text_columns: list[str], encoding: str = "utf-8", task: str | None = None
-) -> list[Example]:
-    """Texts to predict: a CSV/TSV/JSONL file with ``text_columns``, or plain lines from a file or '-'.
-
-    With two text columns (a sentence-pair task such as RTE) each plain line must hold the two texts separated
-    by a tab: a line with one text is refused, since the model would silently score it against an empty second
-    text. With one column a whole line is one text. ``task`` names the task in that message.
-    """
-    if source != "-" and Path(source).suffix.lower() in (".csv", ".tsv", ".jsonl"):
-        return load_table(source, text_columns, None, encoding=encoding).examples
-    if source != "-" and not Path(source).is_file():
-        raise UniPELTError(f"input file not found: {source}")
-    lines = input_lines(source, encoding)
-    pair = len(text_columns) == 2
-    examples = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if not pair:
-            examples.append(Example(line, None, None))
-            continue
-        parts = line.split("\t")
-        if len(parts) != 2 or not parts[0].strip() or not parts[1].strip():
-            a, b = text_columns
-            raise UniPELTError(
-                f"{'standard input' if source == '-' else source}, line {number}: {task or 'this run'} is a "
-                f"sentence-pair task, so each line needs two texts separated by a tab (found "
-                f"{len(parts)} field{'s' if len(parts) != 1 else ''}), e.g. 'A man is sleeping.<TAB>A person "
-                f'rests.\'; or give a .jsonl file with both fields per line: {{"{a}": "...", "{b}": "..."}}'
-            )
-        examples.append(Example(parts[0], parts[1], None))
-    if not examples:
-        raise UniPELTError(f"no texts to predict in {source!r}")
-    return examples
+    def retention(self, facts: str, task: str | None = None) -> dict[str, Any]:
+        """How many facts its base model answers correctly the run still answers (chat runs)."""
+        return self.kind.retention(self, facts, task)

@@ -175,8 +175,9 @@ def attend_with_prefix(
     """Attention over [prefix; keys] with the prefix scaled by its gate. q (B,H,Q,D), k/v (B,Hkv,K,D).
 
     Under ``model.observe`` the attention without the prefix is computed too and shown to the observer."""
-    output, weights = _attend(inner, module, query, key, value, attention_mask, prefix, **kwargs)
-    call = None if tracing() else LAYER.get()  # a traced call has no observer
+    call = None if tracing() else LAYER.get()  # a traced call has no observer and keeps no mask
+    masks = None if call is None else call.context.prefix_masks
+    output, weights = _attend(inner, module, query, key, value, attention_mask, prefix, masks, **kwargs)
     observer = None if call is None else call.context.observer
     if observer is not None:
         plain, _ = inner(module, query, key, value, attention_mask, **kwargs)
@@ -192,10 +193,15 @@ def _attend(
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
     prefix: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None],
+    masks: dict | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
+    """:func:`attend_with_prefix` without the observer. ``masks``: the call's extended masks, which every layer
+    of a single-task call shares (same model mask, lengths and prefix), so each is built once per call."""
     _, _, q_len, head_dim = query.shape
     prefix_k, prefix_v, valid, gate = prefix
+    if valid is not None:
+        masks = None  # a mixed-task batch: which columns exist depends on the layer's prefixes
     causal = kwargs.pop("is_causal", None)
     causal = getattr(module, "is_causal", False) if causal is None else causal
     if gate is not None and gate.dim() == 2 and q_len == 1:
@@ -207,7 +213,14 @@ def _attend(
     if inner is sdpa_attention_forward:
         prefix_k, prefix_v, valid = _align(prefix_k, prefix_v, valid, key.shape[2])
     p_len = prefix_k.shape[2]
-    mask = _extend_mask(attention_mask, q_len, key.shape[2], p_len, bool(causal), query.device, valid)
+    entry = (id(attention_mask), q_len, key.shape[2], p_len, bool(causal))
+    mask = None if masks is None else masks.get(entry)
+    if mask is None:
+        mask = _extend_mask(attention_mask, q_len, key.shape[2], p_len, bool(causal), query.device, valid)
+        if masks is not None:
+            masks[entry] = (mask, attention_mask)  # holding the model's mask keeps its id unique in the call
+    else:
+        mask = mask[0]
     if gate is None:
         key = torch.cat([prefix_k, key], dim=2)
         value = torch.cat([prefix_v, value], dim=2)

@@ -108,6 +108,9 @@ class ForwardContext:
     tasks: Any = None  # the model's ModuleDict of tasks
     observer: Observer | None = None  # set by ``model.observe``; None on every ordinary call
     token: Any = None  # to restore the previous context at the end of the call
+    # Attention masks extended by the prefix columns, built by the first layer that needs one and reused by
+    # the others (unipelt.inject.attention)
+    prefix_masks: dict = field(default_factory=dict)
 
     @property
     def single(self) -> bool:
@@ -117,11 +120,14 @@ class ForwardContext:
 class RowGroup:
     """One task's rows inside one layer run: what a module's ``apply`` sees (see modules.base.RowGroup)."""
 
-    __slots__ = ("task", "rows", "mask", "gates")
+    __slots__ = ("task", "rows", "mask", "gates", "prepared")
 
     def __init__(self, task: str, rows: torch.Tensor | None, mask: torch.Tensor | None) -> None:
         self.task, self.rows, self.mask = task, rows, mask
         self.gates: dict[str, torch.Tensor] = {}
+        # What the layer's modules computed from the attention input for these rows, e.g. LoRA's down
+        # projections of the query and value in the gate's matmul; used by the projections that read it.
+        self.prepared: dict[str, torch.Tensor] = {}
 
     def mask_for(self, hidden: torch.Tensor) -> torch.Tensor | None:
         """The padding mask aligned with ``hidden`` (B, T, d): its last T columns (a KV cache adds earlier ones)."""
@@ -136,12 +142,14 @@ class RowGroup:
 
 
 class LayerCall:
-    """The state of one transformer layer's run: its index, the call's context and one RowGroup per task."""
+    """The state of one transformer layer's run: its index, the call's context, one RowGroup per task and
+    the attention input (``source``) that the groups' ``prepared`` values were computed from."""
 
-    __slots__ = ("index", "context", "groups")
+    __slots__ = ("index", "context", "groups", "source")
 
     def __init__(self, index: int, context: ForwardContext) -> None:
         self.index, self.context = index, context
+        self.source: torch.Tensor | None = None
         mask = context.mask
         self.groups = [
             RowGroup(g.task, g.rows, None if mask is None or g.rows is None else mask.index_select(0, g.rows))
@@ -159,7 +167,7 @@ class LayerCall:
         which checkpointing was meant to save).
         """
         replay = LayerCall.__new__(LayerCall)
-        replay.index, replay.context = self.index, self.context
+        replay.index, replay.context, replay.source = self.index, self.context, None
         replay.groups = [RowGroup(g.task, g.rows, g.mask) for g in self.groups]
         return replay
 

@@ -47,6 +47,7 @@ def in_windows(call: LayerCall, rows: int) -> WindowedCall:
         raise UniPELTError(f"attention saw {rows} rows for a batch of {images}: not whole windows per row")
     view = WindowedCall.__new__(WindowedCall)
     view.index, view.context, view.outer = call.index, call.context, call
+    view.source = None  # the projections read windows, not the gates' input
     view.groups = []
     for group in call.groups:
         spread = None

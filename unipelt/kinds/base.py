@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from unipelt.data import k_shot_split, load_glue, load_table, tokenize_examples
+from unipelt.data.inputs import read_inputs
+from unipelt.data.tokenize import token_counts
 from unipelt.errors import InputError, UniPELTError
+from unipelt.metrics import compute_task_metrics, main_metric
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from unipelt.training.config import TrainConfig
@@ -96,7 +101,10 @@ class TaskKind:
     head: str = "classification"  # the head unipelt.backbones.load_base_model builds for it
     regression: bool = False
     onnx_export: bool = False  # whether `unipelt export` can write an ONNX model of its runs
+    onnx_reason: str = ""  # why it cannot, when it cannot
     greater_is_better: bool = True  # of the metric that selects the best checkpoint
+    compiles: bool = True  # whether `--compile` (torch.compile) applies to its finished runs
+    example_noun: str = "examples"  # what `eval` calls the items it scored
 
     def __repr__(self) -> str:
         return f"<task kind {self.name}>"
@@ -198,11 +206,10 @@ class TaskKind:
         return load_tokenizer(path, local=local)
 
     def prediction_inputs(
-        self, source: str, columns: list[str], encoding: str, task: str | None
+        self, source: str, columns: list[str], encoding: str, task: str | None, tag_column: int = -1
     ) -> list[Any]:
-        """What ``predict --input SOURCE`` reads: texts from a table, a file of lines or standard input."""
-        from unipelt.inference.runs import read_inputs  # here: inference.runs imports the kinds
-
+        """What ``predict --input SOURCE`` reads: texts from a table, a file of lines or standard input
+        (``columns``: the run's text fields; ``task`` names it in messages; ``tag_column``: a CoNLL file's)."""
         return read_inputs(source, columns, encoding, task)
 
     def prediction_batches(
@@ -211,16 +218,12 @@ class TaskKind:
         """(one item per example, the collator that batches them) for ``eval`` and ``predict``."""
         from transformers import DataCollatorWithPadding
 
-        from unipelt.data import tokenize_examples
-
         dataset = tokenize_examples(examples, tokenizer, max_length)
         dataset = dataset.remove_columns([c for c in ("labels",) if c in dataset.column_names])
         return [dataset[i] for i in range(len(dataset))], DataCollatorWithPadding(tokenizer)
 
     def input_record(self, example: Any, tokenizer: Any, max_length: int) -> dict[str, Any]:
         """What a prediction record says about its input (the texts; whether only their start was read)."""
-        from unipelt.data.tokenize import token_counts
-
         record: dict[str, Any] = {"text": example.text_a}
         if example.text_b is not None:
             record["text_b"] = example.text_b
@@ -230,6 +233,107 @@ class TaskKind:
         return record
 
     # ------------------------------------------------------------------ using a finished run
+    # ``run`` is a finished run as ``eval``, ``predict`` and ``export`` hold it, in PyTorch
+    # (:class:`unipelt.inference.Run`) or in ONNX Runtime (an export): ``forward`` (batches -> outputs, a
+    # :data:`unipelt.running.loop.Forward`), ``preprocessor``, ``max_length``, ``labels``, ``metric_kind`` (what
+    # scores it) and ``folder``; a PyTorch run also has ``config`` (its TrainConfig), ``info`` (labels.json) and
+    # ``load()`` (model, preprocessor).
+
+    def ready(self, model: nn.Module) -> None:
+        """Prepare a loaded run's model for inference (e.g. turn its KV cache back on)."""
+
+    def run_data(
+        self, run: Any, task: str | None, data_dir: str | None, path: str | None, encoding: str | None
+    ) -> Any:
+        """What ``eval`` scores: the file ``path``; else the dev split of ``task`` (or of the run's own task);
+        else the run's test file."""
+        if path is not None:
+            return self.read_file(path, run.config, run.labels, encoding)
+        task = task or run.config.task
+        if task is not None:
+            return self.read_task(task, data_dir or run.config.data_dir, run.labels)
+        if run.config.test_file is None:
+            raise UniPELTError(
+                "this run was trained on your own files and has no test file: pass --data FILE"
+            )
+        return self.read_file(run.config.test_file, run.config, run.labels, None)
+
+    def read_file(
+        self, path: str, config: TrainConfig, labels: list[str] | None, encoding: str | None
+    ) -> Any:
+        """A labelled file in the run's own format, its labels read as the run's ``labels``."""
+        return load_table(
+            path,
+            config.text_columns,
+            config.label_column,
+            labels,
+            regression=self.regression,
+            encoding=encoding or config.encoding,
+        )
+
+    def read_task(self, task: str, data_dir: str | None, labels: list[str] | None) -> Any:
+        """The held-out split of a named task (a GLUE task's dev split)."""
+        return load_glue(task, data_dir, "dev")
+
+    def outputs(
+        self, run: Any, examples: list[Any], batch_size: int = 64, progress: bool = False
+    ) -> np.ndarray:
+        """The run's outputs (logits) for ``examples``, one row each."""
+        from tqdm.auto import tqdm  # with torch (the batch loop): loaded by a run, not by the CLI
+
+        from unipelt.running.loop import chunks
+
+        items, collate = self.prediction_batches(examples, run.preprocessor, run.max_length)
+        batches = chunks(items, collate, batch_size)
+        total = -(-len(items) // batch_size)
+        batches = tqdm(batches, total=total, disable=not progress, desc="predict", unit="batch")
+        return np.concatenate(list(run.forward(batches)))
+
+    def predictions(self, run: Any, examples: list[Any], progress: bool = False) -> Iterator[dict[str, Any]]:
+        """One record per example: its input, its answer, then ``truncated`` and the full ``tokens`` count when
+        only its start was read."""
+        outputs = self.outputs(run, examples, progress=progress)
+        for example, row in zip(examples, outputs):
+            record = self.input_record(example, run.preprocessor, run.max_length)
+            cut = {key: record.pop(key) for key in ("truncated", "tokens") if key in record}
+            yield {**record, **self.decode_output(row, run.labels), **cut}
+
+    def labelled(self, examples: list[Any]) -> bool:
+        """Whether every example has its gold answer (so ``eval`` and ``export`` can score outputs)."""
+        return all(e.label is not None for e in examples)
+
+    def evaluate_run(
+        self, run: Any, data: Any, progress: bool = True, task: str | None = None
+    ) -> dict[str, float]:
+        """The run's metrics on ``data`` (labelled examples), as metrics.json reports them; ``task`` names the
+        task of a multi-task model that answers (where the kind has such models)."""
+        if not self.labelled(data.examples):
+            raise UniPELTError(f"{data.source} has unlabelled examples; `eval` needs labels (use `predict`)")
+        logits = self.outputs(run, data.examples, progress=progress)
+        return compute_task_metrics(run.metric_kind, logits, np.array([e.label for e in data.examples]))
+
+    def run_metric(self, metric_kind: str) -> str:
+        """The main metric of a finished run scored as ``metric_kind`` (labels.json)."""
+        return main_metric(metric_kind)
+
+    def retention(self, run: Any, facts: str, task: str | None = None) -> dict[str, Any]:
+        """How many of the facts file's answers the base model knows the run still knows (chat models)."""
+        raise UniPELTError(
+            f"--retention measures chat models; {run.folder} is a {self.name} run, not causal-lm"
+        )
+
+    def prediction_line(self, record: dict[str, Any], max_length: int) -> str:
+        """One prediction as ``predict --format table`` prints it."""
+        if "score" in record:
+            value = f"{record['score']:.4f}"
+        else:
+            value = f"{record['label']}\t{record['probabilities'][record['label']]:.4f}"
+        cut = (
+            f"\t(truncated: {record['tokens']} tokens, the first {max_length} read)"
+            if "truncated" in record
+            else ""
+        )
+        return f"{value}\t{record.get('text', record.get('image', ''))[:80]}{cut}"
 
     def encode_request(self, tokenizer: Any, texts: list[Any], max_length: int) -> dict[str, Any]:
         """Tokenise inputs of a request (``serve``, ``predict``) as the run's training did."""
@@ -238,6 +342,32 @@ class TaskKind:
     def decode_output(self, outputs: np.ndarray, labels: list[str] | None) -> dict[str, Any]:
         """One input's answer from its model outputs (already cut to the task's outputs)."""
         raise UniPELTError(f"{self.name} runs cannot be served")
+
+    # ------------------------------------------------------------------ ONNX export (where ``onnx_export``)
+
+    def trace_inputs(self, preprocessor: Any, pair: bool, max_length: int) -> dict[str, torch.Tensor]:
+        """A 2-row batch to trace the graph with, its second row padded, so that the traced graph takes the
+        padding-aware path (a Python branch on the batch becomes a constant of the trace)."""
+        first = ["a longer first example sentence for tracing the graph", "short"]
+        second = ["and its second text", "pair"] if pair else None
+        encoded = preprocessor(
+            first, second, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
+        if bool(encoded["attention_mask"].all()):
+            raise UniPELTError("could not build a padded sample batch to trace the model with")
+        return {k: encoded[k] for k in TEXT_INPUTS if k in encoded}
+
+    def onnx_axes(self, names: tuple[str, ...]) -> dict[str, dict[int, str]]:
+        """The dynamic axes of the graph's inputs and of its output ``logits``."""
+        return {**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}}
+
+    def timing_inputs(self, names: list[str], preprocessor: Any, length: int) -> dict[str, np.ndarray]:
+        """One input of ``length`` tokens for timing a graph whose inputs are ``names``."""
+        batch = {n: np.ones((1, length), dtype=np.int64) for n in names}
+        if "token_type_ids" in batch:
+            batch["token_type_ids"] = np.zeros((1, length), dtype=np.int64)
+        batch["input_ids"] = np.full((1, length), 1000, dtype=np.int64)
+        return batch
 
     # ------------------------------------------------------------------ serving (``unipelt serve``)
 
@@ -292,6 +422,9 @@ class TaskKind:
         return record
 
 
+TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
 def _strip(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     return {
         k.removeprefix(prefix): v for k, v in metrics.items() if not k.endswith(("runtime", "per_second"))
@@ -313,8 +446,6 @@ def is_file(path: str | None) -> bool:
 def hold_out(config: TrainConfig, train: Any, valid: Any) -> tuple[Any, Any]:
     """(train, valid) of a kind's own data: with ``--k``, K training examples and a validation set drawn from the
     rest (the paper's protocol); without a validation file, a seeded share of the training data held out."""
-    from unipelt.data import k_shot_split
-
     if config.k is not None:
         kept, held = k_shot_split(train.examples, config.k, config.seed, config.n_valid)
     elif valid is None:

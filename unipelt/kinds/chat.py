@@ -3,7 +3,7 @@
 The loss is the base model's next-token loss on the answer tokens only (:mod:`unipelt.data.chat`); the best
 checkpoint has the lowest validation loss. Final scores are loss and perplexity and, when the answers are short
 labels (``answer_choices``: given, or detected from the training answers), accuracy and exact match of greedy
-generations (:func:`unipelt.inference.chat_scoring.score_chats`, which ``unipelt eval`` uses too).
+generations (:func:`unipelt.running.chat_scoring.score_chats`, which ``unipelt eval`` uses too).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from unipelt.data.chat import (
     read_chat_file,
     tokenize_conversations,
 )
+from unipelt.data.examples import TaskData
 from unipelt.errors import UniPELTError
 from unipelt.kinds.base import Splits, TaskKind
 
@@ -36,6 +37,9 @@ class CausalLM(TaskKind):
     name = "causal-lm"
     head = "causal-lm"
     greater_is_better = False  # the checkpoint with the lowest validation loss is best
+    onnx_reason = "generation is served with PyTorch only: its decoding loop is not one graph"
+    compiles = False
+    example_noun = "conversations"
     serves = "generate"  # on the OpenAI-compatible completion routes
 
     def detect(self, config: TrainConfig) -> bool:
@@ -100,7 +104,7 @@ class CausalLM(TaskKind):
 
     def score(self, context: Any, trainer: Any, evaluate: dict[str, Any]) -> dict[str, dict[str, float]]:
         """The same scoring as ``unipelt eval`` on the finished run, for validation and test chats."""
-        from unipelt.inference.chat_scoring import score_chats
+        from unipelt.running.chat_scoring import score_chats  # torch: loaded by a run, not by the CLI
 
         model, splits, config = context.model, context.splits, context.config
         model.eval()
@@ -120,7 +124,9 @@ class CausalLM(TaskKind):
             if getattr(splits, split) is not None
         }
         if config.retention:  # facts the base model knows, still known after training (metrics.json)
-            scores["retention"] = _retention(config, model, context.unipelt, context.tokenizer)
+            scores["retention"] = _retention(
+                config, model, context.unipelt, context.tokenizer, config.retention
+            )
         return scores
 
     def result_extra(self, splits: Splits, cuts: dict[str, Any]) -> dict[str, Any]:
@@ -137,6 +143,54 @@ class CausalLM(TaskKind):
 
         return AutoModelForCausalLM
 
+    # ------------------------------------------------------------------ using a finished run
+
+    def ready(self, model: nn.Module) -> None:
+        model.config.use_cache = True  # generation: the KV cache that training turned off
+
+    def run_data(
+        self, run: Any, task: str | None, data_dir: str | None, path: str | None, encoding: str | None
+    ) -> TaskData:
+        """Chats with answers: ``path``, else the run's own test file (GLUE tasks do not apply)."""
+        if data_dir or (task and not path):
+            raise UniPELTError(
+                f"{run.folder} is a causal-lm run: evaluate it on chats with --data FILE.jsonl (GLUE tasks do not "
+                "apply)"
+            )
+        path = path or run.config.test_file
+        if path is None:
+            raise UniPELTError(f"{run.folder} was trained without a test file: pass --data CHATS.jsonl")
+        conversations = read_chat_file(path, encoding=encoding or run.config.encoding)
+        return TaskData(conversations, None, False, str(path))
+
+    def evaluate_run(
+        self, run: Any, data: Any, progress: bool = True, task: str | None = None
+    ) -> dict[str, float]:
+        """Answer loss and perplexity, and with the run's answer choices the accuracy of greedy answers: the
+        scoring of the run's metrics.json. ``task`` names the task of a multi-task model that answers."""
+        from unipelt.running.chat_scoring import score_chats  # torch: loaded by a run, not by the CLI
+
+        model, tokenizer = run.load()
+        return score_chats(
+            model,
+            tokenizer,
+            data.examples,
+            run.info.get("answer_choices"),
+            max_length=run.config.max_length,
+            max_new_tokens=run.config.max_new_tokens,
+            batch_size=run.config.eval_batch_size,
+            task=_task_of(run, model, task),
+        )
+
+    def retention(self, run: Any, facts: str, task: str | None = None) -> dict[str, Any]:
+        """The run's retention of the facts file against its base model (see :func:`_retention`)."""
+        from unipelt.running.retention import facts_path  # torch: loaded by a run, not by the CLI
+
+        model, tokenizer = run.load()
+        unipelt = model if hasattr(model, "disabled") else None
+        result = _retention(run.config, model, unipelt, tokenizer, facts, _task_of(run, model, task), 16)
+        return {"file": str(facts_path(facts)), **result}
+
 
 def answer_choices(config: TrainConfig, train: Sequence[Conversation]) -> list[str] | None:
     """The short answers scored by generation: given (comma-separated), detected (``auto``) or none."""
@@ -151,14 +205,38 @@ def answer_choices(config: TrainConfig, train: Sequence[Conversation]) -> list[s
     return choices
 
 
-def _retention(config: TrainConfig, model: Any, unipelt: Any, tokenizer: Any) -> dict[str, Any]:
-    """The finished run's retention of the facts file against its base model (the modules switched off; for
-    full fine-tuning a fresh copy of the base model)."""
-    from unipelt.backbones import load_base_model
-    from unipelt.inference.retention import facts_path, measure_retention, read_facts
+def _task_of(run: Any, model: Any, task: str | None) -> str | None:
+    """``task`` checked against the tasks of the run's model (None: the model's only or merged task)."""
+    if task is None:
+        return None
+    names = list(model.tasks) if hasattr(model, "tasks") else []
+    if task not in names:
+        raise UniPELTError(f"{run.folder} has no task {task!r}; its tasks: {', '.join(names) or 'none'}")
+    return task
 
-    facts = read_facts(facts_path(config.retention))
+
+def _retention(
+    config: TrainConfig,
+    model: Any,
+    unipelt: Any,
+    tokenizer: Any,
+    facts: str,
+    task: str | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """The retention of the facts file (``facts``: a path, or ``facts`` for the packaged one) against the base
+    model: the modules switched off, or for full fine-tuning a fresh copy of the base model."""
+    from unipelt.backbones import load_base_model
+    from unipelt.running.retention import facts_path, measure_retention, read_facts
+
     base = None
     if unipelt is None:
         base = load_base_model(config.model, "causal-lm", pad_token_id=tokenizer.pad_token_id).eval()
-    return measure_retention(model, tokenizer, facts, base=base, batch_size=config.eval_batch_size)
+    return measure_retention(
+        model,
+        tokenizer,
+        read_facts(facts_path(facts)),
+        base=base,
+        task=task,
+        batch_size=batch_size or config.eval_batch_size,
+    )

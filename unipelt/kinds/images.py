@@ -73,6 +73,7 @@ class ImageCollator:
 class ImageClassification(TaskKind):
     name = "image-classification"
     head = "image-classification"
+    onnx_export = True
     metrics_as = "classification"  # labels.json's metric_kind: scored exactly as text classification
     serves = "predict"
 
@@ -93,7 +94,7 @@ class ImageClassification(TaskKind):
         return load_base_model(config.model, self.head, labels=splits.labels)
 
     def prediction_inputs(
-        self, source: str, columns: list[str], encoding: str, task: str | None
+        self, source: str, columns: list[str], encoding: str, task: str | None, tag_column: int = -1
     ) -> list[Any]:
         """Image files: a folder (every image in it and its sub-folders), or a file or stdin of paths."""
         import sys
@@ -183,6 +184,17 @@ class ImageClassification(TaskKind):
     def decode_output(self, outputs: np.ndarray, labels: list[str] | None) -> dict[str, Any]:
         return class_answer(outputs, labels)
 
+    # ------------------------------------------------------------------ ONNX export: pixels in, logits out
+
+    def trace_inputs(self, preprocessor: Any, pair: bool, max_length: int) -> dict[str, Any]:
+        return {"pixel_values": _blank_pixels(preprocessor, 2, "pt")}
+
+    def onnx_axes(self, names: tuple[str, ...]) -> dict[str, dict[int, str]]:
+        return {"pixel_values": {0: "batch"}, "logits": {0: "batch"}}
+
+    def timing_inputs(self, names: list[str], preprocessor: Any, length: int) -> dict[str, np.ndarray]:
+        return {"pixel_values": _blank_pixels(preprocessor, 1, "np")}
+
     # ------------------------------------------------------------------ serving: images sent as base64
 
     def request_inputs(self, pair: bool) -> str:
@@ -223,6 +235,14 @@ def _columns(config: TrainConfig) -> dict[str, str]:
     """The image-path and label columns of a table of images: ``image`` unless --text-columns names one."""
     path_column = "image" if config.text_columns == ["text"] else config.text_columns[0]
     return {"path_column": path_column, "label_column": config.label_column}
+
+
+def _blank_pixels(processor: Any, count: int, tensors: str) -> Any:
+    """Pixel values of ``count`` plain grey images, sized by the run's image processor."""
+    from PIL import Image
+
+    images = [Image.new("RGB", (32, 32), (96 + 32 * i,) * 3) for i in range(count)]
+    return processor(images=images, return_tensors=tensors)["pixel_values"]
 
 
 BASE64_IMAGE = "^(data:image/[-+.\\w]+;base64,)?[A-Za-z0-9+/]+={0,2}$"

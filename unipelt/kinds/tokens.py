@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from unipelt.data.conll import TokenData, is_token_file, load_hub_tokens, load_tokens
-from unipelt.data.token_align import tokenize_tagged
+from unipelt.data import in_length_order
+from unipelt.data.conll import TokenData, TokenExample, is_token_file, load_hub_tokens, load_tokens
+from unipelt.data.inputs import read_sentences
+from unipelt.data.token_align import encode_words, pretokenized_tokenizer, tokenize_tagged
 from unipelt.errors import InputError, UniPELTError
 from unipelt.kinds.base import Row, Splits, TaskKind, check_text, hold_out
 from unipelt.kinds.baseline import majority_class_scores
@@ -82,15 +84,11 @@ class TokenClassification(TaskKind):
         return datasets, cuts
 
     def eval_datasets(self, datasets: dict[str, Any]) -> dict[str, Any]:
-        from unipelt.data import in_length_order
-
         return {name: in_length_order(data) for name, data in datasets.items() if name != "train"}
 
     def collator(self, tokenizer: Any) -> Any:
         """Pads each batch to its longest row; tag labels are padded with -100."""
         from transformers import DataCollatorForTokenClassification
-
-        from unipelt.data.token_align import pretokenized_tokenizer
 
         return DataCollatorForTokenClassification(pretokenized_tokenizer(tokenizer))
 
@@ -122,9 +120,6 @@ class TokenClassification(TaskKind):
 
     def encode_request(self, tokenizer: Any, texts: list[Any], max_length: int) -> dict[str, Any]:
         """Words (a list, or a whitespace-separated text) aligned to sub-tokens as training aligned them."""
-        from unipelt.data.conll import TokenExample
-        from unipelt.data.token_align import encode_words
-
         sentences = [
             TokenExample(tuple(t.split() if isinstance(t, str) else map(str, t)), None) for t in texts
         ]
@@ -141,11 +136,65 @@ class TokenClassification(TaskKind):
             scores.append(0.0 if best is None else float(row[best]))
         return {"tags": tags, "scores": scores}
 
+    # ------------------------------------------------------------------ using a finished run
+
+    def read_file(
+        self, path: str, config: TrainConfig, labels: list[str] | None, encoding: str | None
+    ) -> Any:
+        return load_tokens(path, config.tag_column, labels, encoding=encoding or config.encoding)
+
+    def read_task(self, task: str, data_dir: str | None, labels: list[str] | None) -> Any:
+        return load_hub_tokens(task, "test", labels)  # a tagged Hub dataset's test split
+
+    def prediction_inputs(
+        self, source: str, columns: list[str], encoding: str, task: str | None, tag_column: int = -1
+    ) -> list[Any]:
+        """Sentences to tag: JSON lines with ``tokens``, a CoNLL file, or plain lines (words split on spaces)."""
+        return read_sentences(source, tag_column, encoding)
+
+    def prediction_batches(
+        self, examples: list[Any], tokenizer: Any, max_length: int
+    ) -> tuple[list[Any], Any]:
+        """Sentences' words aligned to sub-tokens as training aligned them (the outputs are per sub-token)."""
+        from transformers import DataCollatorWithPadding
+
+        from unipelt.running.tagging import as_sentence, word_rows
+
+        rows, _ = word_rows([as_sentence(e) for e in examples], tokenizer, max_length)
+        return rows, DataCollatorWithPadding(tokenizer)
+
+    def predictions(self, run: Any, examples: list[Any], progress: bool = False) -> Iterator[dict[str, Any]]:
+        """Tags, word scores and entity spans of each sentence (and ``words_cut`` when words were past the run's
+        maximum length)."""
+        from unipelt.running.tagging import tag_sentences
+
+        return tag_sentences(run.forward, run.preprocessor, examples, run.labels, run.max_length)
+
+    def labelled(self, examples: list[Any]) -> bool:
+        return all(e.tags is not None for e in examples)
+
+    def evaluate_run(
+        self, run: Any, data: Any, progress: bool = True, task: str | None = None
+    ) -> dict[str, float]:
+        """seqeval's entity and word scores; words past the maximum length count as tagged O (``words_cut``)."""
+        from unipelt.running.tagging import evaluate_tagged
+
+        return evaluate_tagged(run.forward, run.preprocessor, data.examples, run.labels, run.max_length)
+
+    def run_metric(self, metric_kind: str) -> str:
+        return "f1"
+
+    def prediction_line(self, record: dict[str, Any], max_length: int) -> str:
+        from unipelt.running.tagging import bracketed
+
+        return bracketed(record)  # the sentence with its entities in brackets
+
+    def onnx_axes(self, names: tuple[str, ...]) -> dict[str, dict[int, str]]:
+        return {**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch", 1: "sequence"}}
+
     # ------------------------------------------------------------------ serving: a tag per word
 
     def serving_preprocessor(self, preprocessor: Any) -> Any:
-        from unipelt.data.token_align import pretokenized_tokenizer
-
         return pretokenized_tokenizer(preprocessor)  # takes words already split
 
     def request_inputs(self, pair: bool) -> str:
@@ -189,7 +238,7 @@ class TokenClassification(TaskKind):
 
     def answer(self, outputs: np.ndarray, row: Row, labels: list[str] | None) -> dict[str, Any]:
         """Each word's tag and score, and the entity spans, from the row's (tokens, tags) logits."""
-        from unipelt.inference.tagging import entity_spans
+        from unipelt.running.tagging import entity_spans
 
         words, starts = row.detail
         shifted = np.exp(outputs - outputs.max(axis=-1, keepdims=True))

@@ -10,6 +10,7 @@ under the softmax router it takes the router's ``adapter`` weight instead.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unipelt.gates import SigmoidGate, broadcastable
@@ -67,22 +68,40 @@ class BottleneckAdapter(PeftModule):
         return [("ffn_output", "output")]
 
     def apply(self, role: str, x: torch.Tensor, out: torch.Tensor, group: RowGroup) -> torch.Tensor:
-        gate = None
+        gate = z = None
         if self.gate is not None:
-            gate = self.gate(out, group.mask_for(out), self.pooling)["adapter"]
+            z, gate = self._down_and_gate(out, group.mask_for(out))
             group.gates["adapter"] = gate
         elif self.routed:
             gate = group.gates.get("adapter")
-        return self(out, gate)
+        return self(out, gate, z)
 
-    def forward(self, h: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+    def _down_and_gate(self, h: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """act(down(h)) and the adapter's own gate value, from one matmul of h with both weights."""
+        gate, width = self.gate, self.down.out_features
+        gate_bias = gate.projection_bias()
+        weight = torch.cat([self.down.weight, gate.linear.weight])
+        if gate_bias is not None:
+            y = F.linear(h, weight, torch.cat([self.down.bias, gate_bias]))
+            z = y[..., :width]
+        else:
+            y = F.linear(h, weight)
+            z = y[..., :width] + self.down.bias
+        values = gate.values(y[..., width:], h, mask, self.pooling, biased=gate_bias is not None)
+        return self.act(z), values[..., 0]
+
+    def forward(
+        self, h: torch.Tensor, gate: torch.Tensor | None = None, z: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """h + g * up(act(down(h))), computed as one fused GEMM over the full-width tensor.
 
         The gate is applied in the narrow bottleneck and the up bias rides along as an extra input column
         ([g*z, g] times [W_up, b_up]), so the wide (tokens x hidden) activation is read and written once,
-        by addmm, instead of once each for the bias, the gate product and the residual sum.
+        by addmm, instead of once each for the bias, the gate product and the residual sum. ``z`` is
+        act(down(h)) when the caller computed it already.
         """
-        z = self.act(self.down(h))
+        if z is None:
+            z = self.act(self.down(h))
         if gate is None:
             column = z.new_ones(*z.shape[:-1], 1)
         else:

@@ -72,6 +72,15 @@ class PeftModule(nn.Module):
         """(role, "input" | "output") pairs this module acts on; the prefix acts inside attention instead."""
         return []
 
+    def attention_input_projections(self) -> list[tuple[str, torch.Tensor]]:
+        """Linear maps of the self-attention module's input this module wants computed, as (name, weight).
+
+        The layer computes them together with its gate in one matmul before attention and leaves each result
+        in ``group.prepared[name]`` for :meth:`apply` (LoRA's down projections of the query, key and value).
+        Empty by default.
+        """
+        return []
+
     def apply(self, role: str, x: torch.Tensor, out: torch.Tensor | None, group: RowGroup) -> torch.Tensor:
         """Return the new output of ``role`` (or, for an "input" site, its new input ``x``).
 
@@ -96,6 +105,7 @@ class RowGroup(Protocol):
     """The rows of one forward that one task handles, as the injector hands them to a module."""
 
     gates: dict[str, torch.Tensor]
+    prepared: dict[str, torch.Tensor]  # computed from the attention input by the layer (LayerModules.prepare)
 
     def mask_for(self, hidden: torch.Tensor) -> torch.Tensor | None: ...
 

@@ -19,6 +19,10 @@ from unipelt.inject.architectures import Architecture
 from unipelt.modules.base import BuildSpec, PeftModule, RowGroup, register
 from unipelt.modules.projections import locate, on_slice, output_slice, projection_features
 
+# Projections that read the self-attention module's own input: their down projections can be computed before
+# attention, in the layer gate's matmul (see PeftModule.attention_input_projections).
+ATTENTION_INPUT_ROLES = ("query", "key", "value")
+
 
 class LoRA(nn.Module):
     """The low-rank pair for one projection, or for one slice of a fused q/k/v projection."""
@@ -93,11 +97,22 @@ class LoRALayer(PeftModule):
     def sites(self) -> list[tuple[str, str]]:
         return [(target, "output") for target in self.slots]
 
+    def attention_input_projections(self) -> list[tuple[str, torch.Tensor]]:
+        found = []
+        for target in self.slots:
+            lora: LoRA = getattr(self, target)
+            dropping = isinstance(lora.dropout, nn.Dropout) and lora.dropout.training
+            if target in ATTENTION_INPUT_ROLES and not dropping:  # dropout draws its own mask per projection
+                found.append((f"lora_{target}", lora.lora_A.weight))
+        return found
+
     def apply(self, role: str, x: torch.Tensor, out: torch.Tensor, group: RowGroup) -> torch.Tensor:
         lora: LoRA = getattr(self, role)
         part, parts = self.slots[role]
         # Scale in the rank-r bottleneck, then one addmm adds B(.) into the output: no full-width temporaries.
-        mid = lora.down(x)
+        mid = group.prepared.get(f"lora_{role}")
+        if mid is None:
+            mid = lora.down(x)
         if self.gate == "none":
             mid = mid * lora.scaling
         else:

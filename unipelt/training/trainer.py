@@ -107,7 +107,7 @@ def make_trainer_class() -> type[Trainer]:
 
     from unipelt.model import UniPELTModel
 
-    class UniPELTTrainer(Trainer):
+    class UniPELTTrainer(_RateGroups, _GatedLoss, _AddedCheckpoints, _RunTotals, Trainer):
         """Trainer with per-group learning rates, gate penalties and added-weights-only checkpoints."""
 
         def __init__(
@@ -118,136 +118,156 @@ def make_trainer_class() -> type[Trainer]:
             self.divergence_guard = divergence_guard  # a guards.DivergenceGuard that sees every step's loss
             self.unipelt = self.model if isinstance(self.model, UniPELTModel) else None
 
-        def create_optimizer(self, model=None):
-            if self.optimizer is not None:
-                return self.optimizer
-            rates = self.run_config.learning_rates()
-            method = get_method(self.run_config.method)
-            param_groups = method.optimizer_groups(self.model, rates, self.args.weight_decay)
-            param_groups = [g for g in param_groups if g["params"]]
-            self.optimizer = torch.optim.AdamW(param_groups, lr=rates["added"])
-            return self.optimizer
-
-        def create_scheduler(self, num_training_steps: int, optimizer=None):
-            """The usual schedule, except for the method's groups that keep a constant rate (autopelt's
-            on/off gates: under a decay to zero they move too little to close; RESULTS.md, "AutoPELT")."""
-            scheduler = super().create_scheduler(num_training_steps, optimizer)
-            constant = get_method(self.run_config.method).constant_rate_groups
-            if constant and hasattr(scheduler, "lr_lambdas"):
-                for index, group in enumerate(scheduler.optimizer.param_groups):
-                    if group.get("name") in constant:
-                        scheduler.lr_lambdas[index] = _constant_rate
-            return scheduler
-
-        class_weights: list[float] | None = None  # for ft, set by the run (a UniPELT task holds its own)
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if self.unipelt is None and self.class_weights is not None and "labels" in inputs:
-                return self._weighted_loss(model, inputs, return_outputs)
-            if self.unipelt is None or self.run_config.gate_penalty == "none":
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            # The gates of this forward, live (with their graph), collected for this call only.
-            with self.unipelt.collect_gates() as live:
-                result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            penalty = _gate_penalty(live, self.run_config.gate_penalty)
-            if penalty is None:
-                return result
-            extra = self.run_config.gate_penalty_weight * penalty
-            if return_outputs:
-                return result[0] + extra, result[1]
-            return result + extra
-
-        def _weighted_loss(self, model, inputs, return_outputs):
-            """The class-weighted cross-entropy (``--class-weights``) of a fully fine-tuned model."""
-            from unipelt.heads import task_loss
-
-            inputs = dict(inputs)
-            labels = inputs.pop("labels")
-            outputs = model(**inputs)
-            weights = torch.tensor(self.class_weights)
-            loss = task_loss("classification", outputs.logits, labels, weights)
-            return (loss, outputs) if return_outputs else loss
-
-        def _save(self, output_dir=None, state_dict=None):
-            if self.unipelt is None:
-                return super()._save(output_dir, state_dict)
-            if not self.args.should_save:  # every rank may get here under DDP; one writes
-                return
-            output_dir = output_dir or self.args.output_dir
-            os.makedirs(output_dir, exist_ok=True)
-            self.unipelt.save_pretrained(Path(output_dir) / "unipelt")
-            kill_point(f"checkpoint-save:{self.state.global_step}")
-
-        def _save_checkpoint(self, model, trial):
-            # The Trainer writes the checkpoint's files one after another; the mark written last says that
-            # all of them are there (see unipelt.training.resume). A full disk while writing any of them is
-            # reported naming this checkpoint.
-            step = self.state.global_step
-            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
-            with writing(folder):
-                super()._save_checkpoint(model, trial)
-                if self.args.should_save:
-                    kill_point(f"checkpoint-complete:{step}")
-                    mark_complete(folder, self.progress())
-
-        def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
-            resuming = isinstance(resume_from_checkpoint, (str, os.PathLike))
-            if resuming and stopped_early(resume_from_checkpoint):
-                self.args.max_steps = step_of(resume_from_checkpoint)  # finished there: no step more
-            # what the sessions before this one did: their training time and summed step losses
-            self.carried = read_progress(resume_from_checkpoint) if resuming else {}
-            self.session_start = time.time()
-            return super().train(resume_from_checkpoint, *args, **kwargs)
-
-        def progress(self) -> dict[str, float]:
-            """The whole run's training seconds and summed step losses so far, over every resumed session:
-            kept in each checkpoint's completion mark, so a resumed run reports the totals."""
-            pending = getattr(self, "_tr_loss", None)  # the steps' losses not yet logged
-            session_loss = self._total_loss_scalar + (float(pending) if pending is not None else 0.0)
-            return {
-                "train_seconds": self.carried.get("train_seconds", 0.0) + time.time() - self.session_start,
-                "loss_sum": self.carried.get("loss_sum", 0.0) + session_loss,
-            }
-
-        @property
-        def train_seconds(self) -> float:
-            """Training wall time of the whole run, over every resumed session."""
-            return self.progress()["train_seconds"]
-
-        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-            if "train_loss" in logs and "train_runtime" in logs and self.carried:
-                # the end-of-training summary: the Trainer counts this session only (a resume from the last
-                # checkpoint trained no step: loss 0); report the run's mean step loss and its whole time
-                total = self.carried.get("loss_sum", 0.0) + self._total_loss_scalar
-                logs = {
-                    **logs,
-                    "train_loss": total / max(self.state.global_step, 1),
-                    "train_runtime": round(self.carried.get("train_seconds", 0.0) + logs["train_runtime"], 4),
-                }
-            super().log(logs, *args, **kwargs)
-
-        def training_step(self, model, inputs, num_items_in_batch=None):
-            loss = super().training_step(model, inputs, num_items_in_batch)
-            if self.divergence_guard is not None:
-                self.divergence_guard.observe(loss)
-            return loss
-
-        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
-            if self.unipelt is None:
-                return super()._load_from_checkpoint(resume_from_checkpoint, model)
-            self._load_added(Path(resume_from_checkpoint) / "unipelt")
-
-        def _load_best_model(self):
-            if self.unipelt is None:
-                return super()._load_best_model()
-            self._load_added(Path(self.state.best_model_checkpoint) / "unipelt")
-
-        def _load_added(self, folder: Path) -> None:
-            from unipelt.checkpoint import read_weights
-
-            self.unipelt.load_added_state_dict(read_weights(folder), source=str(folder))
-
     return UniPELTTrainer
+
+
+# The parts of the Trainer subclass: mixins placed before transformers' Trainer in its bases, so that their
+# ``super()`` calls reach the Trainer while this module stays importable without transformers.
+
+
+class _RateGroups:
+    """Per-group learning rates: the method's optimizer groups, and its groups that keep a constant rate."""
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        rates = self.run_config.learning_rates()
+        method = get_method(self.run_config.method)
+        param_groups = method.optimizer_groups(self.model, rates, self.args.weight_decay)
+        param_groups = [g for g in param_groups if g["params"]]
+        self.optimizer = torch.optim.AdamW(param_groups, lr=rates["added"])
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The usual schedule, except for the method's groups that keep a constant rate (autopelt's
+        on/off gates: under a decay to zero they move too little to close; RESULTS.md, "AutoPELT")."""
+        scheduler = super().create_scheduler(num_training_steps, optimizer)
+        constant = get_method(self.run_config.method).constant_rate_groups
+        if constant and hasattr(scheduler, "lr_lambdas"):
+            for index, group in enumerate(scheduler.optimizer.param_groups):
+                if group.get("name") in constant:
+                    scheduler.lr_lambdas[index] = _constant_rate
+        return scheduler
+
+
+class _GatedLoss:
+    """The loss with the gate penalty (``--gate-penalty``), or class-weighted for a fully fine-tuned model."""
+
+    class_weights: list[float] | None = None  # for ft, set by the run (a UniPELT task holds its own)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.unipelt is None and self.class_weights is not None and "labels" in inputs:
+            return self._weighted_loss(model, inputs, return_outputs)
+        if self.unipelt is None or self.run_config.gate_penalty == "none":
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        # The gates of this forward, live (with their graph), collected for this call only.
+        with self.unipelt.collect_gates() as live:
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        penalty = _gate_penalty(live, self.run_config.gate_penalty)
+        if penalty is None:
+            return result
+        extra = self.run_config.gate_penalty_weight * penalty
+        if return_outputs:
+            return result[0] + extra, result[1]
+        return result + extra
+
+    def _weighted_loss(self, model, inputs, return_outputs):
+        """The class-weighted cross-entropy (``--class-weights``) of a fully fine-tuned model."""
+        from unipelt.heads import task_loss
+
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        outputs = model(**inputs)
+        weights = torch.tensor(self.class_weights)
+        loss = task_loss("classification", outputs.logits, labels, weights)
+        return (loss, outputs) if return_outputs else loss
+
+
+class _AddedCheckpoints:
+    """Checkpoints of a UniPELT model that hold only its added weights, each marked complete when written."""
+
+    def _save(self, output_dir=None, state_dict=None):
+        if self.unipelt is None:
+            return super()._save(output_dir, state_dict)
+        if not self.args.should_save:  # every rank may get here under DDP; one writes
+            return
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        self.unipelt.save_pretrained(Path(output_dir) / "unipelt")
+        kill_point(f"checkpoint-save:{self.state.global_step}")
+
+    def _save_checkpoint(self, model, trial):
+        # The Trainer writes the checkpoint's files one after another; the mark written last says that
+        # all of them are there (see unipelt.training.resume). A full disk while writing any of them is
+        # reported naming this checkpoint.
+        step = self.state.global_step
+        folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{step}"
+        with writing(folder):
+            super()._save_checkpoint(model, trial)
+            if self.args.should_save:
+                kill_point(f"checkpoint-complete:{step}")
+                mark_complete(folder, self.progress())
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        if self.unipelt is None:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        self._load_added(Path(resume_from_checkpoint) / "unipelt")
+
+    def _load_best_model(self):
+        if self.unipelt is None:
+            return super()._load_best_model()
+        self._load_added(Path(self.state.best_model_checkpoint) / "unipelt")
+
+    def _load_added(self, folder: Path) -> None:
+        from unipelt.checkpoint import read_weights
+
+        self.unipelt.load_added_state_dict(read_weights(folder), source=str(folder))
+
+
+class _RunTotals:
+    """The whole run's training time and step losses over resumed sessions; each step's loss shown to the divergence guard."""
+
+    def train(self, resume_from_checkpoint=None, *args: Any, **kwargs: Any):
+        resuming = isinstance(resume_from_checkpoint, (str, os.PathLike))
+        if resuming and stopped_early(resume_from_checkpoint):
+            self.args.max_steps = step_of(resume_from_checkpoint)  # finished there: no step more
+        # what the sessions before this one did: their training time and summed step losses
+        self.carried = read_progress(resume_from_checkpoint) if resuming else {}
+        self.session_start = time.time()
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def progress(self) -> dict[str, float]:
+        """The whole run's training seconds and summed step losses so far, over every resumed session:
+        kept in each checkpoint's completion mark, so a resumed run reports the totals."""
+        pending = getattr(self, "_tr_loss", None)  # the steps' losses not yet logged
+        session_loss = self._total_loss_scalar + (float(pending) if pending is not None else 0.0)
+        return {
+            "train_seconds": self.carried.get("train_seconds", 0.0) + time.time() - self.session_start,
+            "loss_sum": self.carried.get("loss_sum", 0.0) + session_loss,
+        }
+
+    @property
+    def train_seconds(self) -> float:
+        """Training wall time of the whole run, over every resumed session."""
+        return self.progress()["train_seconds"]
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "train_loss" in logs and "train_runtime" in logs and self.carried:
+            # the end-of-training summary: the Trainer counts this session only (a resume from the last
+            # checkpoint trained no step: loss 0); report the run's mean step loss and its whole time
+            total = self.carried.get("loss_sum", 0.0) + self._total_loss_scalar
+            logs = {
+                **logs,
+                "train_loss": total / max(self.state.global_step, 1),
+                "train_runtime": round(self.carried.get("train_seconds", 0.0) + logs["train_runtime"], 4),
+            }
+        super().log(logs, *args, **kwargs)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.divergence_guard is not None:
+            self.divergence_guard.observe(loss)
+        return loss
 
 
 def run_callbacks(config: TrainConfig, run_dir: Path, unipelt: Any) -> list[Any]:

@@ -6,7 +6,7 @@ finished run, so that evaluating a run on its own test file gives back exactly t
 The loss is the mean cross-entropy over every answer token of the data (token-weighted, so it does not depend on
 how rows fall into batches); perplexity is its exponential. With answer choices (short label answers), greedy
 generation gives accuracy, exact match and the share of answers that name no choice
-(:func:`unipelt.inference.generation.answer_metrics`).
+(:func:`unipelt.running.decoding.answer_metrics`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from unipelt.data.chat import IGNORE, ChatCollator, Conversation, tokenize_conversations
-from unipelt.inference.generation import Sampling, answer_metrics, generate_texts
-from unipelt.inference.loop import chunks, forward_batches
 from unipelt.model import UniPELTModel
+from unipelt.running.decoding import Sampling, answer_metrics, generate_texts
+from unipelt.running.loop import chunks, forward_batches
 
 
 def answer_loss(

@@ -24,7 +24,7 @@ from typing import Any
 
 from unipelt.data.chat import Conversation
 from unipelt.errors import DataError
-from unipelt.inference.generation import Sampling, generate_texts
+from unipelt.running.decoding import Sampling, generate_texts
 
 PACKAGED_FACTS = Path(__file__).resolve().parent.parent / "data" / "facts.jsonl"
 MAX_NEW_TOKENS = 32
