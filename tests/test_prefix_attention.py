@@ -55,7 +55,7 @@ def recorded(monkeypatch):
 
     def spy(inner, module, query, key, value, attention_mask, prefix, **kwargs):
         output, weights = original(inner, module, query, key, value, attention_mask, prefix, **kwargs)
-        prefix_k, prefix_v = prefix[0][0], prefix[1][0]  # one task: every row has the same prefix
+        prefix_k, prefix_v = prefix.kv[0][0], prefix.kv[1][0]  # one task: every row has the same prefix
         causal = kwargs.get("is_causal")
         causal = getattr(module, "is_causal", False) if causal is None else causal
         calls.append(
@@ -67,7 +67,7 @@ def recorded(monkeypatch):
                 "causal": causal,
                 "pk": prefix_k,
                 "pv": prefix_v,
-                "gate": prefix[3],
+                "gate": prefix.gate,
                 "scale": kwargs.get("scaling") or query.shape[-1] ** -0.5,
                 "out": output,
             }

@@ -21,6 +21,7 @@ from unipelt.heads import copy_head, head_key
 from unipelt.inject.architectures import Architecture
 from unipelt.modules import MODULES, BuildSpec, PeftModule
 from unipelt.modules.base import RowGroup
+from unipelt.modules.joined import joined
 from unipelt.modules.projections import layer_width
 
 if TYPE_CHECKING:
@@ -63,25 +64,38 @@ class LayerModules(nn.Module):
 
     def prepare(self, x: torch.Tensor, group: RowGroup, pooling: str) -> None:
         """Before attention, from its input ``x`` (these rows): the layer gate's values into ``group.gates``
-        and the modules' projections of ``x`` into ``group.prepared``, in one matmul when the gate is a
-        sigmoid gate (whose logits are one more linear map of ``x``)."""
+        and the modules' projections of ``x`` into ``group.prepared``, in one matmul (with the gate's logits
+        when the gate reads the raw state)."""
         gate = self.gate
         projections = [entry for part in self.parts() for entry in part.attention_input_projections()]
-        fused = isinstance(gate, SigmoidGate)
-        if gate is not None and not fused:
+        joint = isinstance(gate, SigmoidGate) and gate.joinable
+        if gate is not None and not joint:
             group.gates.update(gate(x, group.mask_for(x), pooling))
-        if not projections and not fused:
+        if not projections and not joint:
             return
-        weights = ([gate.linear.weight] if fused else []) + [weight for _, weight in projections]
-        bias = gate.projection_bias() if fused and not projections else None
-        y = F.linear(x, weights[0] if len(weights) == 1 else torch.cat(weights), bias)
-        start = len(gate.sites) if fused else 0
-        if fused:
-            values = gate.values(y[..., :start], x, group.mask_for(x), pooling, biased=bias is not None)
-            group.gates.update(gate.named(values))
-        for name, weight in projections:
-            group.prepared[name] = y[..., start : start + weight.shape[0]]
-            start += weight.shape[0]
+        weights = ([gate.linear.weight] if joint else []) + [weight for _, weight in projections]
+        sources = weights + ([gate.linear.bias] if joint else [])
+        weight, bias = joined(self, "attention_input", sources, lambda: _stacked(weights, sources[-1], joint))
+        y = F.linear(x, weight, bias)
+        start = len(gate.sites) if joint else 0
+        if joint:
+            group.gates.update(gate.named(gate.values(y[..., :start], group.mask_for(x), pooling)))
+        for name, part in projections:
+            group.prepared[name] = y[..., start : start + part.shape[0]]
+            start += part.shape[0]
+
+
+def _stacked(
+    weights: list[torch.Tensor], bias: torch.Tensor, biased: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The rows of ``weights`` as one matrix and, when ``biased``, ``bias`` (the first matrix's) padded with
+    zeros for the other rows."""
+    weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+    if not biased:
+        return weight, None
+    if weight.shape[0] > bias.shape[0]:
+        bias = torch.cat([bias, bias.new_zeros(weight.shape[0] - bias.shape[0])])
+    return weight, bias
 
 
 class TaskModules(nn.Module):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 EPS = 1e-6
@@ -28,17 +29,9 @@ INIT_LOGIT_STD = 0.2
 
 def rms_normalise(x: torch.Tensor) -> torch.Tensor:
     """x / rms(x) over the last axis, computed in float32 so a half-precision state cannot overflow."""
-    return (x.float() * inverse_rms(x)).to(x.dtype)
-
-
-def inverse_rms(x: torch.Tensor) -> torch.Tensor:
-    """1 / rms(x) over the last axis as float32 (..., 1): what :func:`rms_normalise` multiplies by.
-
-    A linear map of the normalised state is the linear map of the state times this per-token number, so a
-    gate can share one matmul with other projections of ``x`` and scale only its few logits afterwards.
-    """
-    x32 = x.float()
-    return torch.rsqrt(x32.pow(2).mean(dim=-1, keepdim=True) + EPS)
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), eps=EPS)  # one operation
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=EPS).to(x.dtype)
 
 
 def init_normalised_linear(linear: nn.Linear) -> None:

@@ -21,5 +21,6 @@ def broadcastable(gate: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor
     """Shape a (B,) or (B, T) gate to multiply a (B, T, d) activation; 1.0 when ungated."""
     if gate is None:
         return 1.0
-    gate = gate.to(like.dtype)
+    if gate.dtype != like.dtype:
+        gate = gate.to(like.dtype)
     return gate.view(-1, 1, 1) if gate.dim() == 1 else gate.unsqueeze(-1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from unipelt.gates.normalise import init_normalised_linear, inverse_rms, rms_normalise
+from unipelt.gates.normalise import init_normalised_linear, rms_normalise
 from unipelt.gates.pooling import masked_mean
 
 
@@ -32,25 +32,20 @@ class SigmoidGate(nn.Module):
         return rms_normalise(x) if self.normalise else x
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, pooling: str) -> dict[str, torch.Tensor]:
-        return self.named(self.values(self.linear(self.view(x)), x, mask, pooling, biased=True))
+        return self.named(self.values(self.linear(self.view(x)), mask, pooling))
 
-    # A layer computes this gate's logits in the same matmul as other projections of the same input (LoRA's
-    # down projections, the adapter's): ``projection_bias`` is what that matmul adds for the gate's rows and
-    # ``values`` turns its columns into gate values.
+    # A gate reading the raw state is one more linear map of it, so a layer computes its logits in the same
+    # matmul as other projections of that state (LoRA's down projections, the adapter's) and hands them to
+    # ``values``. A normalised gate reads another tensor (the state over its RMS) and runs on its own.
 
-    def projection_bias(self) -> torch.Tensor | None:
-        """The bias a shared matmul adds for this gate's rows (none when normalising: the scale comes first)."""
-        return None if self.normalise else self.linear.bias
+    @property
+    def joinable(self) -> bool:
+        """Whether the logits are W x + b of the raw state (not normalised), so they can share a matmul."""
+        return not self.normalise
 
-    def values(
-        self, y: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None, pooling: str, biased: bool = False
-    ) -> torch.Tensor:
-        """Gate values (B, T, n) or pooled (B, n) from ``y`` = x W^T (+ b when ``biased``) of the raw ``x``."""
-        if not biased and self.normalise:
-            y = torch.addcmul(self.linear.bias, y, inverse_rms(x).to(y.dtype))  # b + (W x) / rms(x)
-        elif not biased:
-            y = y + self.linear.bias
-        gates = torch.sigmoid(y)
+    def values(self, logits: torch.Tensor, mask: torch.Tensor | None, pooling: str) -> torch.Tensor:
+        """Gate values (B, T, n), or pooled (B, n), from the logits W x + b."""
+        gates = torch.sigmoid(logits)
         return masked_mean(gates, mask) if pooling == "mean" else gates
 
     def named(self, gates: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -30,7 +30,7 @@ cheaper: no widened heads, no copy of the whole KV cache per step.
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -85,38 +85,48 @@ def _extend_mask(
     return torch.cat([extra, mask], dim=-1)
 
 
-def _align(
-    prefix_k: torch.Tensor, prefix_v: torch.Tensor, valid: torch.Tensor | None, keys: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Pad the prefix with invisible columns so that prefix and keys together are a multiple of KEY_ALIGN.
+def _alignment(p_len: int, keys: int) -> int:
+    """Invisible zero columns to add to a prefix of ``p_len`` so that prefix and keys fill whole KEY_ALIGN's.
 
     PyTorch's CPU flash attention runs its softmax over the keys in vectors of 16 and takes a scalar path for
     the rest: 128 keys plus a prefix of 10 cost about 1.4x the 128 keys alone, 144 with 6 masked ones about
     the same as 128. The padding columns are zero and masked, so the result is unchanged.
     """
-    p_len = prefix_k.shape[2]
-    pad = -(keys + p_len) % KEY_ALIGN
+    return -(keys + p_len) % KEY_ALIGN
+
+
+def _visible(valid: torch.Tensor | None, p_len: int, pad: int, device: torch.device) -> torch.Tensor | None:
+    """Which of the ``p_len + pad`` prefix columns each row sees: ``valid`` (or all) and none of the padding."""
     if not pad:
-        return prefix_k, prefix_v, valid
-    prefix_k = F.pad(prefix_k, (0, 0, 0, pad))
-    prefix_v = F.pad(prefix_v, (0, 0, 0, pad))
+        return valid
     if valid is None:
-        valid = (torch.arange(p_len + pad, device=prefix_k.device) < p_len)[None]
-    else:
-        valid = F.pad(valid, (0, pad))
-    return prefix_k, prefix_v, valid
+        return (torch.arange(p_len + pad, device=device) < p_len)[None]
+    return F.pad(valid, (0, pad))
 
 
-KEY_ALIGN = 16  # see _align
+KEY_ALIGN = 16  # see _alignment
+
+
+class Prefix(NamedTuple):
+    """The prefix a call's rows attend to in one layer.
+
+    ``kv``: keys and values (2, B or 1, Hkv, P, D), batch 1 when one task has the whole batch (broadcast, not
+    copied); ``valid``: (B, P) which columns exist for each row, None when all do; ``gate``: the prefix gate
+    per row (B,) or per row and token (B, T), None when ungated.
+    """
+
+    kv: torch.Tensor
+    valid: torch.Tensor | None
+    gate: torch.Tensor | None
 
 
 def _gather_prefixes(
     call: Any, index: int, batch: int, kv_heads: int, head_dim: int, q_len: int, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None] | None:
-    """Prefix keys/values (B, Hkv, P, D) of each row's task, which columns exist, and each row's prefix gate.
+) -> Prefix | None:
+    """The prefix of each row's task in layer ``index``, which columns exist, and each row's prefix gate.
 
-    One task for the whole batch (the usual case) expands that task's prefix without copying. A mixed batch
-    pads every task's prefix to the longest one and marks the padding as invisible.
+    One task for the whole batch (the usual case) keeps that task's prefix at batch 1, without copying. A
+    mixed batch pads every task's prefix to the longest one and marks the padding as invisible.
     """
     tasks = call.context.tasks
     found = []
@@ -134,24 +144,19 @@ def _gather_prefixes(
         return None
     if len(found) == 1 and found[0][0].rows is None:
         _, prefix, gate = found[0]
-        keys = prefix[0].unsqueeze(0).expand(batch, -1, -1, -1)
-        values = prefix[1].unsqueeze(0).expand(batch, -1, -1, -1)
-        return keys, values, None, gate
+        return Prefix(prefix.unsqueeze(1), None, gate)
     longest = max(prefix.shape[2] for _, prefix, _ in found)
     per_token = any(gate is not None and gate.dim() == 2 for _, _, gate in found)
-    keys = values = None
+    kv = None
     valid = torch.zeros(batch, longest, dtype=torch.bool, device=found[0][1].device)
     gates = torch.zeros((batch, q_len) if per_token else (batch,), dtype=dtype, device=valid.device)
     for group, prefix, gate in found:
         rows = group.rows if group.rows is not None else torch.arange(batch, device=valid.device)
         length = prefix.shape[2]
-        padded = F.pad(prefix, (0, 0, 0, longest - length))  # (2, Hkv, Pmax, D)
-        k = padded[0].unsqueeze(0).expand(len(rows), -1, -1, -1)
-        v = padded[1].unsqueeze(0).expand(len(rows), -1, -1, -1)
-        if keys is None:
-            keys = k.new_zeros(batch, *k.shape[1:])
-            values = keys.clone()
-        keys, values = keys.index_copy(0, rows, k), values.index_copy(0, rows, v)
+        padded = F.pad(prefix, (0, 0, 0, longest - length)).unsqueeze(1)  # (2, 1, Hkv, Pmax, D)
+        if kv is None:
+            kv = padded.new_zeros(2, batch, *padded.shape[2:])
+        kv = kv.index_copy(1, rows, padded.expand(-1, len(rows), -1, -1, -1))
         valid[rows, :length] = True
         if gate is None:
             gate = torch.ones(len(rows), dtype=dtype, device=valid.device)
@@ -159,7 +164,7 @@ def _gather_prefixes(
         if per_token:
             gate = gate[:, -q_len:] if gate.dim() == 2 else gate[:, None].expand(-1, q_len)
         gates = gates.index_copy(0, rows, gate)
-    return keys, values, valid, gates
+    return Prefix(kv, valid, gates)
 
 
 def attend_with_prefix(
@@ -169,7 +174,7 @@ def attend_with_prefix(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    prefix: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None],
+    prefix: Prefix,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
     """Attention over [prefix; keys] with the prefix scaled by its gate. q (B,H,Q,D), k/v (B,Hkv,K,D).
@@ -192,35 +197,38 @@ def _attend(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    prefix: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None],
+    prefix: Prefix,
     masks: dict | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
     """:func:`attend_with_prefix` without the observer. ``masks``: the call's extended masks, which every layer
     of a single-task call shares (same model mask, lengths and prefix), so each is built once per call."""
-    _, _, q_len, head_dim = query.shape
-    prefix_k, prefix_v, valid, gate = prefix
+    batch, _, q_len, head_dim = query.shape
+    kv, valid, gate = prefix
     if valid is not None:
         masks = None  # a mixed-task batch: which columns exist depends on the layer's prefixes
     causal = kwargs.pop("is_causal", None)
-    causal = getattr(module, "is_causal", False) if causal is None else causal
+    causal = bool(getattr(module, "is_causal", False) if causal is None else causal)
     if gate is not None and gate.dim() == 2 and q_len == 1:
         gate = gate[:, -1]  # one query per row (a cached decoding step): its gate is the row's, no widening
     if gate is not None and gate.dim() == 1:
-        scale = gate.to(key.dtype).view(-1, 1, 1, 1)
-        prefix_k, prefix_v = prefix_k * scale, prefix_v * scale
+        kv = kv * (gate if gate.dtype == kv.dtype else gate.to(kv.dtype)).view(1, -1, 1, 1, 1)
         gate = None
-    if inner is sdpa_attention_forward:
-        prefix_k, prefix_v, valid = _align(prefix_k, prefix_v, valid, key.shape[2])
-    p_len = prefix_k.shape[2]
-    entry = (id(attention_mask), q_len, key.shape[2], p_len, bool(causal))
-    mask = None if masks is None else masks.get(entry)
-    if mask is None:
-        mask = _extend_mask(attention_mask, q_len, key.shape[2], p_len, bool(causal), query.device, valid)
+    p_len, pad = kv.shape[3], 0
+    if inner is sdpa_attention_forward and q_len > 1:  # one query (a decoding step) has no softmax to align
+        pad = _alignment(p_len, key.shape[2])
+        if pad:
+            kv = F.pad(kv, (0, 0, 0, pad))
+    entry = (id(attention_mask), q_len, key.shape[2], p_len, pad, causal)
+    cached = None if masks is None else masks.get(entry)
+    if cached is None:
+        seen = _visible(valid, p_len, pad, query.device)
+        mask = _extend_mask(attention_mask, q_len, key.shape[2], p_len + pad, causal, query.device, seen)
         if masks is not None:
             masks[entry] = (mask, attention_mask)  # holding the model's mask keeps its id unique in the call
     else:
-        mask = mask[0]
+        mask = cached[0]
+    prefix_k, prefix_v = kv.expand(-1, batch, -1, -1, -1).unbind(0)
     if gate is None:
         key = torch.cat([prefix_k, key], dim=2)
         value = torch.cat([prefix_v, value], dim=2)

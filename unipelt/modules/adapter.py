@@ -15,6 +15,7 @@ from torch import nn
 
 from unipelt.gates import SigmoidGate, broadcastable
 from unipelt.modules.base import BuildSpec, PeftModule, RowGroup, register
+from unipelt.modules.joined import joined
 from unipelt.modules.projections import projection_features
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "silu": nn.SiLU}
@@ -68,47 +69,69 @@ class BottleneckAdapter(PeftModule):
         return [("ffn_output", "output")]
 
     def apply(self, role: str, x: torch.Tensor, out: torch.Tensor, group: RowGroup) -> torch.Tensor:
-        gate = z = None
+        if isinstance(self.act, nn.ReLU):
+            z, gate = self._down(out, group.mask_for(out))
+            if gate is not None:
+                group.gates["adapter"] = gate
+            elif self.routed:
+                gate = group.gates.get("adapter")
+            return self._up(out, z if gate is None else z * broadcastable(gate, z))
+        gate = None
         if self.gate is not None:
-            z, gate = self._down_and_gate(out, group.mask_for(out))
+            gate = self.gate(out, group.mask_for(out), self.pooling)["adapter"]
             group.gates["adapter"] = gate
         elif self.routed:
             gate = group.gates.get("adapter")
-        return self(out, gate, z)
+        return self(out, gate)
 
-    def _down_and_gate(self, h: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """act(down(h)) and the adapter's own gate value, from one matmul of h with both weights."""
+    def _down(self, h: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """relu(down(h)) with a last column of ones, and the adapter's own gate value if it has one.
+
+        The down weights get a zero row with bias 1 (relu(1) = 1: the column the up bias rides on, see
+        :meth:`forward`) and, when the gate reads the raw state, the gate's row: one matmul for all three.
+        """
         gate, width = self.gate, self.down.out_features
-        gate_bias = gate.projection_bias()
-        weight = torch.cat([self.down.weight, gate.linear.weight])
-        if gate_bias is not None:
-            y = F.linear(h, weight, torch.cat([self.down.bias, gate_bias]))
-            z = y[..., :width]
-        else:
-            y = F.linear(h, weight)
-            z = y[..., :width] + self.down.bias
-        values = gate.values(y[..., width:], h, mask, self.pooling, biased=gate_bias is not None)
-        return self.act(z), values[..., 0]
+        joint = gate is not None and gate.joinable
+        sources = [self.down.weight, self.down.bias]
+        if joint:
+            sources += [gate.linear.weight, gate.linear.bias]
+        weight, bias = joined(self, "down", sources, lambda: self._stacked_down(joint))
+        y = F.linear(h, weight, bias)
+        z = self.act(y[..., : width + 1])
+        if gate is None:
+            return z, None
+        if joint:
+            return z, gate.values(y[..., width + 1 :], mask, self.pooling)[..., 0]
+        return z, gate(h, mask, self.pooling)["adapter"]
 
-    def forward(
-        self, h: torch.Tensor, gate: torch.Tensor | None = None, z: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def _stacked_down(self, joint: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        down = self.down
+        weights = [down.weight, down.weight.new_zeros(1, down.in_features)]
+        biases = [down.bias, down.bias.new_ones(1)]
+        if joint:
+            weights.append(self.gate.linear.weight)
+            biases.append(self.gate.linear.bias)
+        return torch.cat(weights), torch.cat(biases)
+
+    def forward(self, h: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
         """h + g * up(act(down(h))), computed as one fused GEMM over the full-width tensor.
 
         The gate is applied in the narrow bottleneck and the up bias rides along as an extra input column
         ([g*z, g] times [W_up, b_up]), so the wide (tokens x hidden) activation is read and written once,
-        by addmm, instead of once each for the bias, the gate product and the residual sum. ``z`` is
-        act(down(h)) when the caller computed it already.
+        by addmm, instead of once each for the bias, the gate product and the residual sum.
         """
-        if z is None:
-            z = self.act(self.down(h))
+        z = self.act(self.down(h))
         if gate is None:
             column = z.new_ones(*z.shape[:-1], 1)
         else:
             g = broadcastable(gate, z).expand(*z.shape[:-1], 1)
             z, column = z * g, g
-        z = torch.cat([z, column], dim=-1)
-        weight = torch.cat([self.up.weight, self.up.bias[:, None]], dim=1)
+        return self._up(h, torch.cat([z, column], dim=-1))
+
+    def _up(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """h + z [W_up, b_up]^T: ``z`` is the (gated) bottleneck with the (gated) ones column last."""
+        up = self.up
+        weight = joined(self, "up", [up.weight, up.bias], lambda: torch.cat([up.weight, up.bias[:, None]], 1))
         flat, z = h.reshape(-1, h.shape[-1]), z.reshape(-1, z.shape[-1])
         if not torch.is_grad_enabled() and not torch.compiler.is_compiling() and h.is_contiguous():
             return flat.addmm_(z, weight.t()).view(h.shape)  # inference: accumulate into h (flat is a view)
