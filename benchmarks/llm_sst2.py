@@ -339,14 +339,22 @@ def phase_gen(args: argparse.Namespace) -> None:
         _save_json(target, results)
 
 
+def _retention_cell(runs: list[dict]) -> str:
+    """Facts kept of those the base model answers, per seed ("-" for a run measured without --retention)."""
+    cells = [f"{r['retention']['kept']}/{r['retention']['base_correct']}" for r in runs if "retention" in r]
+    return " / ".join(cells) if cells else "-"
+
+
 def phase_report(args: argparse.Namespace) -> None:
     zero = _load_json(OUT / "zeroshot.json")
     print(f"SST-2 dev subset, greedy generation accuracy (K={args.k})\n")
-    print("| method | seeds | test accuracy (mean ± std) | no-choice answers | train s/run | steps |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| method | seeds | test accuracy (mean ± std) | no-choice answers | retention | train s/run | steps |"
+    )
+    print("|---|---|---|---|---|---|---|")
     if zero:
         print(
-            f"| SmolLM2 zero-shot | - | {100 * zero['accuracy']:.2f} | {100 * zero['no_choice']:.1f}% | - | - |"
+            f"| SmolLM2 zero-shot | - | {100 * zero['accuracy']:.2f} | {100 * zero['no_choice']:.1f}% | - | - | - |"
         )
     for method in args.methods:
         runs = []
@@ -362,8 +370,8 @@ def phase_report(args: argparse.Namespace) -> None:
         secs = statistics.fmean(r["train_seconds"] for r in runs)
         seeds = ",".join(str(r["seed"]) for r in runs)
         print(
-            f"| {method} | {seeds} | {statistics.fmean(acc):.2f} ± {spread:.2f} | {none:.1f}% | {secs:.0f} | "
-            f"{runs[0]['steps']} |"
+            f"| {method} | {seeds} | {statistics.fmean(acc):.2f} ± {spread:.2f} | {none:.1f}% | "
+            f"{_retention_cell(runs)} | {secs:.0f} | {runs[0]['steps']} |"
         )
     cost = _load_json(OUT / "cost.json")
     if cost:

@@ -13,10 +13,12 @@ The three 3-task servers run side by side and each load level is offered to them
 share the machine's state of that minute. Each server is warmed up after it starts (a few requests of every
 task, alone and in bursts), and every measured turn begins with ``--warmup`` seconds of arrivals that are not
 counted: a server's (and a client's) first requests are slow for reasons that have nothing to do with
-batching, and with a few dozen requests per level they would set its p95. Arrivals are open-loop (Poisson, seeded): a request
-is sent at its scheduled time whether or not earlier ones were answered, and its latency counts from that time.
-Every level is bounded in time and count, and offered in several turns per policy (the order rotating); the
-last level is closed-loop (``--clients`` clients, each sending again when answered): saturated throughput.
+batching, and with a few dozen requests per level they would set its p95. Arrivals are open-loop (Poisson,
+seeded): a request is sent at its scheduled time whether or not earlier ones were answered, and its latency
+counts from that time. Every level is bounded in time and count (but offered long enough for
+``--min-requests`` requests, so that a low rate's p95 rests on more than a handful of them), and offered in several
+turns per policy (the order rotating); the last level is closed-loop (``--clients`` clients, each sending
+again when answered): saturated throughput.
 Every server runs with ``--threads 1`` and logs warnings only. Results are JSON lines, a markdown table with
 the targets' ratios (``--table``), and a PNG of p50/p95/p99 and achieved QPS against offered QPS.
 
@@ -442,7 +444,7 @@ def record(out: Path, data: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        epilog="Time: about 10 min (servers on 127.0.0.1, a few seconds of load per level and policy).",
+        epilog="Time: about 15 min (servers on 127.0.0.1, 20-60 s of load per level and policy).",
         description=__doc__.splitlines()[0],
     )
     p.add_argument(
@@ -455,6 +457,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=32, help="closed-loop clients of the saturated level")
     p.add_argument("--seconds", type=float, default=20.0, help="arrivals per load level and policy, in all")
     p.add_argument("--max-requests", type=int, default=400, help="and are at most this many")
+    p.add_argument(
+        "--min-requests",
+        type=int,
+        default=120,
+        help="but at least this many per level and policy (a low rate is offered for longer)",
+    )
     p.add_argument(
         "--rounds", type=int, default=3, help="each level is offered in this many turns per policy"
     )
@@ -482,8 +490,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_load:
         servers = start_servers(runs, inputs, args.max_batch, args.max_wait_ms)
         try:
-            seconds, most = args.seconds / args.rounds, args.max_requests // args.rounds
             for qps in [*(float(q) for q in args.qps.split(",")), None]:
+                # at a low rate, --seconds alone gives too few requests for a stable p95
+                span = max(args.seconds, args.min_requests / qps) if qps else args.seconds
+                seconds, most = span / args.rounds, max(args.max_requests, args.min_requests) // args.rounds
                 parts: dict[str, list] = {config: [] for config in servers}
                 for turn in range(args.rounds):  # the policies take turns, in a rotating order
                     order = list(servers)[turn % len(servers) :] + list(servers)[: turn % len(servers)]

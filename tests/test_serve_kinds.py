@@ -60,9 +60,15 @@ def test_image_runs_answer_base64_and_data_urls_as_predict_does(image_data, imag
     from unipelt.inference.engine import TorchEngine
 
     paths = [image_data / "test" / "bright" / "0.png", image_data / "test" / "dark" / "3.png"]
-    engine = TorchEngine([f"digits={image_run}"])
+    engine = TorchEngine([f"digits={image_run}", f"again={image_run}"])
+    one = engine.tasks["digits"].encode([_base64(paths[0])])
+    two = engine.tasks["again"].encode([_base64(paths[1]), _base64(paths[0])])
+    mixed = engine.forward([*one, *two])[0]  # two image tasks in one forward, each row as alone
+    alone = [*engine.forward(one)[0], *engine.forward(two)[0]]
+    assert all(np.allclose(m, a, atol=1e-5) for m, a in zip(mixed, alone)) and len(mixed) == 3
     with TestClient(create_app(engine, ServeOptions(max_inputs=4))) as client:
         task = client.get("/v1/tasks").json()["tasks"][0]
+        assert task["name"] == "digits" and task["parameters"]["lora"] > 0
         assert (task["kind"], task["inputs"], task["labels"]) == (
             "image-classification",
             "image",
@@ -173,3 +179,22 @@ def test_a_kind_that_serves_nothing_is_refused_by_name():
     with pytest.raises(UniPELTError, match="causal-lm run; `unipelt serve` answers it only on its own"):
         served_task("causal-lm", name="x", source="RUN", labels=None, regression=False, pair=False,
                     max_length=8, tokenizer=None)  # fmt: skip
+
+
+def test_a_live_server_answers_an_image_over_http(image_data, image_run):  # noqa: F811
+    from test_serve import _live
+
+    from unipelt.inference.engine import TorchEngine
+
+    image = "data:image/png;base64," + _base64(image_data / "test" / "dark" / "1.png")
+    app = create_app(TorchEngine([f"digits={image_run}"]))
+    with TestClient(app) as client:
+        expected = client.post("/v1/predict", json={"task": "digits", "inputs": [image]}).json()
+    base, stop = _live(create_app(TorchEngine([f"digits={image_run}"])))
+    try:
+        answer = httpx.post(f"{base}/v1/predict", json={"task": "digits", "inputs": [image]}, timeout=60)
+        metrics = httpx.get(f"{base}/metrics", timeout=60).text
+    finally:
+        stop()
+    assert answer.status_code == 200 and answer.json() == expected
+    assert 'unipelt_requests_total{route="/v1/predict",status="200",task="digits"} 1.0' in metrics

@@ -17,6 +17,8 @@ from unipelt.errors import UniPELTError
 from unipelt.inference.engine import share_backbone
 from unipelt.inference.scheduler import Params, Scheduler
 from unipelt.inference.served_tasks import InputError, default_name, run_score, split_name, unique_names
+from unipelt.kinds import kind_of_run
+from unipelt.training.run_files import read_labels
 
 
 @dataclass
@@ -75,7 +77,8 @@ class GenerationEngine:
                     f"{first.config.model!r} ({base_path}); one server shares one backbone"
                 )
         self.tokenizer = load_tokenizer(first.folder / "tokenizer", local=True)
-        base = load_base_model(first.config.model, "causal-lm", pad_token_id=self.tokenizer.pad_token_id)
+        head = kind_of_run(read_labels(first.folder)).head  # the run's own LM head class
+        base = load_base_model(first.config.model, head, pad_token_id=self.tokenizer.pad_token_id)
         if backbone is not None:
             share_backbone(backbone, base)
         if device is not None:

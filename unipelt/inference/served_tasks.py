@@ -24,7 +24,7 @@ import numpy as np
 
 from unipelt.errors import InputError, UniPELTError
 from unipelt.kinds import TaskKind, get_kind, kind_of_run
-from unipelt.kinds.base import Row, check_text
+from unipelt.kinds.serving import Row, check_text
 
 __all__ = [
     "InputError",

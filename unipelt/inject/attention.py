@@ -258,7 +258,8 @@ def prefix_for(
 ):
     """The prefix this call's rows attend to in this attention module, or None (no prefix, cross attention,
     disabled model). ``kv_shape``: (key heads, head size) of this module's keys, when the caller has them
-    (the model's in a staged model differ per stage); else the model's, recorded on the module."""
+    (in a staged model such as Swin they change from stage to stage); else the model's, recorded on the
+    module."""
     index = module.__dict__.get(LAYER_KEY)
     if index is None:
         return None

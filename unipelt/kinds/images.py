@@ -25,9 +25,10 @@ from unipelt.data.images import (
     read_image,
 )
 from unipelt.errors import DataError, InputError
-from unipelt.kinds.base import Row, Splits, TaskKind, class_answer, hold_out
+from unipelt.kinds.base import Splits, TaskKind, class_answer, hold_out
 from unipelt.kinds.baseline import majority_class_scores
 from unipelt.kinds.imbalance import apply_oversampling
+from unipelt.kinds.serving import Row
 from unipelt.metrics import compute_task_metrics
 
 if TYPE_CHECKING:

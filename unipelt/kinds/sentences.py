@@ -11,9 +11,10 @@ import numpy as np
 from unipelt.data import TaskData, in_length_order, k_shot_split, load_glue, load_table, tokenize_examples
 from unipelt.data.glue import glue_task
 from unipelt.errors import InputError
-from unipelt.kinds.base import Row, Splits, TaskKind, check_text, class_answer, sample_valid
+from unipelt.kinds.base import Splits, TaskKind, class_answer, sample_valid
 from unipelt.kinds.baseline import majority_class_scores
 from unipelt.kinds.imbalance import apply_oversampling
+from unipelt.kinds.serving import Row, check_text
 from unipelt.metrics import compute_task_metrics, main_metric
 
 if TYPE_CHECKING:

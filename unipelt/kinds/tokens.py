@@ -13,9 +13,10 @@ from unipelt.data.conll import TokenData, TokenExample, is_token_file, load_hub_
 from unipelt.data.inputs import read_sentences
 from unipelt.data.token_align import encode_words, pretokenized_tokenizer, tokenize_tagged
 from unipelt.errors import InputError, UniPELTError
-from unipelt.kinds.base import Row, Splits, TaskKind, check_text, hold_out
+from unipelt.kinds.base import Splits, TaskKind, hold_out
 from unipelt.kinds.baseline import majority_class_scores
 from unipelt.kinds.imbalance import apply_oversampling
+from unipelt.kinds.serving import Row, check_text
 from unipelt.metrics import compute_token_metrics
 
 if TYPE_CHECKING:
