@@ -56,7 +56,6 @@ def plot_gate_heatmap(
     weights both live there, so colours also compare across separate figures. Layer 0 is the bottom row,
     so the picture stacks like the network. Cells without a value are grey.
     """
-    import numpy as np
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
@@ -84,25 +83,33 @@ def plot_gate_heatmap(
     norm = Normalize(vmin=vmin, vmax=vmax)
     image = None
     for index, (axis, (name, panel)) in enumerate(zip(axes[:-1], panels)):
-        values = np.array(panel.mean, dtype=float)
-        image = axis.imshow(values, cmap=cmap, norm=norm, origin="lower", aspect="auto")
-        axis.set_xticks(range(len(panel.sites)), panel.sites, rotation=30, ha="right", fontsize=font + 1)
-        axis.set_yticks(range(len(panel.layers)), [str(layer) for layer in panel.layers], fontsize=font)
-        if index == 0:
-            axis.set_ylabel("layer")
-        if name:
-            axis.set_title(name, fontsize=10)
-        for i in range(values.shape[0]):
-            for j in range(values.shape[1]):
-                cell = values[i, j]
-                if math.isnan(cell):
-                    axis.text(j, i, "–", ha="center", va="center", fontsize=font, color="black")
-                    continue
-                # viridis is dark at the low end: white text there, black on the bright end.
-                colour = "white" if norm(cell) < 0.6 else "black"
-                axis.text(j, i, f"{cell:.2f}", ha="center", va="center", fontsize=font, color=colour)
+        image = _draw_panel(axis, name, panel, cmap, norm, font, first=index == 0)
     figure.colorbar(image, cax=axes[-1], label="mean gate value")
     return _save_figure(figure, path)
+
+
+def _draw_panel(axis: Any, name: str, panel: GateStats, cmap: Any, norm: Any, font: int, first: bool) -> Any:
+    """One run's heatmap on ``axis``, each cell's value written in it; returns the image (for the colour bar)."""
+    import numpy as np
+
+    values = np.array(panel.mean, dtype=float)
+    image = axis.imshow(values, cmap=cmap, norm=norm, origin="lower", aspect="auto")
+    axis.set_xticks(range(len(panel.sites)), panel.sites, rotation=30, ha="right", fontsize=font + 1)
+    axis.set_yticks(range(len(panel.layers)), [str(layer) for layer in panel.layers], fontsize=font)
+    if first:
+        axis.set_ylabel("layer")
+    if name:
+        axis.set_title(name, fontsize=10)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            cell = values[i, j]
+            if math.isnan(cell):
+                axis.text(j, i, "–", ha="center", va="center", fontsize=font, color="black")
+                continue
+            # viridis is dark at the low end: white text there, black on the bright end.
+            colour = "white" if norm(cell) < 0.6 else "black"
+            axis.text(j, i, f"{cell:.2f}", ha="center", va="center", fontsize=font, color=colour)
+    return image
 
 
 def _number(value: Any) -> float | None:

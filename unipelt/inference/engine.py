@@ -22,7 +22,6 @@ import torch
 from unipelt.backbones import load_base_model
 from unipelt.devices import Placement
 from unipelt.errors import UniPELTError
-from unipelt.inference.loop import forward_batches
 from unipelt.inference.onnx_runtime import is_export
 from unipelt.inference.runs import Run
 from unipelt.inference.served_tasks import (
@@ -37,6 +36,7 @@ from unipelt.inference.served_tasks import (
 )
 from unipelt.model import UniPELTModel
 from unipelt.pretrained import resolve_model
+from unipelt.running.loop import forward_batches
 
 
 def pad_rows(rows: Sequence[Row], pad_id: int, side: str = "right") -> dict[str, np.ndarray]:

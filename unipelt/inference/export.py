@@ -65,9 +65,28 @@ def exportable(run: Any) -> None:
         raise UniPELTError(f"{run.folder} holds {len(tasks)} tasks; an ONNX export holds one task")
 
 
+def _rms_norm(g: Any, x: Any, normalized_shape: Any, weight: Any, eps: Any) -> Any:
+    """``aten::rms_norm`` as ONNX operators: opset 17 has no RMSNormalization (the gates of pre-norm models,
+    such as ViT's, normalise their input with it)."""
+    from torch.onnx import symbolic_helper
+
+    if symbolic_helper._is_packed_list(normalized_shape):  # sizes traced from the input's shape
+        count = len(symbolic_helper._unpack_list(normalized_shape))
+    else:
+        count = len(symbolic_helper._get_const(normalized_shape, "is", "normalized_shape"))
+    eps = None if symbolic_helper._is_none(eps) else symbolic_helper._get_const(eps, "f", "eps")
+    eps = torch.finfo(torch.float32).eps if eps is None else eps
+    squares = g.op("Mul", x, x)
+    mean = g.op("ReduceMean", squares, axes_i=list(range(-count, 0)), keepdims_i=1)
+    scale = g.op("Sqrt", g.op("Add", mean, g.op("Constant", value_t=torch.tensor(eps, dtype=torch.float32))))
+    out = g.op("Div", x, scale)
+    return out if symbolic_helper._is_none(weight) else g.op("Mul", out, weight)
+
+
 def _trace(run: Any, path: Path) -> tuple[str, ...]:
     import warnings
 
+    torch.onnx.register_custom_op_symbolic("aten::rms_norm", _rms_norm, OPSET)
     model, preprocessor = run.load()
     if hasattr(model, "eject_prefix_mlp"):
         model.eject_prefix_mlp()

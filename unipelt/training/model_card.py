@@ -91,18 +91,36 @@ def card_text(run: str | Path, peft_folder: str | Path | None = None) -> str:
 
 
 def _body(run: Path, config: dict, metrics: dict, checkpoint: dict, task: str, kind: str, peft: Any) -> str:
-    unipelt = checkpoint.get("unipelt") or config.get("resolved_unipelt") or {}
-    modules = ", ".join(unipelt.get("modules") or []) or "none"
-    params = metrics.get("parameters") or {}
-    trainable = params.get("total_without_prefix_mlp")
-    baseline = _numbers((metrics.get("majority_class") or {}).get("test"))
-    test = _numbers(metrics.get("test"))
     lines = [
         f"# {config.get('model', 'model')} + {config.get('method', 'unipelt')} on {task}",
         "",
         "Trained with [unipelt](https://github.com/unipelt/unipelt): the base model stays frozen; only the "
         "modules below and the task head were trained.",
         "",
+        *_method_lines(config, metrics, checkpoint),
+        "",
+        *_data_lines(config, metrics, task),
+        "",
+        "## Load it with unipelt",
+        "",
+        "```python",
+        "from unipelt.inference.runs import Run",
+        "",
+        f'model, tokenizer = Run("{run.name}").load()',
+        "```",
+    ]
+    if peft is not None:
+        lines += _peft_usage(Path(peft), config, kind, (checkpoint.get("task") or {}).get("num_labels"))
+    return "\n".join(lines) + "\n"
+
+
+def _method_lines(config: dict, metrics: dict, checkpoint: dict) -> list[str]:
+    """The card's method section: method, modules, gate, LoRA and prefix sizes, trainable parameters."""
+    unipelt = checkpoint.get("unipelt") or config.get("resolved_unipelt") or {}
+    modules = ", ".join(unipelt.get("modules") or []) or "none"
+    params = metrics.get("parameters") or {}
+    trainable = params.get("total_without_prefix_mlp")
+    lines = [
         "## Method and modules",
         "",
         f"- method: `{config.get('method', 'unipelt')}`; modules: {modules}; gate: `{unipelt.get('gate', 'none')}`",
@@ -119,9 +137,15 @@ def _body(run: Path, config: dict, metrics: dict, checkpoint: dict, task: str, k
             f"- trainable parameters kept for inference: {trainable:,} (frozen base model: "
             f"{params.get('base_model', 0):,})"
         )
+    return lines
+
+
+def _data_lines(config: dict, metrics: dict, task: str) -> list[str]:
+    """The card's data and test-results sections (against the majority class)."""
+    baseline = _numbers((metrics.get("majority_class") or {}).get("test"))
+    test = _numbers(metrics.get("test"))
     seeds = config.get("seeds") or ([config["seed"]] if config.get("seed") is not None else [])
-    lines += [
-        "",
+    lines = [
         "## Data",
         "",
         f"- task: {task}; training examples: {metrics.get('train_examples', 'all')}"
@@ -139,19 +163,7 @@ def _body(run: Path, config: dict, metrics: dict, checkpoint: dict, task: str, k
         lines.append(f"| {name} | {value:.4f} | {'' if majority is None else f'{majority:.4f}'} |")
     if not test:
         lines.append("| (no test set) | | |")
-    lines += [
-        "",
-        "## Load it with unipelt",
-        "",
-        "```python",
-        "from unipelt.inference.runs import Run",
-        "",
-        f'model, tokenizer = Run("{run.name}").load()',
-        "```",
-    ]
-    if peft is not None:
-        lines += _peft_usage(Path(peft), config, kind, (checkpoint.get("task") or {}).get("num_labels"))
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 AUTO_CLASSES = {
