@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -138,3 +139,32 @@ def test_an_image_run_exports_to_onnx_and_predicts_from_it(image_data, tmp_path,
     for a, b in zip(torch_records, onnx_records):
         for name in a["probabilities"]:
             assert b["probabilities"][name] == pytest.approx(a["probabilities"][name], abs=1e-5)
+
+
+def test_an_image_export_is_served_with_onnx_runtime_as_predict_answers(image_data, tmp_path, capsys):
+    """`serve --runtime onnx` on an image export: base64 images in, the run's own probabilities out."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from unipelt.inference.onnx_runtime import OnnxEngine
+    from unipelt.inference.serve import ServeOptions, create_app
+
+    run, out = tmp_path / "run", tmp_path / "export"
+    args = ["train", "--model", str(image_data / "vit"), "--train", str(image_data / "train")]
+    args += ["--test", str(image_data / "test"), "--method", "unipelt", "--epochs", "1", "--threads", "1"]
+    assert main([*args, "--out", str(run)]) == 0
+    assert main(["export", str(run), "--out", str(out), "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run), "--input", str(image_data / "test" / "dark")]) == 0
+    expected = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    paths = [Path(record["image"]) for record in expected]
+    inputs = [base64.b64encode(p.read_bytes()).decode() for p in paths]
+    with TestClient(create_app(OnnxEngine([f"digits={out}"], threads=1), ServeOptions())) as client:
+        answer = client.post("/v1/predict", json={"task": "digits", "inputs": inputs})
+    assert answer.status_code == 200, answer.text
+    got = answer.json()["predictions"]
+    assert [g["label"] for g in got] == [e["label"] for e in expected]
+    for g, e in zip(got, expected):
+        for name, p in e["probabilities"].items():
+            assert g["probabilities"][name] == pytest.approx(p, abs=1e-5)

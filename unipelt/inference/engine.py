@@ -39,6 +39,11 @@ from unipelt.pretrained import resolve_model
 from unipelt.running.loop import forward_batches
 
 
+def pad_id_of(preprocessor: Any) -> int:
+    """The id that pads input ids: the tokenizer's pad token, 0 for a preprocessor without one (images)."""
+    return getattr(preprocessor, "pad_token_id", None) or 0
+
+
 def pad_rows(rows: Sequence[Row], pad_id: int, side: str = "right") -> dict[str, np.ndarray]:
     """Rows of any tasks as one batch: token sequences padded to one (B, T) int64 array (pad id for input ids,
     0 elsewhere), fixed-shape arrays (an image's pixels) stacked."""
@@ -123,7 +128,7 @@ class TorchEngine:
                 model.compile(backend=compile)
         for name in names:
             self.tasks[name].parameters = self.models[self.tasks[name].group].parameter_counts(name)
-        self.pad_id = getattr(self.tokenizer, "pad_token_id", None) or 0
+        self.pad_id = pad_id_of(self.tokenizer)
         self.padding_side = getattr(self.tokenizer, "padding_side", "right")
 
     @staticmethod

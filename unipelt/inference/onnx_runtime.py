@@ -211,7 +211,7 @@ class OnnxEngine:
         self.tasks = {name: m.served(name) for name, m in self.models.items()}
 
     def forward(self, rows: Sequence[Row], gates: bool = False) -> tuple[list[np.ndarray], None]:
-        from unipelt.inference.engine import pad_rows, row_outputs
+        from unipelt.inference.engine import pad_id_of, pad_rows, row_outputs
 
         outputs: list[np.ndarray | None] = [None] * len(rows)
         for name in dict.fromkeys(r.task for r in rows):
@@ -219,7 +219,7 @@ class OnnxEngine:
             part = [rows[i] for i in index]
             tokenizer = self.tasks[name].tokenizer
             side = getattr(tokenizer, "padding_side", "right")
-            logits = run_session(self.models[name].session, pad_rows(part, tokenizer.pad_token_id or 0, side))
+            logits = run_session(self.models[name].session, pad_rows(part, pad_id_of(tokenizer), side))
             for i, out in zip(index, row_outputs(logits, part, self.tasks, side)):
                 outputs[i] = out
         return outputs, None  # type: ignore[return-value]
