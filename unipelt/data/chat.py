@@ -16,7 +16,6 @@ response that alone does not fit in ``max_length`` is refused. Every problem wit
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from collections.abc import Sequence
@@ -24,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from unipelt.data.files import _lines, read_source
+from unipelt.data.files import json_lines, read_source
 from unipelt.errors import DataError
 
 if TYPE_CHECKING:
@@ -103,14 +102,7 @@ def read_chat_file(
         raise DataError(f"chat file {path} does not exist")
     path, text = read_source(path, encoding)
     conversations = []
-    for number, line in enumerate(_lines(text), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where}: not valid JSON ({error.msg})") from error
+    for where, record in json_lines(text, path):
         conversations.append(parse_conversation(record, where, need_response))
     if not conversations:
         raise DataError(f"{path} has no conversations (the file is empty)")

@@ -95,6 +95,19 @@ def _lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in text.split("\n")]
 
 
+def json_lines(text: str, path: str | Path) -> Iterator[tuple[str, Any]]:
+    """Yield ("FILE:LINE", record) for each non-blank line of a JSON-lines text; a malformed line is one error
+    naming its file and line."""
+    for number, line in enumerate(_lines(text), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{where}: not valid JSON ({error.msg})") from None
+
+
 def _split_tsv(text: str) -> Iterator[tuple[int, list[str]]]:
     """Yield (line number, fields) for each non-blank line, splitting on tabs with no quote handling.
 

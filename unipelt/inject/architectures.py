@@ -26,6 +26,7 @@ input of ``gates_from`` instead, the whole unpadded row before it is cut into wi
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -162,18 +163,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "deit": _VIT_LIKE,
     # Swin: four stages of blocks whose width doubles per stage, attention in shifted windows through the
     # attention interface with a relative position bias in its mask (the prefix columns get none).
-    "swin": Architecture(
+    "swin": dataclasses.replace(
+        _VIT_LIKE,
         layers="encoder.layers.*.blocks",
-        attention="attention",
-        projections={
-            "query": "attention.q_proj",
-            "key": "attention.k_proj",
-            "value": "attention.v_proj",
-            "output": "attention.o_proj",
-        },
-        ffn_output="mlp.fc2",
-        ffn_input="mlp.fc1",
-        pre_norm=True,
         head=("classifier",),  # its pooler is a parameter-free average
         gates_from="layernorm_before",
         windowed=True,

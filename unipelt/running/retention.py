@@ -14,7 +14,6 @@ correctly (each checked with the base model).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from unipelt.data.chat import Conversation
+from unipelt.data.files import json_lines
 from unipelt.errors import DataError
 from unipelt.running.decoding import Sampling, generate_texts
 
@@ -47,20 +47,13 @@ def read_facts(path: str | Path) -> list[Fact]:
     """The facts of a JSON-lines file; a malformed line is one error naming the file and line."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DataError(f"facts file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as error:
         raise DataError(f"cannot read facts file {path}: {error}") from None
     facts = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where}: not valid JSON ({error.msg})") from None
+    for where, record in json_lines(text, path):
         answer = record.get("answer") if isinstance(record, dict) else None
         answers = [answer] if isinstance(answer, str) else answer
         if (
