@@ -20,6 +20,7 @@ from unipelt.data import k_shot_split, load_glue, load_table, tokenize_examples
 from unipelt.data.inputs import read_inputs
 from unipelt.data.tokenize import token_counts
 from unipelt.errors import UniPELTError
+from unipelt.kinds.imbalance import apply_oversampling
 from unipelt.kinds.serving import Serving
 from unipelt.metrics import compute_task_metrics, main_metric
 
@@ -359,6 +360,14 @@ def hold_out(config: TrainConfig, train: Any, valid: Any) -> tuple[Any, Any]:
     else:
         return train, valid
     return dataclasses.replace(train, examples=kept), dataclasses.replace(train, examples=held)
+
+
+def own_splits(kind: TaskKind, config: TrainConfig, train: Any, valid: Any, test: Any) -> Splits:
+    """The Splits of a kind's own labelled files: K-shot or held-out validation, then oversampling of train."""
+    train, valid = hold_out(config, train, valid)
+    return Splits(
+        train=apply_oversampling(config, train), valid=valid, test=test, kind=kind, labels=train.label_list
+    )
 
 
 def class_answer(outputs: np.ndarray, labels: list[str]) -> dict[str, Any]:

@@ -25,9 +25,8 @@ from unipelt.data.images import (
     read_image,
 )
 from unipelt.errors import DataError, InputError
-from unipelt.kinds.base import Splits, TaskKind, class_answer, hold_out
+from unipelt.kinds.base import Splits, TaskKind, class_answer, own_splits
 from unipelt.kinds.baseline import majority_class_scores
-from unipelt.kinds.imbalance import apply_oversampling
 from unipelt.kinds.serving import Row
 from unipelt.metrics import compute_task_metrics
 
@@ -135,14 +134,7 @@ class ImageClassification(TaskKind):
             return None if path is None else load_images(path, train.label_list, **columns)
 
         valid, test = split(config.valid_file), split(config.test_file)
-        train, valid = hold_out(config, train, valid)
-        return Splits(
-            train=apply_oversampling(config, train),
-            valid=valid,
-            test=test,
-            kind=self,
-            labels=train.label_list,
-        )
+        return own_splits(self, config, train, valid, test)
 
     def datasets(
         self, splits: Splits, tokenizer: Any, config: TrainConfig, evaluate_test: bool

@@ -13,9 +13,8 @@ from unipelt.data.conll import TokenData, TokenExample, is_token_file, load_hub_
 from unipelt.data.inputs import read_sentences
 from unipelt.data.token_align import encode_words, pretokenized_tokenizer, tokenize_tagged
 from unipelt.errors import InputError, UniPELTError
-from unipelt.kinds.base import Splits, TaskKind, hold_out
+from unipelt.kinds.base import Splits, TaskKind, own_splits
 from unipelt.kinds.baseline import majority_class_scores
-from unipelt.kinds.imbalance import apply_oversampling
 from unipelt.kinds.serving import Row, check_text
 from unipelt.metrics import compute_token_metrics
 
@@ -60,14 +59,7 @@ class TokenClassification(TaskKind):
             raise UniPELTError(
                 f"{train.source}: every word has the tag {train.label_list}; give at least two tags"
             )
-        train, valid = hold_out(config, train, valid)
-        return Splits(
-            train=apply_oversampling(config, train),
-            valid=valid,
-            test=test,
-            kind=self,
-            labels=train.label_list,
-        )
+        return own_splits(self, config, train, valid, test)
 
     def datasets(
         self, splits: Splits, tokenizer: Any, config: TrainConfig, evaluate_test: bool
