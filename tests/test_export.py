@@ -124,6 +124,25 @@ def test_serve_with_the_onnx_runtime(exported, rte_run):
     assert list(on_the_fly.tasks) == ["nli"] and on_the_fly.tasks["nli"].pair
 
 
+def test_the_serve_command_builds_an_onnx_server_from_an_export(exported):
+    from fastapi.testclient import TestClient
+
+    from unipelt.cli import build_parser
+    from unipelt.cli.serve import build_app
+
+    args = build_parser().parse_args(["serve", str(exported), "--runtime", "onnx", "--threads", "1"])
+    app, served = build_app(args, None)
+    assert [task.name for task in served] == ["rte"]
+    with TestClient(app) as client:
+        answer = client.post(
+            "/v1/predict", json={"task": "rte", "inputs": [["A dog runs.", "An animal moves."]]}
+        )
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] in (
+        "entailment",
+        "not_entailment",
+    )
+
+
 def test_refusals_name_the_reason(rte_run, tmp_path, capsys):
     from unipelt.inference.export import export_run
 

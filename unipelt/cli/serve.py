@@ -115,7 +115,8 @@ def build_app(args: argparse.Namespace, key: str | None, where: Any = None) -> t
         if encoders
         else NoEncoderTasks()
     )
-    models = list(getattr(engine, "models", {}).values())  # the encoder tasks' models, when on torch
+    # Generation shares the encoder tasks' backbone on PyTorch; ONNX models have none to share.
+    models = list(getattr(engine, "models", {}).values()) if args.runtime == "torch" else []
     generation = build_generation(chat, args, where, models[0].base_model if models else None)
     served = [*engine.tasks.values(), *(generation.tasks.values() if generation else [])]
     return assemble(engine, generation, options_from(args, key)), served
