@@ -45,6 +45,7 @@ class LayerModules(nn.Module):
         super().__init__()
         self.gate: nn.Module | None = None
         self.by_site: dict[tuple[str, str], list[tuple[str, PeftModule]]] = {}
+        self._at: dict[tuple[tuple[str, ...], str], list[tuple[str, PeftModule]]] = {}  # answers of at()
 
     def parts(self) -> list[PeftModule]:
         return [m for m in self.children() if isinstance(m, PeftModule)]
@@ -58,9 +59,16 @@ class LayerModules(nn.Module):
                 for role, when in module.sites():
                     by_site.setdefault((role, when), []).append((role, module))
         self.by_site = by_site
+        self._at = {}
 
     def at(self, roles: tuple[str, ...], when: str) -> list[tuple[str, PeftModule]]:
-        return [entry for role in roles for entry in self.by_site.get((role, when), ())]
+        """The modules acting on the projections ``roles`` at ``when``, in order (kept: asked once per site
+        per call)."""
+        found = self._at.get((roles, when))
+        if found is None:
+            found = [entry for role in roles for entry in self.by_site.get((role, when), ())]
+            self._at[(roles, when)] = found
+        return found
 
     def prepare(self, x: torch.Tensor, group: RowGroup, pooling: str) -> None:
         """Before attention, from its input ``x`` (these rows): the layer gate's values into ``group.gates``

@@ -49,7 +49,7 @@ class SigmoidGate(nn.Module):
         return masked_mean(gates, mask) if pooling == "mean" else gates
 
     def named(self, gates: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {site: gates[..., i] for i, site in enumerate(self.sites)}
+        return dict(zip(self.sites, gates.unbind(-1)))  # one operation for all sites
 
     def subset(self, sites: list[str]) -> SigmoidGate:
         """The same gate computing only ``sites`` (independent sigmoids: the others' values are unchanged)."""

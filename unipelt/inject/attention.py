@@ -110,14 +110,44 @@ KEY_ALIGN = 16  # see _alignment
 class Prefix(NamedTuple):
     """The prefix a call's rows attend to in one layer.
 
-    ``kv``: keys and values (2, B or 1, Hkv, P, D), batch 1 when one task has the whole batch (broadcast, not
-    copied); ``valid``: (B, P) which columns exist for each row, None when all do; ``gate``: the prefix gate
+    ``kv``: keys and values, each (B or 1, Hkv, P, D), batch 1 when one task has the whole batch (broadcast,
+    not copied); ``valid``: (B, P) which columns exist for each row, None when all do; ``gate``: the prefix gate
     per row (B,) or per row and token (B, T), None when ungated.
     """
 
-    kv: torch.Tensor
+    kv: tuple[torch.Tensor, torch.Tensor]
     valid: torch.Tensor | None
     gate: torch.Tensor | None
+
+
+def _kv_layout(
+    prefix: torch.Tensor, kv_heads: int, head_dim: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's (2, P, kv_dim) prefix as keys and values shaped like attention's, (1, Hkv, P, D) each."""
+    if prefix.dtype != dtype:
+        prefix = prefix.to(dtype)
+    keys, values = prefix.view(2, prefix.shape[1], kv_heads, head_dim).transpose(1, 2).unsqueeze(1).unbind(0)
+    return keys, values
+
+
+def _layer_kv(
+    encoder: Any, index: int, kv_heads: int, head_dim: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Layer ``index``'s prefix keys and values (:func:`_kv_layout`).
+
+    Inference from stored vectors keeps them on the encoder until the stored tensor changes (in place, or
+    replaced), so a cached decoding step does not reshape every layer's prefix again. With gradients on, while
+    dynamo traces, or from the reparameterisation MLP, they are shaped afresh.
+    """
+    stored = encoder.prefix
+    if not isinstance(stored, torch.Tensor) or torch.is_grad_enabled() or tracing():
+        return _kv_layout(encoder.layer_prefix(index), kv_heads, head_dim, dtype)
+    cache = encoder.__dict__.setdefault("_unipelt_kv", {})
+    key, state = (index, kv_heads, head_dim, dtype), (stored.data_ptr(), stored._version)
+    hit = cache.get(key)
+    if hit is None or hit[0] is not stored or hit[1] != state:
+        hit = cache[key] = (stored, state, _kv_layout(stored[index], kv_heads, head_dim, dtype))
+    return hit[2]
 
 
 def _gather_prefixes(
@@ -134,26 +164,21 @@ def _gather_prefixes(
         encoder = tasks[group.task].prefix
         if encoder is None or index in encoder.pruned_layers:
             continue
-        prefix = encoder.layer_prefix(index)  # (2, P, kv_dim)
-        if prefix.dtype != dtype:
-            prefix = prefix.to(dtype)
-        length = prefix.shape[1]
-        prefix = prefix.view(2, length, kv_heads, head_dim).transpose(1, 2)  # (2, Hkv, P, D)
-        found.append((group, prefix, group.gates.get("prefix")))
+        found.append((group, _layer_kv(encoder, index, kv_heads, head_dim, dtype), group.gates.get("prefix")))
     if not found:
         return None
     if len(found) == 1 and found[0][0].rows is None:
-        _, prefix, gate = found[0]
-        return Prefix(prefix.unsqueeze(1), None, gate)
-    longest = max(prefix.shape[2] for _, prefix, _ in found)
+        _, kv, gate = found[0]
+        return Prefix(kv, None, gate)
+    longest = max(kv[0].shape[2] for _, kv, _ in found)
     per_token = any(gate is not None and gate.dim() == 2 for _, _, gate in found)
     kv = None
-    valid = torch.zeros(batch, longest, dtype=torch.bool, device=found[0][1].device)
+    valid = torch.zeros(batch, longest, dtype=torch.bool, device=found[0][1][0].device)
     gates = torch.zeros((batch, q_len) if per_token else (batch,), dtype=dtype, device=valid.device)
-    for group, prefix, gate in found:
+    for group, (keys, values), gate in found:
         rows = group.rows if group.rows is not None else torch.arange(batch, device=valid.device)
-        length = prefix.shape[2]
-        padded = F.pad(prefix, (0, 0, 0, longest - length)).unsqueeze(1)  # (2, 1, Hkv, Pmax, D)
+        length = keys.shape[2]
+        padded = F.pad(torch.stack([keys, values]), (0, 0, 0, longest - length))  # (2, 1, Hkv, Pmax, D)
         if kv is None:
             kv = padded.new_zeros(2, batch, *padded.shape[2:])
         kv = kv.index_copy(1, rows, padded.expand(-1, len(rows), -1, -1, -1))
@@ -164,7 +189,8 @@ def _gather_prefixes(
         if per_token:
             gate = gate[:, -q_len:] if gate.dim() == 2 else gate[:, None].expand(-1, q_len)
         gates = gates.index_copy(0, rows, gate)
-    return Prefix(kv, valid, gates)
+    keys, values = kv.unbind(0)
+    return Prefix((keys, values), valid, gates)
 
 
 def attend_with_prefix(
@@ -204,7 +230,7 @@ def _attend(
     """:func:`attend_with_prefix` without the observer. ``masks``: the call's extended masks, which every layer
     of a single-task call shares (same model mask, lengths and prefix), so each is built once per call."""
     batch, _, q_len, head_dim = query.shape
-    kv, valid, gate = prefix
+    (prefix_k, prefix_v), valid, gate = prefix
     if valid is not None:
         masks = None  # a mixed-task batch: which columns exist depends on the layer's prefixes
     causal = kwargs.pop("is_causal", None)
@@ -212,13 +238,13 @@ def _attend(
     if gate is not None and gate.dim() == 2 and q_len == 1:
         gate = gate[:, -1]  # one query per row (a cached decoding step): its gate is the row's, no widening
     if gate is not None and gate.dim() == 1:
-        kv = kv * (gate if gate.dtype == kv.dtype else gate.to(kv.dtype)).view(1, -1, 1, 1, 1)
-        gate = None
-    p_len, pad = kv.shape[3], 0
+        g = (gate if gate.dtype == prefix_k.dtype else gate.to(prefix_k.dtype)).view(-1, 1, 1, 1)
+        prefix_k, prefix_v, gate = prefix_k * g, prefix_v * g, None
+    p_len, pad = prefix_k.shape[2], 0
     if inner is sdpa_attention_forward and q_len > 1:  # one query (a decoding step) has no softmax to align
         pad = _alignment(p_len, key.shape[2])
         if pad:
-            kv = F.pad(kv, (0, 0, 0, pad))
+            prefix_k, prefix_v = F.pad(prefix_k, (0, 0, 0, pad)), F.pad(prefix_v, (0, 0, 0, pad))
     entry = (id(attention_mask), q_len, key.shape[2], p_len, pad, causal)
     cached = None if masks is None else masks.get(entry)
     if cached is None:
@@ -228,7 +254,8 @@ def _attend(
             masks[entry] = (mask, attention_mask)  # holding the model's mask keeps its id unique in the call
     else:
         mask = cached[0]
-    prefix_k, prefix_v = kv.expand(-1, batch, -1, -1, -1).unbind(0)
+    if prefix_k.shape[0] != batch:
+        prefix_k, prefix_v = prefix_k.expand(batch, -1, -1, -1), prefix_v.expand(batch, -1, -1, -1)
     if gate is None:
         key = torch.cat([prefix_k, key], dim=2)
         value = torch.cat([prefix_v, value], dim=2)

@@ -101,9 +101,8 @@ class ForwardContext:
     groups: list[Group]
     enabled: bool = True
     mask: torch.Tensor | None = None  # (B, T) padding mask of the call, None when nothing is padded
-    gates: dict[int, dict[str, dict[str, torch.Tensor]]] = field(
-        default_factory=dict
-    )  # layer -> task -> site
+    # layer -> that layer's row groups, whose ``gates`` hold the values per site once the layer has run
+    gates: dict[int, list[RowGroup]] = field(default_factory=dict)
     live: list | None = None  # collector of live gate values for a gate penalty, when one is asked for
     tasks: Any = None  # the model's ModuleDict of tasks
     observer: Observer | None = None  # set by ``model.observe``; None on every ordinary call

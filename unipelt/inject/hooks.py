@@ -31,6 +31,7 @@ from unipelt.inject.context import (
     DISABLED,
     FORWARD,
     LAST_GATES,
+    LAYER,
     OBSERVE,
     ROUTE,
     TRACED,
@@ -67,9 +68,6 @@ class Injector(LayerHooks):
         for index, layer in enumerate(self.layers):
             self._handles.append(
                 layer.register_forward_pre_hook(partial(self._layer_begin, index), with_kwargs=True)
-            )
-            self._handles.append(
-                layer.register_forward_hook(partial(self._layer_end, index), always_call=True)
             )
             attention = layer.get_submodule(arch.attention)
             attention.__dict__[LAYER_KEY] = index
@@ -170,17 +168,23 @@ class Injector(LayerHooks):
 
     def _end(self, module: nn.Module, args: tuple, output: Any) -> None:
         if tracing():
-            TRACED.context = None
+            TRACED.context = TRACED.layer = None
             return
         context = FORWARD.get()
         if context is None or context.model_id != self.key:
             return
+        LAYER.set(None)
         try:
             FORWARD.reset(context.token)
         except ValueError:
             FORWARD.set(None)
-        if context.enabled:
-            set_for_model(LAST_GATES, self.key, self._assemble(context))
+        if not context.enabled:
+            return
+        if context.live is not None:
+            context.live.extend(
+                v for groups in context.gates.values() for g in groups for v in g.gates.values()
+            )
+        set_for_model(LAST_GATES, self.key, self._assemble(context))
 
     def _read_mask(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         context = current_forward(self.key)
@@ -199,13 +203,17 @@ class Injector(LayerHooks):
 
     def _assemble(self, context: ForwardContext) -> dict[int, dict[str, torch.Tensor]]:
         """Gate values per layer and site in batch order; rows of tasks without a site hold NaN."""
+        recorded = {
+            layer: {g.task: g.gates for g in groups if g.gates}
+            for layer, groups in sorted(context.gates.items())
+        }
         if context.single:
             task = context.groups[0].task
-            return {layer: dict(by_task.get(task, {})) for layer, by_task in sorted(context.gates.items())}
+            return {layer: dict(by_task.get(task, {})) for layer, by_task in recorded.items()}
         rows = {g.task: g.rows for g in context.groups}
         batch = sum(len(r) for r in rows.values())
         out: dict[int, dict[str, torch.Tensor]] = {}
-        for layer, by_task in sorted(context.gates.items()):
+        for layer, by_task in recorded.items():
             sites: dict[str, torch.Tensor] = {}
             for task, values in by_task.items():
                 for site, value in values.items():

@@ -1,7 +1,7 @@
 """The hooks inside one transformer layer: its begin and end, its attention input, its projections, the heads.
 
-- on each transformer layer: a :class:`~unipelt.inject.context.LayerCall` for that layer's run (under
-  gradient checkpointing, set again around the re-run in backward, see :class:`_Replaying`);
+- on each transformer layer, before it: a :class:`~unipelt.inject.context.LayerCall` for that layer's run
+  (under gradient checkpointing, set again around the re-run in backward, see :class:`_Replaying`);
 - on each self-attention module (or the layer's ``gate_site``, for attention over windows, see
   :mod:`unipelt.inject.windows`): each task's layer gates and whatever its modules prepare from the attention
   input (LoRA's down projections of the query, key and value, in the same matmul as the gate); a projection
@@ -93,28 +93,21 @@ class LayerHooks:
     key: int
 
     def _layer_begin(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        """The layer's call state. It stays set until the next layer's begins or the model's call ends (a
+        stale one is never read: :func:`current_layer` matches the index), so a layer needs no end hook; its
+        row groups are recorded now and their gate values read when the call ends."""
         context = current_forward(self.key)
         call = None if context is None else LayerCall(index, context)
         if tracing():
             TRACED.layer = call
             return
         LAYER.set(call)
-        checkpointing = module.__dict__.get("_gradient_checkpointing_func")
-        if call is not None and checkpointing is not None and not isinstance(checkpointing, _Replaying):
-            module._gradient_checkpointing_func = _Replaying(checkpointing)
-
-    def _layer_end(self, index: int, module: nn.Module, args: tuple, output: Any) -> None:
-        call = current_layer(index)
-        if tracing():
-            TRACED.layer = None
-            return
-        LAYER.set(None)
         if call is None:
             return
-        context = call.context
-        context.gates[index] = {g.task: g.gates for g in call.groups if g.gates}
-        if context.live is not None:
-            context.live.extend(value for g in call.groups for value in g.gates.values())
+        context.gates[index] = call.groups
+        checkpointing = module.__dict__.get("_gradient_checkpointing_func")
+        if checkpointing is not None and not isinstance(checkpointing, _Replaying):
+            module._gradient_checkpointing_func = _Replaying(checkpointing)
 
     def _gates(self, index: int, module: nn.Module, args: tuple, kwargs: dict) -> None:
         call = current_layer(index)
