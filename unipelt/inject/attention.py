@@ -236,8 +236,9 @@ def _attend(
     causal = kwargs.pop("is_causal", None)
     causal = bool(getattr(module, "is_causal", False) if causal is None else causal)
     if gate is not None and gate.dim() == 2 and q_len == 1:
-        gate = gate[:, -1]  # one query per row (a cached decoding step): its gate is the row's, no widening
-    if gate is not None and gate.dim() == 1:
+        # One query per row (a cached decoding step): its gate is the row's, no widening.
+        gate = gate if gate.shape[1] == 1 else gate[:, -1]  # (B, 1) or (B,): one value per row
+    if gate is not None and (gate.dim() == 1 or q_len == 1):
         g = (gate if gate.dtype == prefix_k.dtype else gate.to(prefix_k.dtype)).view(-1, 1, 1, 1)
         prefix_k, prefix_v, gate = prefix_k * g, prefix_v * g, None
     p_len, pad = prefix_k.shape[2], 0

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unipelt.gates import SigmoidGate, broadcastable
-from unipelt.modules.base import BuildSpec, PeftModule, RowGroup, register
+from unipelt.modules.base import BuildSpec, PeftModule, RowGroup, few_rows, register
 from unipelt.modules.joined import joined
 from unipelt.modules.projections import projection_features
 
@@ -75,7 +75,7 @@ class BottleneckAdapter(PeftModule):
                 group.gates["adapter"] = gate
             elif self.routed:
                 gate = group.gates.get("adapter")
-            return self._up(out, z if gate is None else z * broadcastable(gate, z))
+            return self._up(out, z, gate)
         gate = None
         if self.gate is not None:
             gate = self.gate(out, group.mask_for(out), self.pooling)["adapter"]
@@ -128,10 +128,17 @@ class BottleneckAdapter(PeftModule):
             z, column = z * g, g
         return self._up(h, torch.cat([z, column], dim=-1))
 
-    def _up(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """h + z [W_up, b_up]^T: ``z`` is the (gated) bottleneck with the (gated) ones column last."""
+    def _up(self, h: torch.Tensor, z: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+        """h + g * z [W_up, b_up]^T: ``z`` is the bottleneck with the ones column last, ``gate`` its gate."""
         up = self.up
         weight = joined(self, "up", [up.weight, up.bias], lambda: torch.cat([up.weight, up.bias[:, None]], 1))
+        if few_rows(h):  # a decoding step: three operations
+            delta = F.linear(z, weight)
+            return h.add_(delta) if gate is None else h.addcmul_(delta, broadcastable(gate, delta))
+        if (
+            gate is not None
+        ):  # gated in the narrow bottleneck, so the wide activation is read and written once
+            z = z * broadcastable(gate, z)
         flat, z = h.reshape(-1, h.shape[-1]), z.reshape(-1, z.shape[-1])
         if not torch.is_grad_enabled() and not torch.compiler.is_compiling() and h.is_contiguous():
             return flat.addmm_(z, weight.t()).view(h.shape)  # inference: accumulate into h (flat is a view)

@@ -31,6 +31,21 @@ from torch import nn
 from unipelt.errors import UniPELTError
 from unipelt.inject.architectures import Architecture
 
+# An inference call with at most this many token rows (a cached decoding step, a short request) adds a module's
+# full-width update with a fresh product and one in-place sum: fewer operations, which is what such a call
+# costs. Longer calls accumulate into the output with addmm instead, reading and writing it once.
+FEW_ROWS = 16
+
+
+def few_rows(out: torch.Tensor) -> bool:
+    """Whether ``out`` (rows..., width) is an eager inference output small enough for the few-operations update
+    (a compiled graph fuses either form; gradients need the output kept, not summed into)."""
+    return (
+        not torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+        and out.numel() <= FEW_ROWS * out.shape[-1]
+    )
+
 
 @dataclass
 class BuildSpec:

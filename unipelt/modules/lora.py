@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from unipelt.errors import UniPELTError
 from unipelt.gates import broadcastable
 from unipelt.inject.architectures import Architecture
-from unipelt.modules.base import BuildSpec, PeftModule, RowGroup, register
+from unipelt.modules.base import BuildSpec, PeftModule, RowGroup, few_rows, register
 from unipelt.modules.projections import locate, on_slice, output_slice, projection_features
 
 # Projections that read the self-attention module's own input: their down projections can be computed before
@@ -109,16 +110,19 @@ class LoRALayer(PeftModule):
     def apply(self, role: str, x: torch.Tensor, out: torch.Tensor, group: RowGroup) -> torch.Tensor:
         lora: LoRA = getattr(self, role)
         part, parts = self.slots[role]
-        # Scale in the rank-r bottleneck, then one addmm adds B(.) into the output: no full-width temporaries.
         mid = group.prepared.get(f"lora_{role}")
         if mid is None:
             mid = lora.down(x)
-        if self.gate == "none":
-            mid = mid * lora.scaling
-        else:
-            gate = group.gates.get("lora" if self.gate == "softmax" else f"lora_{role}")
-            if gate is not None:  # None: the gate was folded into B by a plan, nothing to scale
-                mid = mid * broadcastable(gate, mid)
+        # None: the gate was folded into B by a plan, nothing to scale
+        scale = lora.scaling if self.gate == "none" else group.gates.get(self._site(role))
+        if parts == 1 and few_rows(out):
+            delta = F.linear(mid, lora.lora_B.weight)
+            if scale is None or isinstance(scale, float):
+                return out.add_(delta, alpha=1.0 if scale is None else scale)
+            return out.addcmul_(delta, broadcastable(scale, delta))
+        # Scale in the rank-r bottleneck, then one addmm adds B(.) into the output: no full-width temporaries.
+        if scale is not None:
+            mid = mid * (scale if isinstance(scale, float) else broadcastable(scale, mid))
         mid = mid.reshape(-1, mid.shape[-1])
         if parts == 1:
             flat = out.view(-1, out.shape[-1])
@@ -128,6 +132,9 @@ class LoRALayer(PeftModule):
             return out
         delta = (mid @ lora.lora_B.weight.t()).view(*out.shape[:-1], -1)
         return on_slice(out, part, parts, lambda piece: piece + delta)
+
+    def _site(self, role: str) -> str:
+        return "lora" if self.gate == "softmax" else f"lora_{role}"
 
     def mergeable(self) -> bool:
         return self.gate == "none"
