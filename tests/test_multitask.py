@@ -67,6 +67,29 @@ def test_mixed_task_batch_equals_each_row_alone(arch):
         assert torch.isnan(mixed[row, widths[name] :]).all(), "columns beyond a task's labels are NaN"
 
 
+def test_a_mixed_batch_gathers_only_what_its_modules_read(monkeypatch):
+    """Output sites whose modules read only the output (the adapter) or what the layer prepared before attention
+    (LoRA on query and value) gather each task's rows of the output alone, never the projection's input (at the
+    adapter's site the feed-forward block's wide inner state, 37 wide here)."""
+    from unipelt.inject.context import RowGroup
+
+    model = UniPELTModel(tiny_model("bert"))
+    model.add_task("a", "unipelt")
+    model.add_task("b", "unipelt")
+    perturb(model)
+    gathered, take = [], RowGroup.take
+
+    def spy(self, tensor):
+        gathered.append(tensor.shape[-1])
+        return take(self, tensor)
+
+    monkeypatch.setattr(RowGroup, "take", spy)
+    logits(model, batch("bert", batch_size=4, length=9), task=["a", "b", "b", "a"])
+    assert 37 not in gathered
+    # per layer and task: the attention input for the gates, the query and value outputs, the adapter's output
+    assert len(gathered) == 2 * 2 * 4, gathered
+
+
 def _row(inputs: dict, row: int) -> dict:
     """Decoders classify at the last real token: keep the row's own padding so the pick is the same."""
     return {key: value[row : row + 1] for key, value in inputs.items()}

@@ -146,8 +146,16 @@ class LayerHooks:
                 continue
             if group.rows is None:  # one task for the whole batch: no gathering, in place where allowed
                 return through(parts, group, x, out)
-            rows = through(parts, group, group.take(x), None if out is None else group.take(out))
-            result, changed = result.index_copy(0, group.rows, rows), True
+            # The input of an output site is gathered only when a module reads it (the adapter's would be the
+            # feed-forward block's wide inner state).
+            reads = out is None or any(part.reads_input(role, group) for role, part in parts)
+            rows = through(
+                parts, group, group.take(x) if reads else None, None if out is None else group.take(out)
+            )
+            if changed and not torch.is_grad_enabled():  # the copy made by the first task's rows is ours
+                result.index_copy_(0, group.rows, rows)
+            else:
+                result, changed = result.index_copy(0, group.rows, rows), True
         return result if changed else None
 
     def _head(self, path: str, module: nn.Module, args: tuple, kwargs: dict, output: Any):

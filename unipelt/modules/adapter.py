@@ -68,6 +68,9 @@ class BottleneckAdapter(PeftModule):
     def sites(self) -> list[tuple[str, str]]:
         return [("ffn_output", "output")]
 
+    def reads_input(self, role: str, group: RowGroup) -> bool:
+        return False  # it reads the feed-forward block's output only
+
     def apply(self, role: str, x: torch.Tensor, out: torch.Tensor, group: RowGroup) -> torch.Tensor:
         if isinstance(self.act, nn.ReLU):
             z, gate = self._down(out, group.mask_for(out))

@@ -105,6 +105,14 @@ class PeftModule(nn.Module):
         """
         raise NotImplementedError
 
+    def reads_input(self, role: str, group: RowGroup) -> bool:
+        """Whether :meth:`apply` at an output site of ``role`` reads ``x``, the projection's input, for these rows.
+
+        When no module at a site does, the rows of a mixed-task batch are gathered from the output alone and
+        ``x`` is None. True unless a module knows better.
+        """
+        return True
+
     def merge(self, layer: nn.Module, arch: Architecture) -> None:
         """Fold this module into the frozen weights of ``layer``; refused unless the maths allows it."""
         raise UniPELTError(f"{self.kind} cannot be merged into the base weights")

@@ -133,6 +133,9 @@ class LoRALayer(PeftModule):
         delta = (mid @ lora.lora_B.weight.t()).view(*out.shape[:-1], -1)
         return on_slice(out, part, parts, lambda piece: piece + delta)
 
+    def reads_input(self, role: str, group: RowGroup) -> bool:
+        return f"lora_{role}" not in group.prepared  # its down projection was made before attention
+
     def _site(self, role: str) -> str:
         return "lora" if self.gate == "softmax" else f"lora_{role}"
 
