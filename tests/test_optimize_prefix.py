@@ -234,3 +234,13 @@ def test_a_shortened_run_evaluates_exports_and_restores(tiny_model_dir, glue_dir
     restored = tmp_path / "rte-restored"
     assert main(["optimize", str(short), "--restore", "--out", str(restored)]) == 0
     assert Run(restored).load()[0].tasks["default"].prefix.length == 10
+
+
+def test_the_step_runs_only_where_a_prefix_is_kept_and_attention_reports_its_weights():
+    from unipelt.autopelt.prefix_step import can_shorten
+
+    model = apl("bert")
+    assert can_shorten(model, "default", Plan({Unit(0, "prefix")}))
+    assert not can_shorten(model, "default", Plan({Unit(0, "prefix"), Unit(1, "prefix")}))
+    assert not can_shorten(add_unipelt(tiny_model("bert"), "lora"), "default", Plan())
+    assert not can_shorten(apl("mpnet"), "default", Plan())  # its attention runs through a seam

@@ -108,7 +108,7 @@ def optimize_run(
     limits = (threshold, epsilon, max_drop)
     plan, chosen = _choose_plan(model, stats, before_valid, splits, limits, evaluate, log)
     steps = [("trained", Plan()), ("prune", Plan(set(plan.prune))), ("fold", plan)]
-    if shorten_prefix and can_shorten(model, name):
+    if shorten_prefix and can_shorten(model, name, plan):
         floor = before_valid[splits.kind.main_metric(splits)] - max_drop / 100.0
         plan = _shorten(model, name, plan, valid, evaluate, floor, chosen)
         steps.append(("shorten", plan))

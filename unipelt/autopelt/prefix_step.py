@@ -35,9 +35,13 @@ from unipelt.plan import Plan, Unit, planned_copy
 from unipelt.running.loop import forward_batches
 
 
-def can_shorten(model: Any, name: str) -> bool:
-    """Whether task ``name`` has a prefix and the model's attention can report where it goes."""
-    return model.tasks[name].prefix is not None and model.arch.seam == "interface"
+def can_shorten(model: Any, name: str, plan: Plan) -> bool:
+    """Whether task ``name`` has a prefix that ``plan`` keeps somewhere and the model's attention can report
+    where it goes."""
+    task = model.tasks[name]
+    if task.prefix is None or model.arch.seam != "interface":
+        return False
+    return any(Unit(i, "prefix") not in plan.prune for i in range(len(task.layers)))
 
 
 def _accumulate(sums: torch.Tensor, counts: torch.Tensor, index: int, length: int, mask: list) -> Callable:
