@@ -186,26 +186,32 @@ def test_optimize_with_no_budget_never_loses_metric_and_reports_each_step(
     from unipelt.training import train
 
     train(tiny_run_config(tiny_model_dir, glue_dir, tmp_path / "rte", n_valid=32))
-    out = tmp_path / "rte-opt"
-    assert (
-        main(["optimize", str(tmp_path / "rte"), "--out", str(out), "--max-drop", "0", "--threads", "1"]) == 0
-    )
+    searched, flagged = tmp_path / "rte-opt", tmp_path / "rte-flags"
+    args = ["optimize", str(tmp_path / "rte"), "--max-drop", "0", "--threads", "1"]
+    assert main([*args, "--out", str(searched)]) == 0
+    # thresholds that prune and fold nothing: the prefix step gets every layer's prefix to work on
+    assert main([*args, "--out", str(flagged), "--threshold", "0", "--epsilon", "0", "--no-timing"]) == 0
     printed = capsys.readouterr().out
-    report = json.loads((out / "optimize.json").read_text())
-    steps = [row["step"] for row in report["steps"]]
-    assert steps == ["trained", "prune", "fold", "shorten"] and "shorten" in printed
-    metric = report["metric"]
-    for row in report["steps"]:
-        assert row["valid"][metric] >= report["valid"]["before"][metric]
-        assert {"1x128", "32x128"} == set(row["inference_ratio"]) and row["parameters"] > 0
-    assert report["valid"]["after"][metric] >= report["valid"]["before"][metric]
-    assert report["steps"][-1]["parameters"] <= report["steps"][0]["parameters"]
+    for out in (searched, flagged):
+        report = json.loads((out / "optimize.json").read_text())
+        metric, steps = report["metric"], [row["step"] for row in report["steps"]]
+        folded = report["steps"][2]["plan"]  # the prefix step runs when the fold step left a prefix layer
+        kept = sum(1 for _, site in folded["prune"] if site == "prefix") < 2
+        assert steps == (["trained", "prune", "fold", "shorten"] if kept else ["trained", "prune", "fold"])
+        for row in report["steps"]:
+            assert row["valid"][metric] >= report["valid"]["before"][metric] and row["parameters"] > 0
+        assert report["valid"]["after"][metric] >= report["valid"]["before"][metric]
+        assert report["steps"][-1]["parameters"] <= report["steps"][0]["parameters"]
+    timed = json.loads((searched / "optimize.json").read_text())
+    assert all({"1x128", "32x128"} == set(row["inference_ratio"]) for row in timed["steps"])
+    report = json.loads((flagged / "optimize.json").read_text())
+    assert report["steps"][-1]["step"] == "shorten" and "shorten" in printed
     assert len(report["prefix_mass"]) == 2 and set(report["prefix_step"]) == {"layers_emptied", "length"}
-    model, _ = Run(out).load()
+    model, _ = Run(flagged).load()
     length = report["steps"][-1]["prefix_length"]
     encoder = model.tasks["default"].prefix
     assert (encoder is None and length == 0) or encoder.length == length
-    assert main(["eval", str(out), "--json"]) == 0
+    assert main(["eval", str(flagged), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[metric] == pytest.approx(report["test"]["after"][metric])
 
 
