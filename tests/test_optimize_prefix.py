@@ -131,35 +131,36 @@ def test_malformed_shortening_plans_are_clear_errors():
         apply_plan(lora, "default", Plan(positions={0: (0,), 1: (0,)}))
 
 
-def test_shortened_plans_empty_the_lowest_layers_first_and_keep_one_length():
+def test_shortened_plans_empty_the_lowest_layers_and_keep_each_layers_heaviest():
     score = torch.tensor([[0.1, 0.2, 0.9], [0.01, 0.02, 0.03], [0.5, 0.6, 0.7]])
     start = Plan({Unit(0, "adapter")}, {Unit(1, "prefix"): 0.5})
-    assert shortened(start, score, 2) is start  # every layer still has 3 positions: nothing to store
-    three = shortened(start, score, 3)
-    assert three.prune == {Unit(0, "adapter"), Unit(1, "prefix")} and not three.fold and not three.positions
-    assert shortened(start, score, 5).positions == {}  # layer 2 still keeps all 3: so does layer 0
-    six = shortened(start, score, 6)
-    assert six.positions == {0: (1, 2), 2: (1, 2)}  # layer 0 lost two, layer 2 keeps its heaviest two too
+    assert shortened(start, score, 0, 3) is start  # nothing to change
+    one = shortened(start, score, 1, 3)  # layer 1 has the lowest total
+    assert one.prune == {Unit(0, "adapter"), Unit(1, "prefix")} and not one.fold and not one.positions
+    assert shortened(start, score, 2, 3).prune == {Unit(0, "adapter"), Unit(1, "prefix"), Unit(0, "prefix")}
+    assert shortened(start, score, 1, 2).positions == {0: (1, 2), 2: (1, 2)}
+    assert shortened(start, score, 0, 1).positions == {0: (2,), 1: (2,), 2: (2,)}
     score[1] = float("nan")  # a layer without prefix takes no part
-    assert shortened(Plan({Unit(1, "prefix")}), score, 2) == Plan({Unit(1, "prefix")})
-    assert shortened(Plan({Unit(1, "prefix")}), score, 3).positions == {0: (1, 2), 2: (1, 2)}
+    assert shortened(start, score, 1, 3).prune == {Unit(0, "adapter"), Unit(0, "prefix")}
 
 
 def test_the_shortening_search_stays_within_its_budget():
     score = torch.arange(12, dtype=torch.float).reshape(3, 4)
     calls = []
 
-    def evaluate(plan):  # one point lost per layer emptied, half a point per position dropped elsewhere
+    def evaluate(plan):  # two points lost per layer emptied, half a point per position dropped elsewhere
         calls.append(plan)
         emptied = sum(1 for u in plan.prune if u.site == "prefix")
         kept = len(next(iter(plan.positions.values()))) if plan.positions else 4
-        return 0.9 - 0.01 * emptied - 0.005 * (4 - kept) * (3 - emptied)
+        return 0.9 - 0.02 * emptied - 0.005 * (4 - kept)
 
-    plan, dropped = shorten(Plan(), score, evaluate, floor=0.9 - 0.012)
-    assert plan.prune == {Unit(0, "prefix")} and not plan.positions and dropped == 4
-    assert len(calls) == len({json.dumps(p.to_dict()) for p in calls})  # no plan evaluated twice
-    nothing, none = shorten(Plan(), score, evaluate, floor=0.9)
-    assert nothing.empty and none == 0  # up to 3 dropped pairs leave every layer its 4: the same model
+    plan, outcome = shorten(Plan(), score, evaluate, floor=0.9 - 0.051)
+    assert outcome == {"layers_emptied": 2, "length": 2}
+    assert plan.prune == {Unit(0, "prefix"), Unit(1, "prefix")} and plan.positions == {2: (2, 3)}
+    assert evaluate(plan) >= 0.9 - 0.051
+    assert len(calls) - 1 == len({json.dumps(p.to_dict()) for p in calls[:-1]})  # no plan evaluated twice
+    nothing, outcome = shorten(Plan(), score, evaluate, floor=0.9)
+    assert nothing.empty and outcome == {"layers_emptied": 0, "length": 4}
 
 
 def test_deployed_parameters_count_only_what_the_forward_uses():
@@ -185,26 +186,32 @@ def test_optimize_with_no_budget_never_loses_metric_and_reports_each_step(
     from unipelt.training import train
 
     train(tiny_run_config(tiny_model_dir, glue_dir, tmp_path / "rte", n_valid=32))
-    out = tmp_path / "rte-opt"
-    assert (
-        main(["optimize", str(tmp_path / "rte"), "--out", str(out), "--max-drop", "0", "--threads", "1"]) == 0
-    )
+    searched, flagged = tmp_path / "rte-opt", tmp_path / "rte-flags"
+    args = ["optimize", str(tmp_path / "rte"), "--max-drop", "0", "--threads", "1"]
+    assert main([*args, "--out", str(searched)]) == 0
+    # thresholds that prune and fold nothing: the prefix step gets every layer's prefix to work on
+    assert main([*args, "--out", str(flagged), "--threshold", "0", "--epsilon", "0", "--no-timing"]) == 0
     printed = capsys.readouterr().out
-    report = json.loads((out / "optimize.json").read_text())
-    steps = [row["step"] for row in report["steps"]]
-    assert steps == ["trained", "prune", "fold", "shorten"] and "shorten" in printed
-    metric = report["metric"]
-    for row in report["steps"]:
-        assert row["valid"][metric] >= report["valid"]["before"][metric]
-        assert {"1x128", "32x128"} == set(row["inference_ratio"]) and row["parameters"] > 0
-    assert report["valid"]["after"][metric] >= report["valid"]["before"][metric]
-    assert report["steps"][-1]["parameters"] <= report["steps"][0]["parameters"]
-    assert len(report["prefix_mass"]) == 2 and report["prefix_dropped"] >= 0
-    model, _ = Run(out).load()
+    for out in (searched, flagged):
+        report = json.loads((out / "optimize.json").read_text())
+        metric, steps = report["metric"], [row["step"] for row in report["steps"]]
+        folded = report["steps"][2]["plan"]  # the prefix step runs when the fold step left a prefix layer
+        kept = sum(1 for _, site in folded["prune"] if site == "prefix") < 2
+        assert steps == (["trained", "prune", "fold", "shorten"] if kept else ["trained", "prune", "fold"])
+        for row in report["steps"]:
+            assert row["valid"][metric] >= report["valid"]["before"][metric] and row["parameters"] > 0
+        assert report["valid"]["after"][metric] >= report["valid"]["before"][metric]
+        assert report["steps"][-1]["parameters"] <= report["steps"][0]["parameters"]
+    timed = json.loads((searched / "optimize.json").read_text())
+    assert all({"1x128", "32x128"} == set(row["inference_ratio"]) for row in timed["steps"])
+    report = json.loads((flagged / "optimize.json").read_text())
+    assert report["steps"][-1]["step"] == "shorten" and "shorten" in printed
+    assert len(report["prefix_mass"]) == 2 and set(report["prefix_step"]) == {"layers_emptied", "length"}
+    model, _ = Run(flagged).load()
     length = report["steps"][-1]["prefix_length"]
     encoder = model.tasks["default"].prefix
     assert (encoder is None and length == 0) or encoder.length == length
-    assert main(["eval", str(out), "--json"]) == 0
+    assert main(["eval", str(flagged), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[metric] == pytest.approx(report["test"]["after"][metric])
 
 
@@ -234,3 +241,13 @@ def test_a_shortened_run_evaluates_exports_and_restores(tiny_model_dir, glue_dir
     restored = tmp_path / "rte-restored"
     assert main(["optimize", str(short), "--restore", "--out", str(restored)]) == 0
     assert Run(restored).load()[0].tasks["default"].prefix.length == 10
+
+
+def test_the_step_runs_only_where_a_prefix_is_kept_and_attention_reports_its_weights():
+    from unipelt.autopelt.prefix_step import can_shorten
+
+    model = apl("bert")
+    assert can_shorten(model, "default", Plan({Unit(0, "prefix")}))
+    assert not can_shorten(model, "default", Plan({Unit(0, "prefix"), Unit(1, "prefix")}))
+    assert not can_shorten(add_unipelt(tiny_model("bert"), "lora"), "default", Plan())
+    assert not can_shorten(apl("mpnet"), "default", Plan())  # its attention runs through a seam

@@ -108,7 +108,7 @@ def optimize_run(
     limits = (threshold, epsilon, max_drop)
     plan, chosen = _choose_plan(model, stats, before_valid, splits, limits, evaluate, log)
     steps = [("trained", Plan()), ("prune", Plan(set(plan.prune))), ("fold", plan)]
-    if shorten_prefix and can_shorten(model, name):
+    if shorten_prefix and can_shorten(model, name, plan):
         floor = before_valid[splits.kind.main_metric(splits)] - max_drop / 100.0
         plan = _shorten(model, name, plan, valid, evaluate, floor, chosen)
         steps.append(("shorten", plan))
@@ -166,7 +166,7 @@ def _shorten(
     chosen: dict[str, Any],
 ) -> Plan:
     """The prefix step on top of ``plan`` (validation metric at least ``floor``): its evaluations join the
-    trace, the measured attention mass and the number of dropped positions the report."""
+    trace, the measured attention per position and the layers emptied and length left the report."""
     mass, weight = prefix_mass(model, name, plan, valid)
 
     def score(candidate: Plan) -> float:
@@ -181,10 +181,10 @@ def _shorten(
         )
         return value
 
-    shortened, dropped = shorten(plan, weight, score, floor)
+    shortened, outcome = shorten(plan, weight, score, floor)
     chosen["prefix_mass"] = _rounded(mass)
     chosen["prefix_score"] = _rounded(weight)
-    chosen["prefix_dropped"] = dropped
+    chosen["prefix_step"] = outcome
     return shortened
 
 

@@ -10,12 +10,12 @@ folded into the vectors, so the mass is what the deployed model computes). What 
 attention can move the output by half its norm), so positions are ranked by their *score*: the mass times the
 norm of the value vector times the layer's mean prefix gate, what the position adds to the attention output.
 
-The step ranks the (layer, position) pairs of all layers together by score and drops the ``n`` lowest; a
-layer left with no position loses its prefix (that is where the time goes: its attention runs without the
-extra keys, the mask and the concatenation), and the other layers keep their own heaviest ``P'`` positions,
-``P'`` the most any layer kept, so the prefix keeps one (layers, 2, P', width) form that loading, export and
-serving already handle. A binary search finds the largest ``n`` whose validation metric stays at or above the
-budget's floor, as the prune and fold steps do.
+The step then searches in two stages, each a binary search for the most it can take with the validation
+metric at or above the budget's floor, as the prune and fold steps do: first it empties whole layers, lowest
+total score first (a layer without prefix is where the time goes: its attention runs without the extra keys,
+the mask and the concatenation); then it shortens the prefix of the layers left to ``P'`` positions each, every
+layer keeping its own highest-scoring ones, so the prefix keeps one (layers, 2, P', width) form that loading,
+export and serving already handle.
 
 The mass is read from the attention weights, which only the eager attention returns: it is measured on a copy
 of the model switched to it (models whose attention runs through a seam, MPNet and DeBERTa, skip the step).
@@ -35,9 +35,13 @@ from unipelt.plan import Plan, Unit, planned_copy
 from unipelt.running.loop import forward_batches
 
 
-def can_shorten(model: Any, name: str) -> bool:
-    """Whether task ``name`` has a prefix and the model's attention can report where it goes."""
-    return model.tasks[name].prefix is not None and model.arch.seam == "interface"
+def can_shorten(model: Any, name: str, plan: Plan) -> bool:
+    """Whether task ``name`` has a prefix that ``plan`` keeps somewhere and the model's attention can report
+    where it goes."""
+    task = model.tasks[name]
+    if task.prefix is None or model.arch.seam != "interface":
+        return False
+    return any(Unit(i, "prefix") not in plan.prune for i in range(len(task.layers)))
 
 
 def _accumulate(sums: torch.Tensor, counts: torch.Tensor, index: int, length: int, mask: list) -> Callable:
@@ -108,40 +112,37 @@ def prefix_mass(
     return mass, score
 
 
-def shortened(plan: Plan, score: torch.Tensor, dropped: int) -> Plan:
-    """``plan`` with the ``dropped`` lowest-scoring (layer, position) pairs of ``score`` gone (see the module
-    doc)."""
-    layers, length = score.shape
-    live = [
-        (float(score[i, p]), i, p) for i in range(layers) for p in range(length) if not score[i, 0].isnan()
-    ]
-    gone = [i for _, i, _ in sorted(live)[:dropped]]
-    left = {i: length - gone.count(i) for i in {i for _, i, _ in live}}
-    emptied = {Unit(i, "prefix") for i, n in left.items() if n == 0}
-    keep = max(left.values(), default=0)
-    if not emptied and keep == length:
+def _live_layers(score: torch.Tensor) -> list[int]:
+    """Layers with a prefix (a row of scores), lowest total score first."""
+    live = [i for i in range(score.shape[0]) if not bool(score[i].isnan().any())]
+    return sorted(live, key=lambda i: (float(score[i].sum()), i))
+
+
+def shortened(plan: Plan, score: torch.Tensor, emptied: int, length: int) -> Plan:
+    """``plan`` with the prefix of the ``emptied`` lowest-scoring layers pruned and every other layer keeping
+    its ``length`` highest-scoring positions (``plan`` itself when that changes nothing)."""
+    live = _live_layers(score)
+    gone = {Unit(i, "prefix") for i in live[:emptied]}
+    if not gone and length >= score.shape[1]:
         return plan
-    fold = {unit: value for unit, value in plan.fold.items() if unit not in emptied}
     positions = {}
-    if keep < length:
-        for i, n in left.items():
-            if n:
-                heaviest = sorted(range(length), key=lambda p, i=i: (-float(score[i, p]), p))[:keep]
-                positions[i] = tuple(sorted(heaviest))
-    return Plan(plan.prune | emptied, fold, positions)
+    if length < score.shape[1]:
+        for i in live[emptied:]:
+            ranked = sorted(range(score.shape[1]), key=lambda p, i=i: (-float(score[i, p]), p))
+            positions[i] = tuple(sorted(ranked[:length]))
+    fold = {unit: value for unit, value in plan.fold.items() if unit not in gone}
+    return Plan(plan.prune | gone, fold, positions)
 
 
 def shorten(
     plan: Plan, score: torch.Tensor, evaluate: Callable[[Plan], float], floor: float
-) -> tuple[Plan, int]:
+) -> tuple[Plan, dict[str, int]]:
     """The most shortened ``plan`` whose ``evaluate`` stays at or above ``floor`` (positions ranked by
-    ``score``), and how many (layer, position) pairs its model has no more; each distinct plan is evaluated
-    once."""
-    pairs = int((~score.isnan()).sum())
+    ``score``), with how many layers it empties and the prefix length it leaves; each distinct plan is
+    evaluated once."""
     seen: dict[str, float] = {}
 
-    def ok(n: int) -> bool:
-        candidate = shortened(plan, score, n)
+    def ok(candidate: Plan) -> bool:
         if candidate is plan:
             return True
         key = json.dumps(candidate.to_dict(), sort_keys=True)
@@ -149,11 +150,10 @@ def shorten(
             seen[key] = evaluate(candidate)
         return seen[key] >= floor
 
-    best = shortened(plan, score, largest(pairs, ok))
-    if best is plan:
-        return plan, 0
-    layers_left = len(best.positions) or sum(
-        1 for i in range(score.shape[0]) if not score[i, 0].isnan() and Unit(i, "prefix") not in best.prune
-    )
-    length = len(next(iter(best.positions.values()))) if best.positions else score.shape[1]
-    return best, pairs - layers_left * length
+    full = score.shape[1]
+    live = len(_live_layers(score))
+    emptied = largest(live, lambda n: ok(shortened(plan, score, n, full)))
+    if emptied == live:
+        return shortened(plan, score, emptied, full), {"layers_emptied": emptied, "length": 0}
+    cut = largest(full - 1, lambda d: ok(shortened(plan, score, emptied, full - d)))
+    return shortened(plan, score, emptied, full - cut), {"layers_emptied": emptied, "length": full - cut}

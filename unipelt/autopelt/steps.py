@@ -52,6 +52,7 @@ def step_report(
         rows.append(
             {
                 "step": step,
+                "plan": plan.to_dict(),
                 "pruned": len(plan.prune),
                 "folded": len(plan.fold),
                 "prefix_length": _prefix_length(models[step], name),
