@@ -4,7 +4,7 @@ Measured on MiniLM (packaged) with 4 UniPELT (APL) tasks, inference in the deplo
 
 - time: one forward of a mixed batch (4 tasks x 8 examples, rows interleaved) against 4 forwards of 8 examples,
   one per task, and against one single-task forward of 32 (what the mixed batch would cost with no routing);
-  interleaved in one process, medians (:mod:`timing`);
+  interleaved in one process, medians of wall time (:mod:`timing`) and of this thread's CPU-time ratios;
 - memory: peak RSS of a fresh process that loads the model and runs one 32 x 128 forward, for 1 task, 4 tasks
   on one backbone, and 4 separate single-task models.
 
@@ -18,6 +18,7 @@ import json
 import os
 import statistics
 import sys
+import time
 
 import torch
 
@@ -65,6 +66,41 @@ def child(kind: str, seq_len: int) -> None:
     )
 
 
+def _cpu_timed(name: str, fn, cpu: dict[str, list[float]]):
+    """``fn`` that also appends this thread's CPU seconds per call to ``cpu[name]``."""
+
+    def run() -> None:
+        start = time.thread_time()
+        fn()
+        cpu.setdefault(name, []).append(time.thread_time() - start)
+
+    return run
+
+
+def _latency_records(times: dict[str, list[float]], cpu: dict[str, list[float]]) -> list[dict]:
+    """Wall medians and ratios, and the medians over rounds of this thread's CPU-time ratios (which other
+    processes on the machine disturb far less)."""
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    records = []
+    for name, value in medians.items():
+        per_round = zip(cpu[name], cpu["separate_4x8"], cpu["single_task_32"])
+        ratios = [(mine / separate, mine / single) for mine, separate, single in per_round]
+        records.append(
+            {
+                "measure": "latency",
+                "setup": name,
+                "median_s": value,
+                "ratio_to_separate": value / medians["separate_4x8"],
+                "ratio_to_single_task_32": value / medians["single_task_32"],
+                "cpu_median_s": statistics.median(cpu[name]),
+                "cpu_ratio_to_separate": statistics.median(r[0] for r in ratios),
+                "cpu_ratio_to_single_task_32": statistics.median(r[1] for r in ratios),
+                "n": len(times[name]),
+            }
+        )
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         epilog="Time: about 5 min.", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -97,24 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     def run_single() -> None:
         model(**mixed, task="a")
 
+    cpu: dict[str, list[float]] = {}
+    runs = {"mixed_4x8": run_mixed, "separate_4x8": run_separate, "single_task_32": run_single}
     with torch.inference_mode():
         times = timing.time_interleaved(
-            {"mixed_4x8": run_mixed, "separate_4x8": run_separate, "single_task_32": run_single},
-            repeats=args.repeats,
-            warmup=2,
+            {name: _cpu_timed(name, fn, cpu) for name, fn in runs.items()}, repeats=args.repeats, warmup=2
         )
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    for name, value in medians.items():
-        records.append(
-            {
-                "measure": "latency",
-                "setup": name,
-                "median_s": value,
-                "ratio_to_separate": value / medians["separate_4x8"],
-                "ratio_to_single_task_32": value / medians["single_task_32"],
-                "n": len(times[name]),
-            }
-        )
+    records += _latency_records(times, {name: values[2:] for name, values in cpu.items()})
     for kind in ("one_task", "four_tasks_one_backbone", "four_models"):
         argv_child = [
             sys.executable,

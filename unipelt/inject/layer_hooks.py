@@ -1,4 +1,4 @@
-"""The hooks inside one transformer layer: its begin and end, its attention input, its projections, the heads.
+"""The hooks inside one transformer layer: its start, its attention input, its projections, the heads.
 
 - on each transformer layer, before it: a :class:`~unipelt.inject.context.LayerCall` for that layer's run
   (under gradient checkpointing, set again around the re-run in backward, see :class:`_Replaying`);
