@@ -156,14 +156,14 @@ def test_gates_folded_by_optimize_export_exactly(tmp_path, arch: str) -> None:
     assert (ours - theirs).abs().max() < TOLERANCE
 
 
-def test_a_silent_prefix_is_refused_with_the_way_out(tmp_path) -> None:
+def test_a_parallel_prefix_is_refused_with_the_way_out(tmp_path) -> None:
     from unipelt.plan import Plan, apply_plan, task_units
 
     model = trained("llama", "prefix", gate="sigmoid", prefix_reparam=False)
-    assert model.tasks["default"].prefix.attention_factor is not None
+    assert model.tasks["default"].prefix.parallel
     units = task_units(model.tasks["default"])
     apply_plan(model, "default", Plan(fold={u: 0.5 for u in units}), merge=False)
-    with pytest.raises(UniPELTError, match="prefix_init=random"):
+    with pytest.raises(UniPELTError, match="prefix_form=concat"):
         model.save_peft("default", tmp_path / "p")
 
 
