@@ -213,6 +213,7 @@ def test_optimize_command_writes_a_run_that_loads_evaluates_and_restores(
     assert "already optimized" in capsys.readouterr().err
     flags = tmp_path / "rte-flags"
     args = ["optimize", str(run), "--out", str(flags), "--threshold", "0", "--epsilon", "1", "--no-timing"]
+    args.append("--no-shorten")  # thresholds alone: every gate folded, no prefix position dropped
     assert main(args) == 0
     folded = json.loads((flags / "optimize.json").read_text())
     assert folded["chosen_by"] == "flags" and len(folded["plan"]["fold"]) == 8

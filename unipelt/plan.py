@@ -9,6 +9,9 @@ slice of the prefix (``prefix``) and the adapter (``adapter``). A plan maps unit
   has the backbone to itself (otherwise it stays as an ungated LoRA with ``c`` folded into B);
 - anything not named is kept as trained.
 
+A plan may also shorten the prefix: ``positions`` names, per layer whose prefix is kept, which of the P trained
+prefix positions stay (the same number in every layer, so the prefix keeps one (layers, 2, P', width) form).
+
 Applying a plan is a capability of the core (this module); choosing one is autopelt's (:mod:`unipelt.autopelt`).
 The checkpoint keeps the weights as trained and the plan travels in its ``unipelt_config.json`` (section
 ``autopelt``). Loading applies the plan (:func:`apply_plan`), so the deployed model has the cheaper structure,
@@ -43,7 +46,7 @@ if TYPE_CHECKING:
     from unipelt.tasks import TaskModules
 
 PLAN_KEY = "autopelt"  # the section of a task checkpoint's config that holds its plan
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2  # 2: a shortened prefix (``prefix_positions``); plans without one are still written as 1
 ACTIONS = ("keep", "prune", "fold")
 
 
@@ -65,10 +68,12 @@ class Unit:
 
 @dataclass
 class Plan:
-    """Units to prune and units whose gate is folded to a constant (the value); the rest is kept."""
+    """Units to prune, units whose gate is folded to a constant (the value), and the prefix positions each layer
+    keeps (none named: all of them); the rest is kept."""
 
     prune: set[Unit] = field(default_factory=set)
     fold: dict[Unit, float] = field(default_factory=dict)
+    positions: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     def action(self, unit: Unit) -> str:
         if unit in self.prune:
@@ -77,16 +82,19 @@ class Plan:
 
     @property
     def empty(self) -> bool:
-        return not self.prune and not self.fold
+        return not self.prune and not self.fold and not self.positions
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "format": PLAN_FORMAT,
+        data: dict[str, Any] = {
+            "format": PLAN_FORMAT if self.positions else 1,
             "prune": [[u.layer, u.site] for u in sorted(self.prune, key=_order)],
             "fold": [
                 [u.layer, u.site, float(c)] for u, c in sorted(self.fold.items(), key=lambda i: _order(i[0]))
             ],
         }
+        if self.positions:
+            data["prefix_positions"] = [[layer, list(kept)] for layer, kept in sorted(self.positions.items())]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> Plan:
@@ -97,12 +105,15 @@ class Plan:
                 )
             prune = {Unit(int(layer), str(site)) for layer, site in data.get("prune", [])}
             fold = {Unit(int(layer), str(site)): float(c) for layer, site, c in data.get("fold", [])}
+            positions = {
+                int(layer): tuple(int(p) for p in kept) for layer, kept in data.get("prefix_positions", [])
+            }
         except (AttributeError, TypeError, ValueError) as error:
             raise UniPELTError(f"the checkpoint's autopelt plan is malformed ({error})") from error
         overlap = prune & set(fold)
         if overlap:
             raise UniPELTError(f"the autopelt plan both prunes and folds {sorted(map(_order, overlap))}")
-        return cls(prune, fold)
+        return cls(prune, fold, positions)
 
 
 def _order(unit: Unit) -> tuple[int, str]:
@@ -154,6 +165,7 @@ def apply_plan(model: UniPELTModel, name: str, plan: Plan, merge: bool | None = 
     if task.config.gate == "none" and plan.fold:
         raise UniPELTError("an ungated task has no gates to fold; a plan for it can only prune")
     _check_router(task, plan)
+    _check_positions(task, plan)
     merge = len(model.tasks) == 1 if merge is None else merge
     if merge and len(model.tasks) != 1:
         raise UniPELTError(
@@ -169,6 +181,8 @@ def apply_plan(model: UniPELTModel, name: str, plan: Plan, merge: bool | None = 
             merged |= _fold(task, unit, value, layers[unit.layer], model.arch, merge)
         for unit in plan.prune:
             _prune(task, unit)
+        if plan.positions:
+            _shorten_prefix(task, plan)
         for index, layer_modules in enumerate(task.layers):
             _shrink_gate(task, index, layer_modules, plan)
             layer_modules.index_sites()
@@ -209,6 +223,39 @@ def _fold(task: TaskModules, unit: Unit, value: float, layer: nn.Module, arch: A
         return False
     task.prefix.fold_gate(unit.layer, value)
     return False
+
+
+def _check_positions(task: TaskModules, plan: Plan) -> None:
+    """Shortening names, for every layer whose prefix is kept, the same number of distinct trained positions."""
+    if not plan.positions:
+        return
+    encoder = task.prefix
+    if encoder is None:
+        raise UniPELTError("the autopelt plan shortens a prefix, but this task has none")
+    kept = {index for index in range(len(task.layers)) if Unit(index, "prefix") not in plan.prune}
+    if set(plan.positions) != kept:
+        raise UniPELTError(
+            f"the autopelt plan shortens the prefix of layers {sorted(plan.positions)}; it must name exactly the "
+            f"layers whose prefix it keeps, {sorted(kept)}"
+        )
+    counts = {len(positions) for positions in plan.positions.values()}
+    for layer, positions in plan.positions.items():
+        if len(set(positions)) != len(positions) or not all(0 <= p < encoder.length for p in positions):
+            raise UniPELTError(
+                f"the autopelt plan keeps prefix positions {list(positions)} in layer {layer}: they must be "
+                f"distinct, in 0..{encoder.length - 1}"
+            )
+    if len(counts) != 1 or 0 in counts:
+        raise UniPELTError(
+            "the autopelt plan must keep the same, non-zero number of prefix positions per layer"
+        )
+
+
+def _shorten_prefix(task: TaskModules, plan: Plan) -> None:
+    """Keep each layer's planned prefix positions; a pruned layer's prefix (never read) keeps the first ones."""
+    length = len(next(iter(plan.positions.values())))
+    first = tuple(range(length))
+    task.prefix.keep_positions([plan.positions.get(i, first) for i in range(len(task.layers))])
 
 
 def _prune(task: TaskModules, unit: Unit) -> None:

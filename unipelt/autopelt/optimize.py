@@ -1,13 +1,15 @@
 """``unipelt optimize``: from a trained run to a new run folder with a pruned and folded structure.
 
 Steps: load the run (its base model and task), measure every unit on the run's validation split
-(:mod:`unipelt.autopelt.measure`), choose a plan (:mod:`unipelt.autopelt.search`), check it on validation and
-test data, time it against the base model, and write a new run folder. The new folder is a copy of the run
+(:mod:`unipelt.autopelt.measure`), choose what to prune and fold (:mod:`unipelt.autopelt.search`), shorten the
+prefix (:mod:`unipelt.autopelt.prefix_step`), check each step on validation data and the result on test data,
+time every step against the base model (:mod:`unipelt.autopelt.steps`), and write a new run folder. The new folder is a copy of the run
 whose checkpoint carries the plan, so ``eval``, ``predict`` and anything else that opens runs through
 :class:`~unipelt.inference.Run` loads the optimized structure; ``--restore`` writes a copy without the plan.
 
     NEW_RUN/optimize.json    units (gate mean, spread, contribution, action), thresholds, metrics before and
-                             after, inference ratios, the search trace
+                             after, inference ratios, per step (prune, fold, shorten) what it saved, the
+                             search trace
     NEW_RUN/optimize.png     layers x units: kept / folded / pruned, with each unit's contribution
     NEW_RUN/metrics.json     the optimized run's metrics, in the training format (plus "before")
 """
@@ -24,11 +26,12 @@ import numpy as np
 import torch
 from transformers import DataCollatorWithPadding
 
-from unipelt.autopelt.latency import inference_ratios
 from unipelt.autopelt.measure import UnitStats, measure_units
 from unipelt.autopelt.plan import read_plan, write_plan
+from unipelt.autopelt.prefix_step import can_shorten, prefix_mass, shorten
 from unipelt.autopelt.report import plot_units
 from unipelt.autopelt.search import plan_from_thresholds, search
+from unipelt.autopelt.steps import step_report, step_table
 from unipelt.backbones import load_base_model
 from unipelt.checkpoint import atomic_directory, write_json
 from unipelt.data import tokenize_examples
@@ -83,10 +86,11 @@ def optimize_run(
     epsilon: float | None = None,
     timing: bool = True,
     log: Any = print,
+    shorten_prefix: bool = True,
 ) -> dict[str, Any]:
     """Optimize a finished run (a :class:`unipelt.inference.Run`, opened by the caller) into ``out`` (default:
     ``RUN-optimized``) and return the report; the model is measured, scored and timed where the run's placement
-    puts it."""
+    puts it. ``shorten_prefix``: run the prefix step (within ``max_drop``, also when thresholds are given)."""
     run_dir = Path(run.folder)
     out = _check_request(run, run_dir, out, threshold, epsilon)
     started = time.time()
@@ -100,10 +104,18 @@ def optimize_run(
     log(f"measuring {name!r} on {len(splits.valid)} validation examples")
     stats = measure_units(model, name, valid)
     before_valid = score_batches(model, valid, splits)
-    plan, chosen = _choose_plan(
-        model, name, stats, valid, splits, before_valid, (threshold, epsilon, max_drop), log
+    evaluate = _evaluator(model, name, valid, splits, log)
+    limits = (threshold, epsilon, max_drop)
+    plan, chosen = _choose_plan(model, stats, before_valid, splits, limits, evaluate, log)
+    steps = [("trained", Plan()), ("prune", Plan(set(plan.prune))), ("fold", plan)]
+    if shorten_prefix and can_shorten(model, name, plan):
+        floor = before_valid[splits.kind.main_metric(splits)] - max_drop / 100.0
+        plan = _shorten(model, name, plan, valid, evaluate, floor, chosen)
+        steps.append(("shorten", plan))
+    rows, models = step_report(
+        model, name, steps, lambda m: score_batches(m, valid, splits), _base(run) if timing else None
     )
-    optimized = planned_copy(model, name, plan)
+    optimized = models[steps[-1][0]]
     report = {
         "run": str(run_dir),
         "task": run.config.task,
@@ -114,17 +126,66 @@ def optimize_run(
         "plan": plan.to_dict(),
         "counts": _counts(stats, plan),
         "units": [{**s.to_dict(), "action": plan.action(s.unit)} for s in stats],
-        "valid": {"before": before_valid, "after": score_batches(optimized, valid, splits)},
+        "steps": rows,
+        "valid": {"before": before_valid, "after": rows[-1]["valid"]},
         "test": {
             "before": score_batches(model, test, splits) if test else {},
             "after": score_batches(optimized, test, splits) if test else {},
         },
-        "inference_ratio": _ratios(run, model, optimized) if timing else {},
+        "inference_ratio": _ratios(rows),
         "seconds": round(time.time() - started, 1),
     }
     _write(run_dir, out, plan, report, stats)
     log(_summary(report))
     return report
+
+
+def _evaluator(model: Any, name: str, valid: list[dict], splits: Splits, log: Any) -> Any:
+    """The validation main metric of ``model`` with a plan applied to task ``name`` (logged as it goes)."""
+    metric = splits.kind.main_metric(splits)
+
+    def evaluate(plan: Plan) -> float:
+        value = score_batches(planned_copy(model, name, plan), valid, splits)[metric]
+        shortened = f"  prefix {len(next(iter(plan.positions.values())))}" if plan.positions else ""
+        log(
+            f"  prune {len(plan.prune):3d}  fold {len(plan.fold):3d}{shortened}  -> valid {metric} "
+            f"{100 * value:.2f}"
+        )
+        return value
+
+    return evaluate
+
+
+def _shorten(
+    model: Any,
+    name: str,
+    plan: Plan,
+    valid: list[dict],
+    evaluate: Any,
+    floor: float,
+    chosen: dict[str, Any],
+) -> Plan:
+    """The prefix step on top of ``plan`` (validation metric at least ``floor``): its evaluations join the
+    trace, the measured attention per position and the layers emptied and length left the report."""
+    mass, weight = prefix_mass(model, name, plan, valid)
+
+    def score(candidate: Plan) -> float:
+        value = evaluate(candidate)
+        chosen["trace"].append(
+            {
+                "step": "shorten",
+                "pruned": len(candidate.prune),
+                "folded": len(candidate.fold),
+                "score": value,
+            }
+        )
+        return value
+
+    shortened, outcome = shorten(plan, weight, score, floor)
+    chosen["prefix_mass"] = _rounded(mass)
+    chosen["prefix_score"] = _rounded(weight)
+    chosen["prefix_step"] = outcome
+    return shortened
 
 
 def _check_request(
@@ -147,43 +208,52 @@ def _check_request(
     return out
 
 
+def _rounded(table: Any) -> list[list[float | None]]:
+    """A (layers, P) tensor as JSON: NaN (a layer without prefix) as null."""
+    return [[None if v != v else round(float(v), 6) for v in row] for row in table.tolist()]
+
+
 def _choose_plan(
     model: Any,
-    name: str,
     stats: list[UnitStats],
-    valid: list[dict],
-    splits: Splits,
     before: dict[str, float],
+    splits: Splits,
     limits: tuple[float | None, float | None, float],
+    evaluate: Any,
     log: Any,
 ) -> tuple[Plan, dict[str, Any]]:
-    """The plan from the flags' thresholds, or the search's under the validation budget, and how it was chosen."""
+    """What to prune and fold: from the flags' thresholds, or the search's under the validation budget, and how
+    it was chosen."""
     threshold, epsilon, max_drop = limits
     metric = splits.kind.main_metric(splits)
+    name = next(iter(model.tasks))
     gated = model.tasks[name].config.gate != "none"
     router = _router_filter(model, name)
     if threshold is not None:
         plan = plan_from_thresholds(stats, threshold, epsilon, gated)
         plan = router(plan) if router else plan
         return plan, {"threshold": threshold, "epsilon": epsilon, "chosen_by": "flags", "trace": []}
-
-    def evaluate(plan: Plan) -> float:
-        value = score_batches(planned_copy(model, name, plan), valid, splits)[metric]
-        log(f"  prune {len(plan.prune):3d}  fold {len(plan.fold):3d}  -> valid {metric} {100 * value:.2f}")
-        return value
-
     log(f"searching thresholds: validation {metric} {100 * before[metric]:.2f}, budget {max_drop} points")
     choice = search(stats, evaluate, before[metric], max_drop, gated, router)
     chosen = {"threshold": choice.threshold, "epsilon": choice.epsilon, "chosen_by": "max_drop"}
     return choice.plan, {**chosen, "trace": choice.trace}
 
 
-def _ratios(run: Any, model: Any, optimized: Any) -> dict[str, Any]:
+def _base(run: Any) -> Any:
+    """The run's base model, placed as the run is, for timing."""
     base = load_base_model(run.config.model, run.kind.head, labels=run.labels).eval()
     if run.placement is not None:
         run.placement.place(base)
-    vocab = int(base.config.vocab_size)
-    return inference_ratios(base, {"before": model, "after": optimized}, vocab)
+    return base
+
+
+def _ratios(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per timed shape: the trained model's and the last step's ratio to the base model."""
+    first, last = rows[0]["inference_ratio"], rows[-1]["inference_ratio"]
+    return {
+        shape: {"base_ms": rows[0]["base_ms"][shape], "before": first[shape], "after": last[shape]}
+        for shape in first
+    }
 
 
 def _counts(stats: list[UnitStats], plan: Plan) -> dict[str, dict[str, int]]:
@@ -271,4 +341,6 @@ def _summary(report: dict[str, Any]) -> str:
             lines.append(f"  {split:<6} {metric}: {100 * before:.2f} -> {100 * after:.2f}")
     for shape, row in report["inference_ratio"].items():
         lines.append(f"  inference at {shape}: {row['before']:.3f}x -> {row['after']:.3f}x the base model")
+    lines.append("what each step leaves (cumulative; inference as a ratio to the base model):")
+    lines.append(step_table(report["steps"], metric))
     return "\n".join(lines)

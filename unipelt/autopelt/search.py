@@ -56,7 +56,7 @@ def _between(low: float | None, high: float | None) -> float:
     return (low + high) / 2 if high > low else math.nextafter(low, math.inf)
 
 
-def _largest(count: int, ok: Callable[[int], bool]) -> int:
+def largest(count: int, ok: Callable[[int], bool]) -> int:
     """Largest n in [0, count] with ok(n), assuming ok is (roughly) monotone and ok(0) holds."""
     low, high = 0, count
     while low < high:
@@ -95,7 +95,7 @@ def search(
     def pruned(n: int) -> set[Unit]:
         return {s.unit for s in by_contribution[:n]}
 
-    n_prune = _largest(len(stats), lambda n: score(Plan(pruned(n), {}), "prune") >= floor)
+    n_prune = largest(len(stats), lambda n: score(Plan(pruned(n), {}), "prune") >= floor)
     prune = pruned(n_prune)
     kept = [s for s in stats if s.unit not in prune]
     foldable = sorted((s for s in kept if gated and not math.isnan(s.gate_std)), key=lambda s: s.gate_std)
@@ -104,7 +104,7 @@ def search(
         plan = Plan(set(prune), {s.unit: s.gate_mean for s in foldable[:n]})
         return fold_filter(plan) if fold_filter else plan
 
-    n_fold = _largest(len(foldable), lambda n: score(folded(n), "fold") >= floor)
+    n_fold = largest(len(foldable), lambda n: score(folded(n), "fold") >= floor)
     plan = folded(n_fold)
     contributions = [s.contribution for s in by_contribution]
     threshold = _between(

@@ -25,6 +25,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         epsilon=args.epsilon,
         timing=not args.no_timing,
+        shorten_prefix=not args.no_shorten,
     )
     return 0
 
@@ -35,7 +36,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="prune low-contribution sub-modules and fold constant gates of a trained run (new run folder)",
         description="Measure every sub-module of a trained run on its validation split (mean gate, spread, "
         "contribution = gate x ||output|| / ||hidden||), prune those below a threshold, freeze near-constant "
-        "gates and fold them into the weights, and write a new run folder that loads like any run.",
+        "gates and fold them into the weights, drop the prefix positions that take the least attention, and write a new run folder that loads like any run.",
     )
     p.add_argument(
         "run", help="a run folder written by `unipelt train` (or an optimized one, with --restore)"
@@ -45,7 +46,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--max-drop",
         type=float,
         default=0.5,
-        help="validation metric points the search may lose (default 0.5); ignored with --threshold",
+        help="validation metric points the search and the prefix step may lose (default 0.5); with "
+        "--threshold only the prefix step's budget",
     )
     p.add_argument("--threshold", type=float, help="prune units whose contribution is below this (e.g. 0.01)")
     p.add_argument(
@@ -53,6 +55,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--restore", action="store_true", help="write a copy of an optimized run with every module back"
+    )
+    p.add_argument(
+        "--no-shorten",
+        action="store_true",
+        help="keep every prefix position (skip the step that drops those taking the least attention)",
     )
     p.add_argument("--no-timing", action="store_true", help="skip the inference-ratio timing")
     add_device_flags(p, dtype=False)

@@ -171,6 +171,26 @@ class PrefixEncoder(PeftModule):
         self.mlp = None
         self._cache = None
 
+    @torch.no_grad()
+    def keep_positions(self, positions: list[list[int]] | list[tuple[int, ...]]) -> None:
+        """Keep only ``positions[layer]`` of each layer's prefix (the same number per layer), as stored vectors.
+
+        Prefix vectors carry no position, so attention over the kept ones equals attention over all of them
+        when the dropped ones take no attention; a structure plan (:mod:`unipelt.plan`) shortens a prefix this
+        way after measuring which positions do."""
+        self.eject()
+        if len(positions) != self.num_layers or len({len(p) for p in positions}) != 1:
+            raise UniPELTError("keep_positions needs one list of positions per layer, all of one length")
+        if self.kv_dim is not None:
+            index = torch.tensor([list(p) for p in positions], device=self.prefix.device)
+            kept = torch.stack([self.prefix[i][:, index[i]] for i in range(self.num_layers)])
+            self.prefix = nn.Parameter(kept.contiguous(), requires_grad=self.prefix.requires_grad)
+        else:
+            self.prefix = nn.ParameterList(
+                layer[:, list(p)].contiguous() for layer, p in zip(self.prefix, positions)
+            )
+        self.length = len(positions[0])
+
     def num_prefix_values(self) -> int:
         """Size of the prefix itself (what inference needs), whichever way it is stored."""
         return 2 * self.length * sum(self.kv_dims)
