@@ -209,7 +209,12 @@ def attend_with_prefix(
             inner, module, query, key, value, attention_mask, prefixes.concat, masks, **kwargs
         )
     if prefixes.parallel is not None:
-        output = output + _parallel(query, prefixes.parallel, kwargs.get("scaling"))
+        extra, own = _parallel(query, prefixes.parallel, kwargs.get("scaling"))
+        output = output + extra
+        if (
+            weights is not None
+        ):  # eager attention reports weights: the prefix's own come first, as concat's do
+            weights = torch.cat([own.to(weights.dtype), weights], dim=-1)
     observer = None if call is None else call.context.observer
     if observer is not None:
         plain, _ = inner(module, query, key, value, attention_mask, **kwargs)
@@ -217,10 +222,12 @@ def attend_with_prefix(
     return output, weights
 
 
-def _parallel(query: torch.Tensor, prefix: Prefix, scaling: float | None) -> torch.Tensor:
+def _parallel(
+    query: torch.Tensor, prefix: Prefix, scaling: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A parallel prefix's output, (B, Q, H, D) like the attention functions': each query's softmax over the
-    P prefix keys of its row's task, times their values, times the row's (or token's) gate. Rows whose task
-    has no such prefix get zeros."""
+    P prefix keys of its row's task, times their values, times the row's (or token's) gate (rows whose task
+    has no such prefix get zeros); and that softmax, (B, H, Q, P)."""
     kv, valid, gate = prefix
     batch, heads, q_len, head_dim = query.shape
     keys, values = kv.unbind(0)  # (B or 1, Hkv, P, D)
@@ -240,7 +247,7 @@ def _parallel(query: torch.Tensor, prefix: Prefix, scaling: float | None) -> tor
         scale = present if scale is None else scale * present
     if scale is not None:
         output = output * scale
-    return output.transpose(1, 2)
+    return output.transpose(1, 2), weights
 
 
 def _attend(
