@@ -1,7 +1,7 @@
 """The parallel prefix: a softmax of its own over the prefix positions, added to the attention output, with
 values that start at zero, so that an untrained prefix leaves a decoder exactly as it was, while it still learns.
 
-The default for a gated prefix on pre-norm models; encoders and an ungated prefix keep the paper's form.
+The default for a gated prefix on decoders; encoders and an ungated prefix keep the paper's form.
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ def change_from_base(model, inputs) -> float:
     return float((logits(model, inputs) - base).abs().max())
 
 
-def test_auto_is_parallel_for_a_gated_prefix_on_pre_norm_models_only():
+def test_auto_is_parallel_for_a_gated_prefix_on_decoders_only():
     config = UniPELTConfig()
     assert config.prefix_form == "auto"
     for arch in ("llama", "qwen2", "mistral", "gpt2"):
         assert config.resolved_prefix_form(ARCHITECTURES[arch]) == "parallel", arch
         assert config.replace(gate="none").resolved_prefix_form(ARCHITECTURES[arch]) == "concat", arch
-    for arch in ("bert", "roberta", "mpnet"):
+    for arch in ("bert", "roberta", "mpnet", "vit", "swin"):  # vision encoders are pre-norm, not decoders
         assert config.resolved_prefix_form(ARCHITECTURES[arch]) == "concat", arch
     assert config.replace(prefix_form="parallel").resolved_prefix_form(ARCHITECTURES["bert"]) == "parallel"
     with pytest.raises(Exception, match="prefix_form must be one of"):

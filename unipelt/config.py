@@ -71,7 +71,7 @@ class UniPELTConfig:
     # prefix column, a zero key included, takes over. "parallel" gives the prefix a softmax of its own over the
     # P positions and adds its gated output to the attention output (He et al. 2022's view of prefix-tuning as
     # a parallel module); its values start at zero, so the untrained prefix changes nothing. "auto" is
-    # "parallel" for a gated prefix on pre-norm architectures and "concat" elsewhere: encoders keep the
+    # "parallel" for a gated prefix on decoders and "concat" elsewhere: encoders (vision ones too) keep the
     # paper's behaviour and results, and an ungated prefix stays in the form PEFT's prefix-tuning holds.
     prefix_form: str = "auto"
 
@@ -133,10 +133,10 @@ class UniPELTConfig:
         return "rms" if arch.pre_norm else "raw"
 
     def resolved_prefix_form(self, arch: Any) -> str:
-        """``auto`` prefix form: parallel for a gated prefix on pre-norm architectures, else concat."""
+        """``auto`` prefix form: parallel for a gated prefix on decoders, else concat."""
         if self.prefix_form != "auto":
             return self.prefix_form
-        return "parallel" if arch.pre_norm and self.gate != "none" else "concat"
+        return "parallel" if arch.decoder and self.gate != "none" else "concat"
 
     def validate(self) -> None:
         """Reject values that would only fail later, deep inside a forward pass."""

@@ -8,7 +8,7 @@ layer during backward) recomputes exactly what the first pass computed. Without 
 computed once and cached until a parameter changes. After training, :meth:`PrefixEncoder.eject` stores the
 vectors and drops the MLP's ~10 M parameters; outputs stay bit-identical.
 
-In the parallel form (``prefix_form="parallel"``, the default for a gated prefix on pre-norm models) the prefix
+In the parallel form (``prefix_form="parallel"``, the default for a gated prefix on decoders) the prefix
 has a softmax of its own and its values start at zero, so the untrained prefix changes nothing; its keys start
 random, as in the paper, so that its positions differ once the values move.
 
