@@ -231,14 +231,15 @@ def _parallel(
     kv, valid, gate = prefix
     batch, heads, q_len, head_dim = query.shape
     keys, values = kv.unbind(0)  # (B or 1, Hkv, P, D)
-    if keys.shape[1] != heads:  # grouped-query attention: each key head serves heads // Hkv query heads
-        keys = keys.repeat_interleave(heads // keys.shape[1], dim=1)
-        values = values.repeat_interleave(heads // values.shape[1], dim=1)
-    scores = torch.matmul(query, keys.transpose(-1, -2)) * (head_dim**-0.5 if scaling is None else scaling)
+    # Grouped-query attention: the queries of the heads sharing a key head attend to it as one block, so the
+    # prefix is never copied per head.
+    grouped = query.reshape(batch, keys.shape[1], -1, head_dim)  # (B, Hkv, heads per key head * Q, D)
+    scores = torch.matmul(grouped, keys.transpose(-1, -2)) * (head_dim**-0.5 if scaling is None else scaling)
     if valid is not None:  # a mixed-task batch: a finite fill keeps rows with no column free of NaN
         scores = scores.masked_fill(~valid[:, None, None, :], torch.finfo(scores.dtype).min)
     weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
-    output = torch.matmul(weights, values)  # (B, H, Q, D)
+    output = torch.matmul(weights, values).view(batch, heads, q_len, head_dim)
+    weights = weights.view(batch, heads, q_len, -1)
     scale = None if gate is None else gate.to(query.dtype)
     if scale is not None:
         scale = (scale[:, -q_len:] if scale.dim() == 2 else scale[:, None])[:, None, :, None]
