@@ -52,8 +52,12 @@ def test_a_constant_prefix_gate_folds_into_plain_keys_and_values(arch):
     with folded.task("default"):
         logits(folded, inputs)
         assert all("prefix" not in sites for sites in folded.gate_values().values())  # no prefix gate left
-    trained = model.tasks["default"].prefix.layer_prefix(0)
-    torch.testing.assert_close(folded.tasks["default"].prefix.layer_prefix(0), values[0] * trained)
+    expected = model.tasks["default"].prefix.layer_prefix(0).detach().clone()  # (2 [keys, values], P, width)
+    if model.tasks["default"].prefix.parallel:  # its gate scales its own output: the values alone
+        expected[1] *= values[0]
+    else:  # the paper's gate scales keys and values
+        expected *= values[0]
+    torch.testing.assert_close(folded.tasks["default"].prefix.layer_prefix(0), expected)
 
 
 @pytest.mark.parametrize("arch", ["bert", "gpt2"])
@@ -66,13 +70,19 @@ def test_prefix_positions_carry_no_order(arch):
     torch.testing.assert_close(logits(reordered, inputs), logits(model, inputs), atol=1e-5, rtol=0)
 
 
-def test_the_positions_that_take_the_least_attention_matter_least():
-    model = apl("bert")
-    inputs = [batch("bert"), batch("bert", seed=2)]
+@pytest.mark.parametrize("arch", ["bert", "llama"])  # a concatenated prefix, and a parallel one (own softmax)
+def test_the_positions_that_take_the_least_attention_matter_least(arch):
+    model = apl(arch)
+    assert model.tasks["default"].prefix.parallel == (arch == "llama")
+    inputs = [batch(arch), batch(arch, seed=2)]
     mass, score = prefix_mass(model, "default", Plan(), inputs)
     length = model.tasks["default"].prefix.length
     assert mass.shape == score.shape == (2, length)
-    assert bool((mass > 0).all()) and bool((mass.sum(dim=1) < 1).all())
+    assert bool((mass > 0).all())
+    if arch == "llama":  # the prefix's own softmax: its positions share all of it
+        torch.testing.assert_close(mass.sum(dim=1), torch.ones(2), atol=1e-5, rtol=0)
+    else:  # the real tokens take the rest
+        assert bool((mass.sum(dim=1) < 1).all())
     reference = logits(model, inputs[0])
     change = {}
     for name, pick in (("lightest", slice(0, 5)), ("heaviest", slice(5, None))):

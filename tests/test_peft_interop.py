@@ -145,7 +145,8 @@ def test_gates_folded_by_optimize_export_exactly(tmp_path, arch: str) -> None:
     from unipelt.plan import Plan, apply_plan, task_units
 
     method = "lora" if arch == "bert" else "prefix"
-    model = trained(arch, method, gate="sigmoid", prefix_reparam=False)
+    # a gated prefix on a decoder is silent unless asked otherwise; PEFT holds only the plain one
+    model = trained(arch, method, gate="sigmoid", prefix_reparam=False, prefix_form="concat")
     units = task_units(model.tasks["default"])
     apply_plan(model, "default", Plan(fold={u: 0.25 + 0.1 * i for i, u in enumerate(units)}), merge=False)
     sample = inputs(arch)
@@ -153,6 +154,17 @@ def test_gates_folded_by_optimize_export_exactly(tmp_path, arch: str) -> None:
         ours = model(**sample).logits
     theirs = peft_logits(arch, model.save_peft("default", tmp_path / "p"), sample)
     assert (ours - theirs).abs().max() < TOLERANCE
+
+
+def test_a_parallel_prefix_is_refused_with_the_way_out(tmp_path) -> None:
+    from unipelt.plan import Plan, apply_plan, task_units
+
+    model = trained("llama", "prefix", gate="sigmoid", prefix_reparam=False)
+    assert model.tasks["default"].prefix.parallel
+    units = task_units(model.tasks["default"])
+    apply_plan(model, "default", Plan(fold={u: 0.5 for u in units}), merge=False)
+    with pytest.raises(UniPELTError, match="prefix_form=concat"):
+        model.save_peft("default", tmp_path / "p")
 
 
 # ------------------------------------------------------------------------------------------ import

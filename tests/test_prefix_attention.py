@@ -53,9 +53,10 @@ def recorded(monkeypatch):
     calls = []
     original = attention.attend_with_prefix
 
-    def spy(inner, module, query, key, value, attention_mask, prefix, **kwargs):
-        output, weights = original(inner, module, query, key, value, attention_mask, prefix, **kwargs)
-        prefix_k, prefix_v = prefix.kv[0][0], prefix.kv[1][0]  # one task: every row has the same prefix
+    def spy(inner, module, query, key, value, attention_mask, prefixes, **kwargs):
+        output, weights = original(inner, module, query, key, value, attention_mask, prefixes, **kwargs)
+        prefix = prefixes.concat or prefixes.parallel  # one task: one form, every row has the same prefix
+        prefix_k, prefix_v = prefix.kv[0][0], prefix.kv[1][0]
         causal = kwargs.get("is_causal")
         causal = getattr(module, "is_causal", False) if causal is None else causal
         calls.append(
@@ -68,6 +69,7 @@ def recorded(monkeypatch):
                 "pk": prefix_k,
                 "pv": prefix_v,
                 "gate": prefix.gate,
+                "parallel": prefixes.parallel is not None,
                 "scale": kwargs.get("scaling") or query.shape[-1] ** -0.5,
                 "out": output,
             }
@@ -78,30 +80,46 @@ def recorded(monkeypatch):
     return calls
 
 
+def reference_parallel(q, k, v, mask, causal, prefix_k, prefix_v, gate, scale):
+    """The model's own attention of q over the real keys, plus the gate times q's softmax over the prefix keys
+    alone times the prefix values (the parallel form)."""
+    plain = reference_attention(q, k, v, mask, causal, prefix_k[:, :0], prefix_v[:, :0], None, scale)
+    heads, kv_heads = q.shape[1], k.shape[1]
+    pk = prefix_k.repeat_interleave(heads // kv_heads, 0)[None]
+    pv = prefix_v.repeat_interleave(heads // kv_heads, 0)[None]
+    own = torch.softmax((q @ pk.transpose(-1, -2)) * scale, dim=-1) @ pv  # (B, H, Q, D)
+    g = torch.ones(q.shape[0], q.shape[2]) if gate is None else gate
+    g = g[:, None].expand(-1, q.shape[2]) if g.dim() == 1 else g
+    return plain + (own * g[:, None, :, None]).transpose(1, 2)
+
+
 @pytest.mark.parametrize(
-    "arch,method",
+    "arch,method,form",
     [
-        ("bert", "unipelt-ap"),
-        ("llama", "unipelt"),
-        ("qwen2", "unipelt-router"),
-        ("gpt2", "prefix"),
-        ("mpnet", "unipelt"),
-        ("deberta-v2", "unipelt"),
+        ("bert", "unipelt-ap", "concat"),
+        ("llama", "unipelt", "concat"),
+        ("llama", "unipelt", "parallel"),
+        ("qwen2", "unipelt-router", "parallel"),
+        ("gpt2", "prefix", "concat"),
+        ("mpnet", "unipelt", "concat"),
+        ("deberta-v2", "unipelt", "concat"),
     ],
 )
-def test_prefix_attention_equals_explicit_concatenation(arch, method, recorded):
-    unipelt = add_unipelt(tiny_model(arch), method)
+def test_prefix_attention_equals_explicit_reference(arch, method, form, recorded):
+    unipelt = add_unipelt(tiny_model(arch), method, prefix_form=form)
     perturb(unipelt)
     with torch.no_grad():
         unipelt(**batch(arch))
     assert len(recorded) == 2  # one call per layer
     for call in recorded:
+        assert call["parallel"] == (form == "parallel")
         if call["gate"] is not None:
             assert call["gate"].dim() == (2 if arch in ("llama", "qwen2", "gpt2") else 1)
         mask = call["mask"]
         if mask is not None and mask.dtype != torch.bool and not mask.is_floating_point():
             mask = mask.bool()
-        expected = reference_attention(
+        reference = reference_parallel if form == "parallel" else reference_attention
+        expected = reference(
             call["q"],
             call["k"],
             call["v"],
@@ -113,7 +131,7 @@ def test_prefix_attention_equals_explicit_concatenation(arch, method, recorded):
             call["scale"],
         )
         assert torch.allclose(call["out"], expected, atol=1e-5), (arch, (call["out"] - expected).abs().max())
-        if call["gate"] is not None:
+        if call["gate"] is not None and form == "concat":
             wrong = reference_attention(
                 call["q"],
                 call["k"],
@@ -130,7 +148,7 @@ def test_prefix_attention_equals_explicit_concatenation(arch, method, recorded):
 
 
 def test_prefix_gqa_decoder_with_padding_uses_padded_mask(recorded):
-    unipelt = add_unipelt(tiny_model("llama"), "unipelt")
+    unipelt = add_unipelt(tiny_model("llama"), "unipelt", prefix_form="concat")
     with torch.no_grad():
         unipelt(**batch("llama", pad=3))
     call = recorded[0]

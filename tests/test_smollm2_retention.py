@@ -5,11 +5,12 @@ settings under which gates reading SmolLM2's raw residual stream made the model 
 is called LIPOSIS") must leave the greedy answers to a handful of factual prompts right. The facts are taken
 from the packaged facts file, whose answers the base model gets right; the fixture checks that too.
 
-The capitals stay right. Not every fact does yet: the prefix's randomly initialised keys and values change the
-model before any step (untrained, seed 1 no longer names Mars as the Red Planet), and after four steps the run
-also loses Shakespeare, which zeroing the prefix's output gives back. That test is marked as an expected
-failure, strict, so it fails as soon as the run keeps every fact. Slow: one model load, four training steps and
-twelve short generations (~40 s of CPU time).
+Every one of them stays right. The prefix is what used to break them: in the paper's form its keys join the real
+keys' softmax, and some of SmolLM2's heads have every real logit far below zero, so any prefix column (a zero
+key included) takes their attention over, and the untrained model already named the wrong Red Planet. A gated
+prefix on a decoder now has a softmax of its own and values that start at zero (``prefix_form="parallel"``), so
+the untrained model is the base model exactly. Slow: one model load, four training steps and twelve short
+generations (~40 s of CPU time).
 """
 
 from __future__ import annotations
@@ -87,9 +88,30 @@ def test_a_few_unipelt_sft_steps_keep_the_capitals(retention):
     assert not lost & {p for p in FACTS if p.startswith("What is the capital")}, retention["lost"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the prefix perturbs the model from initialisation: 4 of the 6 facts kept at seed 1",
-)
 def test_a_few_unipelt_sft_steps_keep_every_fact(retention):
     assert retention["kept"] == len(FACTS), retention["lost"]
+
+
+def test_an_untrained_gated_prefix_leaves_smollm2_as_it_was():
+    """On the real model the paper's prefix form changes the next-token logits before any training (some heads'
+    real logits all lie far below a prefix column's); the parallel form, the default here, changes nothing."""
+    import torch
+
+    from unipelt import add_unipelt
+    from unipelt.backbones import load_base_model, load_tokenizer
+    from unipelt.pretrained import resolve_model
+
+    tokenizer = load_tokenizer(resolve_model("smollm2"))
+    chat = [{"role": "user", "content": "What is the capital of France?"}]
+    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, return_tensors="pt")
+    changes = {}
+    for form in ("concat", "parallel"):
+        torch.manual_seed(1)
+        base = load_base_model("smollm2", "causal-lm", pad_token_id=tokenizer.pad_token_id).eval()
+        with torch.no_grad():
+            plain = base(**ids).logits[0, -1]
+            model = add_unipelt(base, "unipelt", prefix_form=form).eval()
+            changes[form] = float((model(**ids).logits[0, -1] - plain).abs().max())
+    assert changes["concat"] > 1.0, changes
+    assert changes["parallel"] == 0.0, changes

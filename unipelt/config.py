@@ -25,6 +25,9 @@ from unipelt.errors import UniPELTError
 GATES = ("sigmoid", "softmax", "concrete", "none")
 POOLINGS = ("auto", "mean", "token")
 GATE_INPUTS = ("auto", "raw", "rms")
+PREFIX_FORMS = ("auto", "concat", "parallel")
+# What a checkpoint written before ``prefix_form`` existed holds: the paper's prefix.
+LEGACY_PREFIX_FORM = "concat"
 # What a checkpoint written before ``gate_input`` existed was trained with: its gates read the raw state.
 LEGACY_GATE_INPUT = "raw"
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
@@ -62,6 +65,15 @@ class UniPELTConfig:
     prefix_length: int = 10
     prefix_reparam: bool = True
     prefix_hidden: int = 512
+    # How the prefix enters attention. "concat" is the paper's: its keys join the real keys in one softmax,
+    # so even an untrained prefix takes attention from the real tokens and changes the model's answers. That
+    # matters on instruction-tuned decoders, where some heads' real logits all lie far below zero and any
+    # prefix column, a zero key included, takes over. "parallel" gives the prefix a softmax of its own over the
+    # P positions and adds its gated output to the attention output (He et al. 2022's view of prefix-tuning as
+    # a parallel module); its values start at zero, so the untrained prefix changes nothing. "auto" is
+    # "parallel" for a gated prefix on decoders and "concat" elsewhere: encoders (vision ones too) keep the
+    # paper's behaviour and results, and an ungated prefix stays in the form PEFT's prefix-tuning holds.
+    prefix_form: str = "auto"
 
     adapter_size: int | None = None
     adapter_reduction: float = 16.0
@@ -120,6 +132,12 @@ class UniPELTConfig:
             return self.gate_input
         return "rms" if arch.pre_norm else "raw"
 
+    def resolved_prefix_form(self, arch: Any) -> str:
+        """``auto`` prefix form: parallel for a gated prefix on decoders, else concat."""
+        if self.prefix_form != "auto":
+            return self.prefix_form
+        return "parallel" if arch.decoder and self.gate != "none" else "concat"
+
     def validate(self) -> None:
         """Reject values that would only fail later, deep inside a forward pass."""
         known_modules = _module_kinds()
@@ -142,6 +160,10 @@ class UniPELTConfig:
             )
         if self.gate_input not in GATE_INPUTS:
             raise UniPELTError(f"gate_input must be one of {', '.join(GATE_INPUTS)}, got {self.gate_input!r}")
+        if self.prefix_form not in PREFIX_FORMS:
+            raise UniPELTError(
+                f"prefix_form must be one of {', '.join(PREFIX_FORMS)}, got {self.prefix_form!r}"
+            )
         if self.adapter_activation not in ACTIVATIONS:
             raise UniPELTError(
                 f"adapter_activation must be one of {', '.join(ACTIVATIONS)}, got {self.adapter_activation!r}"

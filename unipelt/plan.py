@@ -221,8 +221,7 @@ def _fold(task: TaskModules, unit: Unit, value: float, layer: nn.Module, arch: A
         adapter.gate = None
         adapter.routed = False
         return False
-    prefix = task.prefix
-    prefix.prefix[unit.layer].mul_(value)  # keys and values both scaled by the gate in attention
+    task.prefix.fold_gate(unit.layer, value)
     return False
 
 

@@ -37,7 +37,7 @@ from unipelt.checkpoint import atomic_directory, write_json
 from unipelt.data import tokenize_examples
 from unipelt.errors import UniPELTError
 from unipelt.kinds import Splits, load_splits
-from unipelt.plan import Plan, planned_copy, task_units
+from unipelt.plan import Plan, Unit, planned_copy, task_units
 from unipelt.running.loop import chunks, logits_and_labels
 
 REPORT_JSON = "optimize.json"
@@ -168,6 +168,12 @@ def _shorten(
     """The prefix step on top of ``plan`` (validation metric at least ``floor``): its evaluations join the
     trace, the measured attention per position and the layers emptied and length left the report."""
     mass, weight = prefix_mass(model, name, plan, valid)
+    chosen["prefix_mass"] = _rounded(mass)
+    chosen["prefix_score"] = _rounded(weight)
+    kept = [i for i in range(mass.shape[0]) if Unit(i, "prefix") not in plan.prune]
+    if any(bool(mass[i].isnan().any()) for i in kept):
+        chosen["prefix_step"] = {"skipped": "the attention of this model did not report its weights"}
+        return plan
 
     def score(candidate: Plan) -> float:
         value = evaluate(candidate)
@@ -182,8 +188,6 @@ def _shorten(
         return value
 
     shortened, outcome = shorten(plan, weight, score, floor)
-    chosen["prefix_mass"] = _rounded(mass)
-    chosen["prefix_score"] = _rounded(weight)
     chosen["prefix_step"] = outcome
     return shortened
 

@@ -17,6 +17,10 @@ the mask and the concatenation); then it shortens the prefix of the layers left 
 layer keeping its own highest-scoring ones, so the prefix keeps one (layers, 2, P', width) form that loading,
 export and serving already handle.
 
+A parallel prefix (a gated prefix on a decoder, :mod:`unipelt.modules.prefix`) has a softmax of its own: its
+mass is its share of that softmax, what dropping it changes the same formula applied to the prefix's own
+output, scaled by the gate; the ranking is the same.
+
 The mass is read from the attention weights, which only the eager attention returns: it is measured on a copy
 of the model switched to it (models whose attention runs through a seam, MPNet and DeBERTa, skip the step).
 """

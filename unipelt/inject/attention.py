@@ -25,6 +25,9 @@ must scale them per query; we do that exactly inside one SDPA call by widening e
 give both halves of the output, and the prefix half is scaled by g again. With one query per row (every
 step of cached generation) the per-token gate is one number per row, and the plain scaling is exact and
 cheaper: no widened heads, no copy of the whole KV cache per step.
+
+A prefix in the parallel form (:mod:`unipelt.modules.prefix`) does not join that softmax: the real attention
+runs as the model's own, and the prefix adds softmax(q · p_k) p_v over its own P positions, scaled by its gate.
 """
 
 from __future__ import annotations
@@ -120,6 +123,14 @@ class Prefix(NamedTuple):
     gate: torch.Tensor | None
 
 
+class Prefixes(NamedTuple):
+    """A call's prefixes in one layer, by form: ``concat`` joins the real keys' softmax (the paper's),
+    ``parallel`` has a softmax of its own; either is None when no row's task has a prefix of that form."""
+
+    concat: Prefix | None
+    parallel: Prefix | None
+
+
 def _kv_layout(
     prefix: torch.Tensor, kv_heads: int, head_dim: int, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,9 +162,17 @@ def _layer_kv(
 
 
 def _gather_prefixes(
-    call: Any, index: int, batch: int, kv_heads: int, head_dim: int, q_len: int, dtype: torch.dtype
+    call: Any,
+    index: int,
+    batch: int,
+    kv_heads: int,
+    head_dim: int,
+    q_len: int,
+    dtype: torch.dtype,
+    parallel: bool,
 ) -> Prefix | None:
-    """The prefix of each row's task in layer ``index``, which columns exist, and each row's prefix gate.
+    """The prefix (of the form ``parallel`` says) of each row's task in layer ``index``, which columns exist,
+    and each row's prefix gate.
 
     One task for the whole batch (the usual case) keeps that task's prefix at batch 1, without copying. A
     mixed batch pads every task's prefix to the longest one and marks the padding as invisible.
@@ -162,7 +181,7 @@ def _gather_prefixes(
     found = []
     for group in call.groups:
         encoder = tasks[group.task].prefix
-        if encoder is None or index in encoder.pruned_layers:
+        if encoder is None or index in encoder.pruned_layers or encoder.parallel != parallel:
             continue
         found.append((group, _layer_kv(encoder, index, kv_heads, head_dim, dtype), group.gates.get("prefix")))
     if not found:
@@ -200,20 +219,62 @@ def attend_with_prefix(
     key: torch.Tensor,
     value: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    prefix: Prefix,
+    prefixes: Prefixes,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, Any]:
-    """Attention over [prefix; keys] with the prefix scaled by its gate. q (B,H,Q,D), k/v (B,Hkv,K,D).
+    """Attention with the call's prefixes: over [prefix; keys] for a concatenated prefix, scaled by its gate,
+    plus a parallel prefix's own attention. q (B,H,Q,D), k/v (B,Hkv,K,D).
 
     Under ``model.observe`` the attention without the prefix is computed too and shown to the observer."""
     call = None if tracing() else LAYER.get()  # a traced call has no observer and keeps no mask
     masks = None if call is None else call.context.prefix_masks
-    output, weights = _attend(inner, module, query, key, value, attention_mask, prefix, masks, **kwargs)
+    if prefixes.concat is None:
+        output, weights = inner(module, query, key, value, attention_mask, **kwargs)
+    else:
+        output, weights = _attend(
+            inner, module, query, key, value, attention_mask, prefixes.concat, masks, **kwargs
+        )
+    if prefixes.parallel is not None:
+        extra, own = _parallel(query, prefixes.parallel, kwargs.get("scaling"))
+        output = output + extra
+        if (
+            weights is not None
+        ):  # eager attention reports weights: the prefix's own come first, as concat's do
+            weights = torch.cat([own.to(weights.dtype), weights], dim=-1)
     observer = None if call is None else call.context.observer
     if observer is not None:
         plain, _ = inner(module, query, key, value, attention_mask, **kwargs)
         observer(call.index, "prefix", "attention", plain, output, call.context.mask)
     return output, weights
+
+
+def _parallel(
+    query: torch.Tensor, prefix: Prefix, scaling: float | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A parallel prefix's output, (B, Q, H, D) like the attention functions': each query's softmax over the
+    P prefix keys of its row's task, times their values, times the row's (or token's) gate (rows whose task
+    has no such prefix get zeros); and that softmax, (B, H, Q, P)."""
+    kv, valid, gate = prefix
+    batch, heads, q_len, head_dim = query.shape
+    keys, values = kv  # (B or 1, Hkv, P, D) each
+    # Grouped-query attention: the queries of the heads sharing a key head attend to it as one block, so the
+    # prefix is never copied per head.
+    grouped = query.reshape(batch, keys.shape[1], -1, head_dim)  # (B, Hkv, heads per key head * Q, D)
+    scores = torch.matmul(grouped, keys.transpose(-1, -2)) * (head_dim**-0.5 if scaling is None else scaling)
+    if valid is not None:  # a mixed-task batch: a finite fill keeps rows with no column free of NaN
+        scores = scores.masked_fill(~valid[:, None, None, :], torch.finfo(scores.dtype).min)
+    weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
+    output = torch.matmul(weights, values).view(batch, heads, q_len, head_dim)
+    weights = weights.view(batch, heads, q_len, -1)
+    scale = None if gate is None else gate.to(query.dtype)
+    if scale is not None:
+        scale = (scale[:, -q_len:] if scale.dim() == 2 else scale[:, None])[:, None, :, None]
+    if valid is not None:
+        present = valid.any(dim=-1).to(query.dtype)[:, None, None, None]
+        scale = present if scale is None else scale * present
+    if scale is not None:
+        output = output * scale
+    return output.transpose(1, 2), weights
 
 
 def _attend(
@@ -284,7 +345,7 @@ def prefix_for(
     dtype: torch.dtype,
     kv_shape: tuple[int, int] | None = None,
 ):
-    """The prefix this call's rows attend to in this attention module, or None (no prefix, cross attention,
+    """The prefixes this call's rows attend to in this attention module, or None (no prefix, cross attention,
     disabled model). ``kv_shape``: (key heads, head size) of this module's keys, when the caller has them
     (in a staged model such as Swin they change from stage to stage); else the model's, recorded on the
     module."""
@@ -295,7 +356,11 @@ def prefix_for(
     if call is None or not call.context.enabled:
         return None
     kv_heads, head_dim = kv_shape or module.__dict__["_unipelt_kv_shape"]
-    return _gather_prefixes(call, index, batch, kv_heads, head_dim, q_len, dtype)
+    found = [
+        _gather_prefixes(call, index, batch, kv_heads, head_dim, q_len, dtype, parallel)
+        for parallel in (False, True)
+    ]
+    return None if all(prefix is None for prefix in found) else Prefixes(*found)
 
 
 def unipelt_sdpa(module, query, key, value, attention_mask, **kwargs):

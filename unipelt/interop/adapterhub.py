@@ -156,11 +156,11 @@ def _prefix(part, tensors, name, layers, fields, state, gates, path) -> None:
     if part.get("flat"):
         flat = _one(tensors, stem + "control_trans", path)
         state["prefix.prefix"] = flat.reshape(length, layers, 2, -1).permute(1, 2, 0, 3).contiguous()
-        fields.update(prefix_reparam=False)
+        fields.update(prefix_reparam=False, prefix_form="concat")
     else:
         if part.get("non_linearity", "tanh") != "tanh":
             raise UniPELTError(f"{path}: a prefix MLP with {part['non_linearity']!r} (unipelt's uses tanh)")
-        fields.update(prefix_reparam=True, prefix_hidden=int(part["bottleneck_size"]))
+        fields.update(prefix_reparam=True, prefix_hidden=int(part["bottleneck_size"]), prefix_form="concat")
         state["prefix.embedding.weight"] = _one(tensors, stem + "wte.weight", path)
         for ours, theirs in (("0", "0"), ("2", "2")):
             for p in ("weight", "bias"):

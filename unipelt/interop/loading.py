@@ -96,7 +96,7 @@ def start_from(model: Any, name: str, config: UniPELTConfig, path: str | Path, *
     if "ia3" in kinds:
         overrides["ia3_targets"] = imported.config.option("ia3_targets")
     if "prefix" in kinds:
-        overrides["prefix_reparam"] = False
+        overrides.update(prefix_reparam=False, prefix_form="concat")  # the imported vectors, as they are
     config = config.replace(**overrides)
     state = dict(imported.state)
     if config.gate != "none":

@@ -177,6 +177,12 @@ def prefix_adapter(model: Any, task: Any) -> tuple[dict[str, Any], dict[str, tor
             f"cannot export to PEFT: the prefix of layer(s) {pruned} was pruned, and PEFT's prefix covers every "
             "layer (a zero prefix still takes attention mass, so it is not the same as none)"
         )
+    if encoder.parallel:
+        raise UniPELTError(
+            "cannot export to PEFT: this prefix has its own softmax (prefix_form=parallel, the default for a "
+            "gated prefix on decoders), and PEFT's prefix-tuning shares the real keys' softmax. Train with "
+            "--set prefix_form=concat for a prefix PEFT can hold"
+        )
     if rotary(model.base_model) is None:
         raise UniPELTError(
             f"cannot export a prefix to PEFT on {model.base_model.config.model_type}: PEFT passes the prefix as a "

@@ -211,5 +211,7 @@ def _prefix(model: Any, config: dict, tensors: dict, path: Path) -> Imported:
         )
     prefix = embedding.float().reshape(length, layers, 2, kv_dim).permute(1, 2, 0, 3).contiguous()
     prefix[:, 0] = rotate_prefix_keys(model.base_model, prefix[:, 0], length, dims, inverse=True)
-    unipelt = UniPELTConfig.from_preset("prefix", prefix_length=length, prefix_reparam=False)
+    unipelt = UniPELTConfig.from_preset(
+        "prefix", prefix_length=length, prefix_reparam=False, prefix_form="concat"
+    )
     return Imported(unipelt, {"prefix.prefix": prefix})

@@ -8,6 +8,10 @@ layer during backward) recomputes exactly what the first pass computed. Without 
 computed once and cached until a parameter changes. After training, :meth:`PrefixEncoder.eject` stores the
 vectors and drops the MLP's ~10 M parameters; outputs stay bit-identical.
 
+In the parallel form (``prefix_form="parallel"``, the default for a gated prefix on decoders) the prefix
+has a softmax of its own and its values start at zero, so the untrained prefix changes nothing; its keys start
+random, as in the paper, so that its positions differ once the values move.
+
 Each layer's prefix has that layer's key width. In a staged model (Swin) widths differ per stage: the last
 Linear then holds each layer's columns one after another, and the stored vectors are one tensor per layer
 (a ``ParameterList``) instead of one (layers, 2, P, width) tensor.
@@ -42,10 +46,12 @@ class PrefixEncoder(PeftModule):
         hidden_size: int,
         reparam: bool,
         mlp_hidden: int,
+        parallel: bool = False,
     ):
         super().__init__()
         widths = [kv_dim] * num_layers if isinstance(kv_dim, int) else list(kv_dim)
         self.num_layers, self.length, self.kv_dims = num_layers, length, widths
+        self.parallel = parallel  # its own softmax, added to the attention output (unipelt.inject.attention)
         # One width for every layer (None when they differ): the stacked (layers, 2, P, kv_dim) form exists.
         self.kv_dim = widths[0] if len(set(widths)) == 1 else None
         self.offsets = [2 * sum(widths[:i]) for i in range(num_layers)]  # each layer's first MLP column
@@ -54,6 +60,11 @@ class PrefixEncoder(PeftModule):
             self.mlp = nn.Sequential(
                 nn.Linear(hidden_size, mlp_hidden), nn.Tanh(), nn.Linear(mlp_hidden, 2 * sum(widths))
             )
+            if parallel:  # values start at zero: each layer's rows [offset + width, offset + 2 * width)
+                with torch.no_grad():
+                    for offset, width in zip(self.offsets, widths):
+                        self.mlp[2].weight[offset + width : offset + 2 * width].zero_()
+                        self.mlp[2].bias[offset + width : offset + 2 * width].zero_()
             self.prefix = None
         else:
             self.embedding = None
@@ -62,6 +73,10 @@ class PrefixEncoder(PeftModule):
                 self.prefix = nn.Parameter(torch.randn(num_layers, 2, length, self.kv_dim) * 0.02)
             else:
                 self.prefix = nn.ParameterList(torch.randn(2, length, width) * 0.02 for width in widths)
+            if parallel:
+                with torch.no_grad():
+                    for layer in range(num_layers):
+                        self.prefix[layer][1].zero_()
         self._cache: tuple[tuple[int, ...], torch.Tensor] | None = None
         # Layers whose prefix an autopelt plan pruned: attention there runs without one (unipelt.plan).
         self.pruned_layers: set[int] = set()
@@ -76,6 +91,7 @@ class PrefixEncoder(PeftModule):
             dims["hidden_size"],
             config.prefix_reparam,
             config.prefix_hidden,
+            parallel=config.resolved_prefix_form(spec.arch) == "parallel",
         )
 
     def gate_sites(self, gate: str) -> list[str]:
@@ -130,6 +146,16 @@ class PrefixEncoder(PeftModule):
         if torch.is_grad_enabled() or torch.compiler.is_compiling():  # a graph computes it in place
             return self._compute_layer(layer)
         return self._cached()[layer]
+
+    @torch.no_grad()
+    def fold_gate(self, layer: int, value: float) -> None:
+        """Fold a constant gate ``value`` into layer ``layer``'s stored prefix (after :meth:`eject`): the
+        paper's gate scales keys and values; the parallel form's gate scales the prefix's output, which is
+        linear in the values alone."""
+        if self.parallel:
+            self.prefix[layer][1].mul_(value)
+        else:
+            self.prefix[layer].mul_(value)
 
     @torch.no_grad()
     def eject(self) -> None:
