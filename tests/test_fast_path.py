@@ -22,6 +22,13 @@ def _model(arch: str, preset: str = "unipelt"):
     return model.eval()
 
 
+def assert_same_gates(ours: dict, reference: dict) -> None:
+    """Every gate of ``reference`` ({layer: {site: values}}) equals ours."""
+    for layer, sites in reference.items():
+        for site, value in sites.items():
+            torch.testing.assert_close(ours[layer][site], value, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("arch", ["bert", "llama"])
 def test_joined_weights_follow_changes_of_their_parts(arch):
     model, inputs = _model(arch), batch(arch)
@@ -50,9 +57,7 @@ def test_joint_matmul_equals_separate_projections(arch, monkeypatch):
         separate = model(**inputs).logits
         separate_gates = model.gate_values()
     torch.testing.assert_close(joint, separate, atol=1e-5, rtol=1e-5)
-    for layer, sites in separate_gates.items():
-        for site, value in sites.items():
-            torch.testing.assert_close(joint_gates[layer][site], value, atol=1e-6, rtol=1e-6)
+    assert_same_gates(joint_gates, separate_gates)
 
 
 @pytest.mark.parametrize("arch", ["bert", "llama"])
@@ -77,9 +82,7 @@ def test_few_rows_update_equals_the_accumulated_one(arch, preset, monkeypatch):
         accumulated = model(**inputs).logits
         accumulated_gates = model.gate_values()
     torch.testing.assert_close(few, accumulated, atol=1e-5, rtol=1e-5)
-    for layer, sites in accumulated_gates.items():
-        for site, value in sites.items():
-            torch.testing.assert_close(few_gates[layer][site], value, atol=1e-6, rtol=1e-6)
+    assert_same_gates(few_gates, accumulated_gates)
 
 
 def _decode(model, ids: torch.Tensor, steps: int) -> torch.Tensor:

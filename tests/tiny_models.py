@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 import transformers as tf
 
@@ -82,3 +85,13 @@ def perturb(unipelt_model: torch.nn.Module, seed: int = 3, scale: float = 0.5) -
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
             elif ".ia3." in name:
                 parameter.copy_(1 + torch.randn(parameter.shape, generator=generator) * scale)
+
+
+def save_as_before(model: torch.nn.Module, folder: Path, field: str) -> Path:
+    """Save ``model`` to ``folder`` as a checkpoint written before the config field ``field`` existed."""
+    model.save_pretrained(folder)
+    config_file = folder / "unipelt_config.json"
+    meta = json.loads(config_file.read_text())
+    del meta["unipelt"][field]
+    config_file.write_text(json.dumps(meta))
+    return folder
