@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 # The atomic writers are re-exported: run files are written through this module too.
 from unipelt.atomic import atomic_directory, atomic_file, atomic_write_text, write_json  # noqa: F401
-from unipelt.config import LEGACY_GATE_INPUT, LEGACY_PREFIX_FORM, UniPELTConfig
+from unipelt.config import LEGACY_VALUES, UniPELTConfig
 from unipelt.errors import CheckpointMismatchError, UniPELTError
 from unipelt.heads import head_key
 from unipelt.plan import PLAN_KEY, apply_plan, plan_from_meta
@@ -148,13 +148,8 @@ def task_settings(meta: dict[str, Any], path: str | Path, base_kind: str) -> tup
     config_file = Path(path) / CONFIG_NAME
     try:
         saved = meta["unipelt"]
-        if isinstance(saved, dict) and "gate_input" not in saved:
-            saved = {**saved, "gate_input": LEGACY_GATE_INPUT}  # written before the field: raw-state gates
-        if isinstance(saved, dict) and "prefix_form" not in saved:
-            saved = {
-                **saved,
-                "prefix_form": LEGACY_PREFIX_FORM,
-            }  # written before the field: the paper's prefix
+        if isinstance(saved, dict):  # written before a field existed: what it was trained with
+            saved = {**LEGACY_VALUES, **saved}
         config = UniPELTConfig.from_dict(saved)
         config.validate()
         info = task_info(meta, base_kind)

@@ -26,10 +26,9 @@ GATES = ("sigmoid", "softmax", "concrete", "none")
 POOLINGS = ("auto", "mean", "token")
 GATE_INPUTS = ("auto", "raw", "rms")
 PREFIX_FORMS = ("auto", "concat", "parallel")
-# What a checkpoint written before ``prefix_form`` existed holds: the paper's prefix.
-LEGACY_PREFIX_FORM = "concat"
-# What a checkpoint written before ``gate_input`` existed was trained with: its gates read the raw state.
-LEGACY_GATE_INPUT = "raw"
+# What a checkpoint written before a field existed was trained with, for fields whose "auto" default has since
+# come to mean something else: gates that read the raw state, the paper's prefix.
+LEGACY_VALUES = {"gate_input": "raw", "prefix_form": "concat"}
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 
 
