@@ -131,36 +131,6 @@ class Prefixes(NamedTuple):
     parallel: Prefix | None
 
 
-def _kv_layout(
-    prefix: torch.Tensor, kv_heads: int, head_dim: int, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A layer's (2, P, kv_dim) prefix as keys and values shaped like attention's, (1, Hkv, P, D) each."""
-    if prefix.dtype != dtype:
-        prefix = prefix.to(dtype)
-    keys, values = prefix.view(2, prefix.shape[1], kv_heads, head_dim).transpose(1, 2).unsqueeze(1).unbind(0)
-    return keys, values
-
-
-def _layer_kv(
-    encoder: Any, index: int, kv_heads: int, head_dim: int, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layer ``index``'s prefix keys and values (:func:`_kv_layout`).
-
-    Inference from stored vectors keeps them on the encoder until the stored tensor changes (in place, or
-    replaced), so a cached decoding step does not reshape every layer's prefix again. With gradients on, while
-    dynamo traces, or from the reparameterisation MLP, they are shaped afresh.
-    """
-    stored = encoder.prefix
-    if not isinstance(stored, torch.Tensor) or torch.is_grad_enabled() or tracing():
-        return _kv_layout(encoder.layer_prefix(index), kv_heads, head_dim, dtype)
-    cache = encoder.__dict__.setdefault("_unipelt_kv", {})
-    key, state = (index, kv_heads, head_dim, dtype), (stored.data_ptr(), stored._version)
-    hit = cache.get(key)
-    if hit is None or hit[0] is not stored or hit[1] != state:
-        hit = cache[key] = (stored, state, _kv_layout(stored[index], kv_heads, head_dim, dtype))
-    return hit[2]
-
-
 def _gather_prefixes(
     call: Any,
     index: int,
@@ -183,7 +153,9 @@ def _gather_prefixes(
         encoder = tasks[group.task].prefix
         if encoder is None or index in encoder.pruned_layers or encoder.parallel != parallel:
             continue
-        found.append((group, _layer_kv(encoder, index, kv_heads, head_dim, dtype), group.gates.get("prefix")))
+        found.append(
+            (group, encoder.attention_kv(index, kv_heads, head_dim, dtype), group.gates.get("prefix"))
+        )
     if not found:
         return None
     if len(found) == 1 and found[0][0].rows is None:
@@ -237,9 +209,8 @@ def attend_with_prefix(
     if prefixes.parallel is not None:
         extra, own = _parallel(query, prefixes.parallel, kwargs.get("scaling"))
         output = output + extra
-        if (
-            weights is not None
-        ):  # eager attention reports weights: the prefix's own come first, as concat's do
+        # eager attention reports weights: the prefix's own come first, as concat's do
+        if weights is not None:
             weights = torch.cat([own.to(weights.dtype), weights], dim=-1)
     observer = None if call is None else call.context.observer
     if observer is not None:
@@ -252,8 +223,9 @@ def _parallel(
     query: torch.Tensor, prefix: Prefix, scaling: float | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A parallel prefix's output, (B, Q, H, D) like the attention functions': each query's softmax over the
-    P prefix keys of its row's task, times their values, times the row's (or token's) gate (rows whose task
-    has no such prefix get zeros); and that softmax, (B, H, Q, P)."""
+    P prefix keys of its row's task, times their values, times the row's (or token's) gate; and that softmax,
+    (B, H, Q, P). In a mixed-task batch a row whose task has no such prefix has zero keys, values and gate
+    (:func:`_gather_prefixes`), so it gets zeros."""
     kv, valid, gate = prefix
     batch, heads, q_len, head_dim = query.shape
     keys, values = kv  # (B or 1, Hkv, P, D) each
@@ -266,14 +238,9 @@ def _parallel(
     weights = scores.softmax(dim=-1, dtype=torch.float32).to(query.dtype)
     output = torch.matmul(weights, values).view(batch, heads, q_len, head_dim)
     weights = weights.view(batch, heads, q_len, -1)
-    scale = None if gate is None else gate.to(query.dtype)
-    if scale is not None:
-        scale = (scale[:, -q_len:] if scale.dim() == 2 else scale[:, None])[:, None, :, None]
-    if valid is not None:
-        present = valid.any(dim=-1).to(query.dtype)[:, None, None, None]
-        scale = present if scale is None else scale * present
-    if scale is not None:
-        output = output * scale
+    if gate is not None:
+        gate = gate.to(query.dtype)
+        output = output * (gate[:, -q_len:] if gate.dim() == 2 else gate[:, None])[:, None, :, None]
     return output.transpose(1, 2), weights
 
 

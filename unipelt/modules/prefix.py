@@ -78,6 +78,9 @@ class PrefixEncoder(PeftModule):
                     for layer in range(num_layers):
                         self.prefix[layer][1].zero_()
         self._cache: tuple[tuple[int, ...], torch.Tensor] | None = None
+        # Each layer's stored prefix as attention's keys and values, by (layer, heads, head size, dtype):
+        # (the stored tensor, its version, keys, values), valid while that tensor is unchanged.
+        self._kv_cache: dict[tuple, tuple] = {}
         # Layers whose prefix an autopelt plan pruned: attention there runs without one (unipelt.plan).
         self.pruned_layers: set[int] = set()
 
@@ -147,6 +150,24 @@ class PrefixEncoder(PeftModule):
             return self._compute_layer(layer)
         return self._cached()[layer]
 
+    def attention_kv(
+        self, layer: int, kv_heads: int, head_dim: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``layer``'s prefix as attention's keys and values, (1, kv_heads, P, head_dim) each.
+
+        Inference from stored vectors keeps them until the stored tensor changes (in place, or replaced), so a
+        cached decoding step does not reshape every layer's prefix again. With gradients on, while dynamo
+        traces, or from the reparameterisation MLP, they are shaped afresh.
+        """
+        stored = self.prefix
+        if not isinstance(stored, torch.Tensor) or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return _kv_layout(self.layer_prefix(layer), kv_heads, head_dim, dtype)
+        key, state = (layer, kv_heads, head_dim, dtype), (stored.data_ptr(), stored._version)
+        hit = self._kv_cache.get(key)
+        if hit is None or hit[0] is not stored or hit[1] != state:
+            hit = self._kv_cache[key] = (stored, state, *_kv_layout(stored[layer], kv_heads, head_dim, dtype))
+        return hit[2], hit[3]
+
     @torch.no_grad()
     def fold_gate(self, layer: int, value: float) -> None:
         """Fold a constant gate ``value`` into layer ``layer``'s stored prefix (after :meth:`eject`): the
@@ -202,3 +223,13 @@ class PrefixEncoder(PeftModule):
                 p.numel() for p in self.mlp.parameters()
             )
         return {"prefix": self.num_prefix_values(), "prefix_mlp": mlp}
+
+
+def _kv_layout(
+    prefix: torch.Tensor, kv_heads: int, head_dim: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A layer's (2, P, kv_dim) prefix as keys and values shaped like attention's, (1, Hkv, P, D) each."""
+    if prefix.dtype != dtype:
+        prefix = prefix.to(dtype)
+    keys, values = prefix.view(2, prefix.shape[1], kv_heads, head_dim).transpose(1, 2).unsqueeze(1).unbind(0)
+    return keys, values
