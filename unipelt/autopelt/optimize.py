@@ -106,7 +106,7 @@ def optimize_run(
     before_valid = score_batches(model, valid, splits)
     evaluate = _evaluator(model, name, valid, splits, log)
     limits = (threshold, epsilon, max_drop)
-    plan, chosen = _choose_plan(model, stats, before_valid, splits, limits, evaluate, log)
+    plan, chosen = _choose_plan(model, name, stats, before_valid, splits, limits, evaluate, log)
     steps = [("trained", Plan()), ("prune", Plan(set(plan.prune))), ("fold", plan)]
     if shorten_prefix and can_shorten(model, name, plan):
         floor = before_valid[splits.kind.main_metric(splits)] - max_drop / 100.0
@@ -219,6 +219,7 @@ def _rounded(table: Any) -> list[list[float | None]]:
 
 def _choose_plan(
     model: Any,
+    name: str,
     stats: list[UnitStats],
     before: dict[str, float],
     splits: Splits,
@@ -230,7 +231,6 @@ def _choose_plan(
     it was chosen."""
     threshold, epsilon, max_drop = limits
     metric = splits.kind.main_metric(splits)
-    name = next(iter(model.tasks))
     gated = model.tasks[name].config.gate != "none"
     router = _router_filter(model, name)
     if threshold is not None:

@@ -138,9 +138,8 @@ class BottleneckAdapter(PeftModule):
         if few_rows(h):  # a decoding step: three operations
             delta = F.linear(z, weight)
             return h.add_(delta) if gate is None else h.addcmul_(delta, broadcastable(gate, delta))
-        if (
-            gate is not None
-        ):  # gated in the narrow bottleneck, so the wide activation is read and written once
+        # Gated in the narrow bottleneck, so the wide activation is read and written once.
+        if gate is not None:
             z = z * broadcastable(gate, z)
         flat, z = h.reshape(-1, h.shape[-1]), z.reshape(-1, z.shape[-1])
         if not torch.is_grad_enabled() and not torch.compiler.is_compiling() and h.is_contiguous():
