@@ -248,13 +248,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("serve", help="serve many runs over HTTP on one backbone (batched)")
-    p.add_argument(
-        "runs", nargs="+", metavar="RUN", help="run folders (or NAME=RUN); export folders with --runtime onnx"
-    )
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000)
+def _add_batching_flags(p: argparse.ArgumentParser) -> None:
+    """How waiting requests become forwards (and, for causal LMs, decoding steps)."""
     batching = p.add_argument_group("batching")
     batching.add_argument(
         "--batching",
@@ -283,6 +278,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=512,
         help="causal-LM runs: most tokens through the model in one step, prefill included (default 512)",
     )
+
+
+def _add_limit_flags(p: argparse.ArgumentParser) -> None:
+    """Request size and queue limits; past them a request gets 413 or 429."""
     limits = p.add_argument_group("limits")
     limits.add_argument("--max-inputs", type=int, default=64, help="most inputs in one request (more: 413)")
     limits.add_argument("--max-body-bytes", type=int, default=1_000_000, help="largest request body (413)")
@@ -290,6 +289,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--max-text-chars", type=int, default=20_000, help="longest text, in characters (413)"
     )
     limits.add_argument("--max-queue", type=int, default=256, help="most requests waiting (more: 429)")
+
+
+def _add_access_flags(p: argparse.ArgumentParser) -> None:
+    """Who may call the server, over what, and what the request log may hold."""
     access = p.add_argument_group("access")
     access.add_argument(
         "--api-key", default=None, help=f"require 'Authorization: Bearer KEY' (or set {KEY_ENV})"
@@ -303,6 +306,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--cors-origin", action="append", metavar="ORIGIN", help="let browsers from ORIGIN call (repeatable)"
     )
     access.add_argument("--log-inputs", action="store_true", help="put request texts in the request log")
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("serve", help="serve many runs over HTTP on one backbone (batched)")
+    p.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run folders (or NAME=RUN); export folders with --runtime onnx"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    _add_batching_flags(p)
+    _add_limit_flags(p)
+    _add_access_flags(p)
     p.add_argument("--runtime", default="torch", choices=["torch", "onnx"])
     p.add_argument("--int8", action="store_true", help="with --runtime onnx: serve the int8 models")
     add_device_flags(p)  # --threads also sizes each ONNX Runtime session
