@@ -347,14 +347,16 @@ def _retention_cell(runs: list[dict]) -> str:
 
 def phase_report(args: argparse.Namespace) -> None:
     zero = _load_json(OUT / "zeroshot.json")
-    print(f"SST-2 dev subset, greedy generation accuracy (K={args.k})\n")
+    print(f"{'RTE' if TASK == 'rte' else 'SST-2'} dev, greedy generation accuracy (K={args.k})\n")
     print(
-        "| method | seeds | test accuracy (mean ± std) | no-choice answers | retention | train s/run | steps |"
+        "| method | seeds | test accuracy per seed | mean ± std | no-choice answers | retention | train s/run "
+        "| steps |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     if zero:
         print(
-            f"| SmolLM2 zero-shot | - | {100 * zero['accuracy']:.2f} | {100 * zero['no_choice']:.1f}% | - | - | - |"
+            f"| SmolLM2 zero-shot | - | {100 * zero['accuracy']:.2f} | - | {100 * zero['no_choice']:.1f}% | - | - "
+            "| - |"
         )
     for method in args.methods:
         runs = []
@@ -369,8 +371,9 @@ def phase_report(args: argparse.Namespace) -> None:
         none = statistics.fmean(100 * r["test"]["no_choice"] for r in runs)
         secs = statistics.fmean(r["train_seconds"] for r in runs)
         seeds = ",".join(str(r["seed"]) for r in runs)
+        per_seed = " / ".join(f"{a:.2f}" for a in acc)
         print(
-            f"| {method} | {seeds} | {statistics.fmean(acc):.2f} ± {spread:.2f} | {none:.1f}% | "
+            f"| {method} | {seeds} | {per_seed} | {statistics.fmean(acc):.2f} ± {spread:.2f} | {none:.1f}% | "
             f"{_retention_cell(runs)} | {secs:.0f} | {runs[0]['steps']} |"
         )
     cost = _load_json(OUT / "cost.json")
