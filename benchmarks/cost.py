@@ -1,4 +1,4 @@
-"""Cost of unipelt's methods next to the frozen base model and full fine-tuning (was ``unipelt bench``).
+"""Cost of unipelt's methods next to the frozen base model and full fine-tuning.
 
 Methods: every preset of :data:`unipelt.config.PRESETS`, plus ``lora_merged`` (the ungated LoRA merged into the
 weights). Same protocol, inputs and output format as the peer scripts (:mod:`cost_protocol`): trainable
@@ -20,6 +20,7 @@ import torch
 import unipelt  # noqa: E402
 from benchmarks import cost_protocol
 from benchmarks.cost_protocol import Method
+from unipelt.cli.common import add_compile_flag
 from unipelt.config import PRESETS  # noqa: E402
 
 
@@ -77,13 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cost_protocol.add_cli_args(parser)
-    parser.add_argument(
-        "--compile",
-        nargs="?",
-        const="inductor",
-        default=None,
-        metavar="BACKEND",
-        help="also time compiled twins (METHOD+compile) of the base and of each preset for inference",
+    add_compile_flag(
+        parser, help="also time compiled twins (METHOD+compile) of the base and of each preset for inference"
     )
     args = parser.parse_args(argv)
     cost_protocol.run_for_model(

@@ -18,6 +18,7 @@ import time
 import torch
 
 from benchmarks import cost_protocol
+from unipelt.cli.common import add_compile_flag
 from unipelt.model import add_unipelt
 
 
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--compile", nargs="?", const="inductor", default=None, metavar="BACKEND")
+    add_compile_flag(parser, help="also time compiled twins (METHOD+compile) of the base and of each method")
     parser.add_argument("--out", help="JSON file for the results")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -64,16 +64,18 @@ def placement_of(args: argparse.Namespace) -> Any:
     return placement(args.device, getattr(args, "dtype", None), args.threads)
 
 
-def add_compile_flag(parser: argparse.ArgumentParser) -> None:
+def add_compile_flag(parser: argparse.ArgumentParser, help: str | None = None) -> None:
     """``--compile [BACKEND]``: run the model's single-task forwards through ``torch.compile`` (see
-    unipelt.compiling); the value is the backend name, ``inductor`` when the flag is given alone."""
+    unipelt.compiling); the value is the backend name, ``inductor`` when the flag is given alone. ``help``
+    replaces the verbs' help text (the benchmarks time compiled twins instead)."""
     parser.add_argument(
         "--compile",
         nargs="?",
         const="inductor",
         default=None,
         metavar="BACKEND",
-        help="compile the model with torch.compile (backend: inductor unless named; the first batches of "
+        help=help
+        or "compile the model with torch.compile (backend: inductor unless named; the first batches of "
         "each shape take longer; mixed-task batches stay eager)",
     )
 
