@@ -24,11 +24,11 @@ from unipelt.errors import UniPELTError
 
 GATES = ("sigmoid", "softmax", "concrete", "none")
 POOLINGS = ("auto", "mean", "token")
-GATE_INPUTS = ("auto", "raw", "rms")
+INPUT_VIEWS = ("auto", "raw", "rms")  # what a gate or an adapter reads
 PREFIX_FORMS = ("auto", "concat", "parallel")
 # What a checkpoint written before a field existed was trained with, for fields whose "auto" default has since
-# come to mean something else: gates that read the raw state, the paper's prefix.
-LEGACY_VALUES = {"gate_input": "raw", "prefix_form": "concat"}
+# come to mean something else: gates and adapters that read the raw state, the paper's prefix.
+LEGACY_VALUES = {"gate_input": "raw", "adapter_input": "raw", "prefix_form": "concat"}
 ACTIVATIONS = ("relu", "gelu", "tanh", "silu")
 
 
@@ -77,6 +77,12 @@ class UniPELTConfig:
     adapter_size: int | None = None
     adapter_reduction: float = 16.0
     adapter_activation: str = "relu"
+    # What the adapter's down projection reads: "raw" (the feed-forward output, the paper's adapter) or "rms"
+    # (that output divided by its per-token RMS). "auto" is "rms" on pre-norm architectures, where the
+    # feed-forward outputs of deep layers reach norms in the thousands: on the raw state one optimizer step on
+    # the down projection moves a deep layer's output in proportion to that norm, and a few hundred steps make
+    # an instruction-tuned model forget what it knew (benchmarks/RESULTS.md, "Instruction tuning a real LLM").
+    adapter_input: str = "auto"
 
     # Task head (classifier, score, pooler, ...) stays trainable; list module names to override the table.
     train_head: bool = True
@@ -127,9 +133,11 @@ class UniPELTConfig:
 
     def resolved_gate_input(self, arch: Any) -> str:
         """``auto`` gate input: RMS-normalised on pre-norm architectures, raw on post-norm ones."""
-        if self.gate_input != "auto":
-            return self.gate_input
-        return "rms" if arch.pre_norm else "raw"
+        return _input_view(self.gate_input, arch)
+
+    def resolved_adapter_input(self, arch: Any) -> str:
+        """``auto`` adapter input: RMS-normalised on pre-norm architectures, raw on post-norm ones."""
+        return _input_view(self.adapter_input, arch)
 
     def resolved_prefix_form(self, arch: Any) -> str:
         """``auto`` prefix form: parallel for a gated prefix on decoders, else concat."""
@@ -157,8 +165,11 @@ class UniPELTConfig:
             raise UniPELTError(
                 f"gate_pooling must be one of {', '.join(POOLINGS)}, got {self.gate_pooling!r}"
             )
-        if self.gate_input not in GATE_INPUTS:
-            raise UniPELTError(f"gate_input must be one of {', '.join(GATE_INPUTS)}, got {self.gate_input!r}")
+        for name in ("gate_input", "adapter_input"):
+            if getattr(self, name) not in INPUT_VIEWS:
+                raise UniPELTError(
+                    f"{name} must be one of {', '.join(INPUT_VIEWS)}, got {getattr(self, name)!r}"
+                )
         if self.prefix_form not in PREFIX_FORMS:
             raise UniPELTError(
                 f"prefix_form must be one of {', '.join(PREFIX_FORMS)}, got {self.prefix_form!r}"
@@ -312,3 +323,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # under a latency and sparsity cost (unipelt.autopelt); closed ones are pruned after training.
     "autopelt": {"modules": ["lora", "prefix", "adapter"], "gate": "concrete"},
 }
+
+
+def _input_view(value: str, arch: Any) -> str:
+    """What ``auto`` means for a gate's or an adapter's input: the RMS-normalised state on pre-norm
+    architectures (their residual stream is never normalised), the raw one on post-norm encoders."""
+    if value != "auto":
+        return value
+    return "rms" if arch.pre_norm else "raw"

@@ -208,4 +208,5 @@ def _bottleneck(part, tensors, name, layers, fields, state, gates, path) -> None
         modules=fields["modules"] + ["adapter"],
         adapter_size=int(down.shape[0]),
         adapter_activation=activation,
+        adapter_input="raw",  # AdapterHub's adapter reads the feed-forward output as it is
     )

@@ -1,10 +1,12 @@
-"""Bottleneck adapter (Houlsby et al. 2019) after the feed-forward block: h + g * up(act(down(h))).
+"""Bottleneck adapter (Houlsby et al. 2019) after the feed-forward block: h + g * up(act(down(v(h)))).
 
 It sits on the output of the feed-forward block's last projection, before dropout, the residual sum and
 layer norm, which is where the UniPELT reference code places it. ``up`` starts at zero, so the adapter is
-the identity at initialisation. Its sigmoid gate, when used, reads the adapter's own input, as in the paper
-(RMS-normalised on pre-norm decoders, whose feed-forward outputs reach norms in the thousands);
-under the softmax router it takes the router's ``adapter`` weight instead.
+the identity at initialisation. ``v(h)`` is ``h`` itself (the paper's adapter) or, on pre-norm decoders whose
+feed-forward outputs reach norms in the thousands, ``h`` over its per-token RMS (``adapter_input``): on the raw
+state an optimizer step on ``down`` changes a deep layer's output in proportion to that norm. Its sigmoid gate,
+when used, reads the adapter's own input, as in the paper (RMS-normalised on pre-norm decoders); under the
+softmax router it takes the router's ``adapter`` weight instead.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unipelt.gates import SigmoidGate, broadcastable
+from unipelt.gates.normalise import rms_normalise
 from unipelt.modules.base import BuildSpec, PeftModule, RowGroup, few_rows, register
 from unipelt.modules.joined import joined
 from unipelt.modules.projections import projection_features
@@ -35,8 +38,10 @@ class BottleneckAdapter(PeftModule):
         gated: bool = False,
         pooling: str = "mean",
         normalise_gate: bool = False,
+        normalise_input: bool = False,
     ):
         super().__init__()
+        self.normalise_input = normalise_input
         self.down = nn.Linear(hidden_size, bottleneck)
         self.act = ACTIVATIONS[activation]()
         self.up = nn.Linear(bottleneck, hidden_size)
@@ -58,6 +63,7 @@ class BottleneckAdapter(PeftModule):
             gated=config.gate == "sigmoid",
             pooling=config.resolved_pooling(spec.arch),
             normalise_gate=config.resolved_gate_input(spec.arch) == "rms",
+            normalise_input=config.resolved_adapter_input(spec.arch) == "rms",
         )
         adapter.routed = config.gate in ("softmax", "concrete")  # its weight comes from the layer's gate
         return adapter
@@ -87,19 +93,29 @@ class BottleneckAdapter(PeftModule):
             gate = group.gates.get("adapter")
         return self(out, gate)
 
+    def view(self, h: torch.Tensor) -> torch.Tensor:
+        """What ``down`` reads: ``h``, or ``h`` over its per-token RMS (``adapter_input="rms"``)."""
+        return rms_normalise(h) if self.normalise_input else h
+
+    def _joint_gate(self) -> bool:
+        """Whether the gate's logits can share ``down``'s matmul: both read the same tensor."""
+        gate = self.gate
+        return gate is not None and (gate.joinable or (gate.normalise and self.normalise_input))
+
     def _down(self, h: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """relu(down(h)) with a last column of ones, and the adapter's own gate value if it has one.
 
-        The down weights get a zero row with bias 1 (relu(1) = 1: the column the up bias rides on, see
-        :meth:`forward`) and, when the gate reads the raw state, the gate's row: one matmul for all three.
+        The down weights (reading :meth:`view` of ``h``) get a zero row with bias 1 (relu(1) = 1: the column the
+        up bias rides on, see :meth:`forward`) and, when the gate reads that same tensor, the gate's row: one
+        matmul for all three.
         """
         gate, width = self.gate, self.down.out_features
-        joint = gate is not None and gate.joinable
+        joint = self._joint_gate()
         sources = [self.down.weight, self.down.bias]
         if joint:
             sources += [gate.linear.weight, gate.linear.bias]
         weight, bias = joined(self, "down", sources, lambda: self._stacked_down(joint))
-        y = F.linear(h, weight, bias)
+        y = F.linear(self.view(h), weight, bias)
         z = self.act(y[..., : width + 1])
         if gate is None:
             return z, None
@@ -123,7 +139,7 @@ class BottleneckAdapter(PeftModule):
         ([g*z, g] times [W_up, b_up]), so the wide (tokens x hidden) activation is read and written once,
         by addmm, instead of once each for the bias, the gate product and the residual sum.
         """
-        z = self.act(self.down(h))
+        z = self.act(self.down(self.view(h)))
         if gate is None:
             column = z.new_ones(*z.shape[:-1], 1)
         else:
