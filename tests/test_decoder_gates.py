@@ -163,16 +163,18 @@ def test_encoders_keep_the_papers_gate_bit_for_bit(method):
     assert method == "unipelt-router" or (gates and not any(g.normalise for g in gates))
 
 
-def test_checkpoints_without_the_field_load_with_raw_gates_and_their_outputs(tmp_path):
-    """A decoder checkpoint written before ``gate_input`` existed was trained with raw-state gates."""
+@pytest.mark.parametrize("field", ["gate_input", "adapter_input"])
+def test_checkpoints_without_the_field_load_with_the_raw_state_and_their_outputs(tmp_path, field):
+    """A decoder checkpoint written before ``gate_input`` / ``adapter_input`` existed was trained with gates and
+    adapters that read the raw state."""
     torch.manual_seed(2)
-    old = add_unipelt(tiny_model("llama"), "unipelt", gate_input="raw").eval()
+    old = add_unipelt(tiny_model("llama"), "unipelt", **{field: "raw"}).eval()
     perturb(old)
     inputs = batch("llama")
     with torch.no_grad():
         expected = old(**inputs).logits
-    loaded = load_unipelt(tiny_model("llama"), save_as_before(old, tmp_path / "ckpt", "gate_input")).eval()
-    assert loaded.unipelt_config.gate_input == "raw"
+    loaded = load_unipelt(tiny_model("llama"), save_as_before(old, tmp_path / "ckpt", field)).eval()
+    assert getattr(loaded.unipelt_config, field) == "raw"
     with torch.no_grad():
         assert torch.allclose(loaded(**inputs).logits, expected, atol=1e-6)
 
