@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 from tiny_chat import save_tiny_chat_llm, sentiment_rows, tiny_chat_llm, write_chats
+from tiny_models import batch, perturb, tiny_model
 
+from benchmarks.retention_parts import switch_off
 from unipelt import add_unipelt
 from unipelt.cli import main
 from unipelt.data.chat import Conversation
@@ -106,3 +108,24 @@ def test_train_and_eval_report_retention_in_metrics(tmp_path, capsys):
 def test_retention_needs_a_chat_run():
     with pytest.raises(UniPELTError, match="needs --task-type causal-lm"):
         TrainConfig(task="sst2", retention="facts").validate()
+
+
+def test_switching_every_part_off_gives_the_base_model_back_and_one_part_does_not():
+    """benchmarks.retention_parts zeroes what each part adds; all three off is the base model exactly."""
+    torch.manual_seed(0)
+    base = tiny_model("llama").eval()
+    inputs = batch("llama")
+    with torch.no_grad():
+        expected = base(**inputs).logits
+    outputs = {}
+    for parts in ({"adapter"}, {"lora"}, {"prefix"}, {"adapter", "lora", "prefix"}):
+        torch.manual_seed(0)
+        model = add_unipelt(tiny_model("llama"), "unipelt").eval()
+        perturb(model)
+        with torch.no_grad():
+            model.tasks["default"].prefix.mlp[-1].bias.add_(1.0)  # values away from zero too
+        switch_off(model, parts)
+        with torch.no_grad():
+            outputs[frozenset(parts)] = (model(**inputs).logits - expected).abs().max().item()
+    assert outputs[frozenset({"adapter", "lora", "prefix"})] < 1e-5
+    assert min(v for k, v in outputs.items() if len(k) == 1) > 1e-3
