@@ -13,24 +13,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from test_decoder_gates import random_text, scaled_llama
-from tiny_models import DECODERS, ENCODERS, tiny_model
+from tiny_models import tiny_model
 
 from unipelt import add_unipelt
-from unipelt.config import UniPELTConfig
-from unipelt.inject.architectures import ARCHITECTURES
 from unipelt.modules import BottleneckAdapter
-
-
-def test_the_table_decides_what_the_adapter_reads():
-    config = UniPELTConfig()
-    assert config.adapter_input == "auto"
-    for arch in ENCODERS:
-        assert config.resolved_adapter_input(ARCHITECTURES[arch]) == "raw", arch
-    for arch in DECODERS:
-        assert config.resolved_adapter_input(ARCHITECTURES[arch]) == "rms", arch
-    assert config.replace(adapter_input="raw").resolved_adapter_input(ARCHITECTURES["llama"]) == "raw"
-    with pytest.raises(Exception, match="adapter_input must be one of"):
-        config.replace(adapter_input="layernorm")
 
 
 def _trained_adapter(normalise: bool, gated: bool = False) -> BottleneckAdapter:

@@ -134,16 +134,19 @@ def test_normalised_gate_logits_have_the_same_spread_at_any_width_and_scale(widt
     assert math.isclose(logits.std().item(), INIT_LOGIT_STD, rel_tol=0.15)
 
 
-def test_the_table_decides_the_gate_input():
+@pytest.mark.parametrize("field", ["gate_input", "adapter_input"])
+def test_the_table_decides_what_gates_and_adapters_read(field):
     config = UniPELTConfig.from_preset("unipelt")
-    assert config.gate_input == "auto"
+    resolved = getattr(config, f"resolved_{field}")
+    assert getattr(config, field) == "auto"
     for arch in ENCODERS:
-        assert config.resolved_gate_input(ARCHITECTURES[arch]) == "raw", arch
+        assert resolved(ARCHITECTURES[arch]) == "raw", arch
     for arch in DECODERS:
-        assert config.resolved_gate_input(ARCHITECTURES[arch]) == "rms", arch
-    assert config.replace(gate_input="rms").resolved_gate_input(ARCHITECTURES["bert"]) == "rms"
-    with pytest.raises(Exception, match="gate_input must be one of"):
-        config.replace(gate_input="layernorm")
+        assert resolved(ARCHITECTURES[arch]) == "rms", arch
+    assert getattr(config.replace(**{field: "rms"}), f"resolved_{field}")(ARCHITECTURES["bert"]) == "rms"
+    assert getattr(config.replace(**{field: "raw"}), f"resolved_{field}")(ARCHITECTURES["llama"]) == "raw"
+    with pytest.raises(Exception, match=f"{field} must be one of"):
+        config.replace(**{field: "layernorm"})
 
 
 @pytest.mark.parametrize("method", ["unipelt", "unipelt-router"])
