@@ -15,6 +15,7 @@ import json
 import torch
 
 from unipelt.inference.generation import ChatRun
+from unipelt.modules import BottleneckAdapter, PrefixEncoder
 from unipelt.running.retention import facts_path, measure_retention, read_facts
 
 
@@ -24,18 +25,14 @@ def switch_off(model: torch.nn.Module, parts: set[str]) -> None:
         model.eject_prefix_mlp()
     with torch.no_grad():
         for name, module in model.named_modules():
-            if "adapter" in parts and name.endswith(".adapter"):
+            if "adapter" in parts and isinstance(module, BottleneckAdapter):
                 module.up.weight.zero_()
                 module.up.bias.zero_()
             if "lora" in parts and name.endswith("lora_B"):
                 module.weight.zero_()
-            if "prefix" in parts and type(module).__name__ == "PrefixEncoder":
-                stored = module.prefix if isinstance(module.prefix, torch.nn.Parameter) else None
-                layers = [stored] if stored is not None else list(module.prefix)
-                for tensor in layers:
-                    tensor[
-                        ..., 1, :, :
-                    ].zero_()  # (layers, 2, P, width) or (2, P, width): index 1 holds values
+            if "prefix" in parts and isinstance(module, PrefixEncoder):
+                for layer in range(module.num_layers):
+                    module.prefix[layer][1].zero_()  # a layer's (2, P, width): index 1 holds the values
 
 
 def main(argv: list[str] | None = None) -> None:
